@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each sets itself up.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q 'torch>=2.11,<2.15' 'torchvision>=0.26,<0.30'
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m harness run grids/paper.yaml --profile smoke
+	$(BIN)/python -m harness report results/paper
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest tests/bench -m bench --benchmark-enable -p no:cacheprovider
+
+clean:
+	rm -rf results reports .pytest_cache
