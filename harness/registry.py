@@ -4,10 +4,12 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from harness.config import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownName(ValueError):
+class UnknownName(ConfigError):
     """A name that is not registered; the message lists the valid ones."""
 
 

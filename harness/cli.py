@@ -1,0 +1,198 @@
+"""The command line: parse, then call one function. Heavy modules are imported inside each subcommand."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from harness.config import ConfigError, Runtime, default_cache_dir
+from harness.registry import Registry
+
+COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    gpus = getattr(args, "gpus_per_trial", "auto")
+    if gpus != "auto":
+        try:
+            gpus = float(gpus)
+        except ValueError:
+            raise ConfigError(f"--gpus-per-trial {gpus!r}: expected a number like 0.25 or 'auto'") from None
+        if not 0 <= gpus <= 8:
+            raise ConfigError(f"--gpus-per-trial {gpus}: expected a share in [0, 8]")
+    return Runtime(data_root=getattr(args, "data_root", None), results_dir=getattr(args, "results", "results"),
+                   cache_dir=str(getattr(args, "cache_dir", None) or default_cache_dir()),
+                   device=getattr(args, "device", "auto"), gpus_per_trial=gpus,
+                   address=getattr(args, "address", None), max_retries=getattr(args, "retries", 2),
+                   compile=getattr(args, "compile", False), workers=getattr(args, "workers", 0))
+
+
+@COMMANDS.register("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.grid import load_grid
+
+    grid = load_grid(args.grid, profile=args.profile, overrides=args.set or [])
+    if args.dry_run:
+        print(f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
+              f"{', '.join(grid.axes) or 'nothing'})")
+        for t in grid.trials:
+            print(f"{t.key}  {t.label}")
+        return EXIT_OK
+    from harness import train, tune
+
+    for t in grid.trials:
+        train.check_trial(t)
+    runtime = _runtime(args)
+    trials, runtime = train.resolve_dataset(list(grid.trials), runtime)
+    train.prepare_all(trials, runtime)
+    summary = tune.run_grid(grid.name, trials, runtime)
+    print("\n".join(summary.lines()))
+    print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
+    return summary.exit_code
+
+
+@COMMANDS.register("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    grid_dir = Path(args.results_dir)
+    if not grid_dir.is_dir():
+        raise ConfigError(f"{grid_dir}: no such results directory; run a grid first (harness run GRID)")
+    index = report.write_report(grid_dir, Path(args.out) if args.out else None, recompute=args.recompute,
+                                reference=args.reference)
+    print(f"report: {index}")
+    return EXIT_OK
+
+
+@COMMANDS.register("data")
+def cmd_data(args: argparse.Namespace) -> int:
+    return DATA_COMMANDS[args.data_command](args)
+
+
+DATA_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("data command")
+
+
+@DATA_COMMANDS.register("synth")
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from harness.data import synthetic
+
+    root = synthetic.generate(args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty,
+                              label_noise=args.label_noise)
+    print(f"synthetic NIH-layout tree: {root}")
+    return EXIT_OK
+
+
+def _data_root(args: argparse.Namespace) -> Path:
+    from harness.data import nih
+
+    root = nih.locate(args.root)
+    if root is None:
+        raise ConfigError("no data root: give ROOT or set HARNESS_DATA_ROOT")
+    return root
+
+
+@DATA_COMMANDS.register("stats")
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from harness.data import nih
+
+    data = nih.load(_data_root(args))
+    stats = nih.stats(data, val_fraction=args.val_fraction, seed=args.seed)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+        return EXIT_OK
+    print(f"{data.root} ({data.dataset}): {stats['images']} images, {stats['patients']} patients; "
+          f"missing {stats['missing']}, skipped {stats['skipped']}")
+    print("splits: " + ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
+          + f"; patient overlap between splits: {stats['patient_overlap']}")
+    names = list(nih.FINDINGS)
+    print(f"{'finding':<20}" + "".join(f"{s:>9}" for s in stats["prevalence"]))
+    for f in names:
+        print(f"{f:<20}" + "".join(f"{stats['prevalence'][s][f] * 100:8.2f}%" for s in stats["prevalence"]))
+    return EXIT_OK
+
+
+@DATA_COMMANDS.register("prepare")
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from harness.data import cache, nih
+
+    data = nih.load(_data_root(args))
+    t0 = time.perf_counter()
+    cached = cache.build(data, np.arange(len(data.table)), size=args.size,
+                         cache_dir=args.cache_dir or default_cache_dir(), workers=args.workers)
+    secs = time.perf_counter() - t0
+    print(f"cache of {len(cached.rows)} images at {args.size}px ready in {secs:.1f} s "
+          f"({len(cached.rows) / max(secs, 1e-9):.0f} images/s); skipped {len(cached.skipped)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Benchmark and ablation harness for chest X-ray "
+                                "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-root", help="NIH Kaggle-layout root (else $HARNESS_DATA_ROOT, else synthetic)")
+        sp.add_argument("--results", default="results", help="results directory (default: results/)")
+        sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+        sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        sp.add_argument("--workers", type=int, default=0, help="decode processes (0 = all cores)")
+
+    r = sub.add_parser("run", help="run a grid of trials through Ray Tune")
+    r.add_argument("grid", help="grid YAML file, e.g. grids/paper.yaml")
+    r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field for every trial")
+    r.add_argument("--dry-run", action="store_true", help="print the trials and their keys; start nothing")
+    r.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
+    r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
+    r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")
+    r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
+    data_opts(r)
+
+    rp = sub.add_parser("report", help="tables, figures and statistics of a grid's results")
+    rp.add_argument("results_dir", help="results/<grid name>")
+    rp.add_argument("--out", help="output directory (default: reports/<grid name>)")
+    rp.add_argument("--recompute", action="store_true", help="recompute every metric from saved predictions")
+    rp.add_argument("--reference", help="arch of the reference row for significance marks")
+
+    d = sub.add_parser("data", help="synthetic data, dataset statistics, caches")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write a synthetic NIH-layout tree")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=3000)
+    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (lesion contrast)")
+    s.add_argument("--label-noise", type=float, default=0.0, help="rate of flipped labels in the CSV")
+    st = dsub.add_parser("stats", help="images, patients, splits, overlap, prevalence")
+    st.add_argument("root", nargs="?", help="data root (else $HARNESS_DATA_ROOT)")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--val-fraction", type=float, default=0.1)
+    st.add_argument("--seed", type=int, default=0)
+    pr = dsub.add_parser("prepare", help="decode every image once into the cache")
+    pr.add_argument("root", nargs="?")
+    pr.add_argument("--size", type=int, required=True)
+    pr.add_argument("--cache-dir")
+    pr.add_argument("--workers", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="harness: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("harness: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
