@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.config import ConfigError, Runtime, default_cache_dir
+from harness.config import ConfigError, Runtime, Trial, default_cache_dir
 from harness.registry import Registry
 
 COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
@@ -134,6 +134,52 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+BENCH_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("bench command")
+
+
+@COMMANDS.register("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    return BENCH_COMMANDS[args.bench_command](args)
+
+
+def _bench_runtime(args: argparse.Namespace) -> Runtime:
+    from harness import train
+
+    _, runtime = train.resolve_dataset([Trial()], _runtime(args))
+    return runtime
+
+
+def _print_bench(result: dict, as_json: bool, lines: list[str]) -> int:
+    print(json.dumps(result, sort_keys=True) if as_json else "\n".join(lines))
+    return EXIT_OK
+
+
+@BENCH_COMMANDS.register("loader")
+def cmd_bench_loader(args: argparse.Namespace) -> int:
+    from harness import bench
+
+    r = bench.bench_loader(_bench_runtime(args), crop=args.crop, batch_size=args.batch, n_images=args.images)
+    return _print_bench(r, args.json, [
+        f"{r['dataset']} data, {r['images']} images, crop {r['crop']} from {r['cache_size']}px, batch {r['batch_size']}, "
+        f"device {r['device']}",
+        f"cached loader     {r['cached_images_per_s']:10.0f} images/s",
+        f"naive PNG loader  {r['naive_png_images_per_s']:10.0f} images/s ({r['naive_workers']} workers)",
+        f"ratio             {r['ratio']:10.1f}x"])
+
+
+@BENCH_COMMANDS.register("step")
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from harness import bench
+
+    r = bench.bench_step(_bench_runtime(args), arch=args.arch, batch_size=args.batch, image_size=args.image_size,
+                         steps=args.steps)
+    return _print_bench(r, args.json, [
+        f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}",
+        f"model step only   {r['step_images_per_s']:10.0f} images/s",
+        f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
+        f"ratio             {r['ratio']:10.2f}"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Benchmark and ablation harness for chest X-ray "
                                 "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in).")
@@ -182,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--size", type=int, required=True)
     pr.add_argument("--cache-dir")
     pr.add_argument("--workers", type=int, default=0)
+    b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; model step vs trial")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bl = bsub.add_parser("loader", help="cached-loader images/s, naive PNG DataLoader images/s, ratio")
+    bs = bsub.add_parser("step", help="model-step-only images/s beside a trial's end-to-end images/s")
+    bs.add_argument("--arch", required=True)
+    bs.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
+    bs.add_argument("--steps", type=int, default=20)
+    for sp, batch in ((bl, 64), (bs, 64)):
+        sp.add_argument("--batch", type=int, default=batch)
+        sp.add_argument("--json", action="store_true")
+        data_opts(sp)
+    bl.add_argument("--crop", type=int, default=224)
+    bl.add_argument("--images", type=int, default=2048, help="images in the cached pass")
     return p
 
 
