@@ -30,7 +30,7 @@ class NaivePNGDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = torch.from_numpy(cache.read_gray(self.paths[i], self.size)).float().div_(255)
+        img = torch.from_numpy(cache.read_gray(self.paths[i], self.size).copy()).float().div_(255)
         top, left = np.random.randint(0, self.size - self.crop + 1, 2)
         img = img[top:top + self.crop, left:left + self.crop]
         if np.random.rand() < 0.5:

@@ -134,6 +134,30 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@COMMANDS.register("weights")
+def cmd_weights(args: argparse.Namespace) -> int:
+    import torch
+    import torchvision
+
+    from harness import models
+
+    for arch in args.archs:
+        path = models.weights_path(arch)
+        if args.action == "where":
+            print(f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_enum(arch).url})")
+            continue
+        if path.is_file():
+            print(f"{arch}: {path} exists; left as it is")
+            continue
+        # Random init under the real file name: exercises the loading path; its numbers mean nothing.
+        s = models.spec(arch)
+        net = torchvision.models.get_model(s.name, weights=None, **s.options(Trial(arch=arch), bool(s.aux_min_size)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+        print(f"{arch}: PLACEHOLDER weights (random init, NOT ImageNet) written to {path}")
+    return EXIT_OK
+
+
 BENCH_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("bench command")
 
 
@@ -228,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--size", type=int, required=True)
     pr.add_argument("--cache-dir")
     pr.add_argument("--workers", type=int, default=0)
+    w = sub.add_parser("weights", help="where ImageNet weights go; placeholder files for offline smoke runs")
+    w.add_argument("action", choices=("where", "placeholder"))
+    w.add_argument("archs", nargs="+")
+
     b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; model step vs trial")
     bsub = b.add_subparsers(dest="bench_command", required=True)
     bl = bsub.add_parser("loader", help="cached-loader images/s, naive PNG DataLoader images/s, ratio")

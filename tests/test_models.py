@@ -1,0 +1,353 @@
+"""Tests for harness.models, driven by the MODELS registry so a new arch is covered by adding it."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from harness import models
+from harness.config import ConfigError, Trial
+
+ARCHS = models.MODELS.names()
+
+
+def small(arch: str) -> int:
+    """The smallest size a Trial allows (32) that the arch accepts: fast CPU tests."""
+    return max(models.spec(arch).min_size, 32)
+
+
+def trial(arch: str, **kw) -> Trial:
+    return Trial(arch=arch, image_size=kw.pop("image_size", small(arch)), **kw)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """One scratch model per arch at its small size, shared by the tests that restore what they change."""
+    cache: dict[str, nn.Module] = {}
+
+    def get(arch: str) -> nn.Module:
+        if arch not in cache:
+            torch.manual_seed(0)
+            cache[arch] = models.build(trial(arch))
+        return cache[arch]
+
+    return get
+
+
+def batch(arch: str, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    size = small(arch)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 2, (n, models.NUM_CLASSES), generator=g).float()
+
+
+def stage_params(model: nn.Module, arch: str) -> list[dict[str, nn.Parameter]]:
+    """Parameters of each stage, by dotted name."""
+    out = []
+    for group in models.spec(arch).stages:
+        params = {}
+        for name in group.split("+"):
+            params.update({f"{name}.{k}": p for k, p in model.get_submodule(name).named_parameters()})
+        out.append(params)
+    return out
+
+
+def batchnorms(model: nn.Module, group: str) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for name in group.split("+") for m in model.get_submodule(name).modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+# --- the table itself ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_table_names_real_modules(arch, built):
+    s, model = models.spec(arch), built(arch)
+    for group in s.stages:
+        for name in group.split("+"):
+            assert any(True for _ in model.get_submodule(name).parameters()), f"{name} has no parameters"
+    model.get_submodule(s.cam_layer)
+    for head in s.heads:
+        if getattr(model, head.split(".")[0]) is not None:  # None: an auxiliary head left out at small sizes
+            assert isinstance(model.get_submodule(head), nn.Linear)
+            assert model.get_submodule(head).out_features == models.NUM_CLASSES
+    assert models.weights_enum(arch).url.endswith(".pth")
+
+
+def test_paper_and_reference_archs_registered():
+    assert {"alexnet", "resnet152", "inception_v3", "densenet121", "resnet50", "efficientnet_b0"} <= set(ARCHS)
+
+
+def test_image_size():
+    assert models.image_size(Trial(arch="inception_v3")) == 299
+    assert models.image_size(Trial(arch="resnet152")) == 224
+    assert models.image_size(Trial(arch="alexnet", image_size=128)) == 128
+
+
+# --- forward, backward, heads, Grad-CAM layer -----------------------------------------------------------
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_backward_and_cam_layer(arch, built):
+    model = built(arch)
+    models.train_mode(model, trial(arch))
+    seen = {}
+    layer = model.get_submodule(models.spec(arch).cam_layer)
+
+    def keep(module, inputs, out):
+        seen["act"] = out
+        out.register_hook(lambda grad: seen.update(grad=grad))
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        x, y = batch(arch)
+        logits, aux = models.forward(model, x)
+        nn.functional.binary_cross_entropy_with_logits(logits, y).backward()
+    finally:
+        handle.remove()
+    assert logits.shape == (2, models.NUM_CLASSES) and torch.isfinite(logits).all()
+    assert aux is None  # no auxiliary head at small sizes
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    # The Grad-CAM layer is a 4-D feature map whose gradient reaches it intact.
+    assert seen["act"].ndim == 4 and seen["grad"].shape == seen["act"].shape
+    assert seen["grad"].abs().sum() > 0 and torch.isfinite(seen["grad"]).all()
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_min_size_is_the_real_boundary(arch, built):
+    model, s = built(arch), models.spec(arch)
+    model.eval()
+    with torch.no_grad():
+        assert models.forward(model, torch.zeros(1, 3, s.min_size, s.min_size))[0].shape == (1, models.NUM_CLASSES)
+        if s.min_size > 1:
+            with pytest.raises(RuntimeError):
+                model(torch.zeros(1, 3, s.min_size - 1, s.min_size - 1))
+
+
+def test_inception_aux_head_at_299():
+    t = Trial(arch="inception_v3")
+    model = models.build(t)
+    assert model.AuxLogits.fc.out_features == models.NUM_CLASSES
+    x = torch.randn(2, 3, 299, 299)
+    y = torch.ones(2, models.NUM_CLASSES)
+    models.train_mode(model, t)
+    logits, aux = models.forward(model, x)
+    assert logits.shape == aux.shape == (2, models.NUM_CLASSES)
+    loss = nn.functional.binary_cross_entropy_with_logits
+    (loss(logits, y) + models.AUX_WEIGHT * loss(aux, y)).backward()
+    assert model.AuxLogits.fc.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        logits, aux = models.forward(model, x[:1])
+    assert logits.shape == (1, models.NUM_CLASSES) and aux is None
+
+
+def test_inception_below_299_builds_without_aux_head(caplog):
+    with caplog.at_level("INFO", logger="harness.models"):
+        model = models.build(trial("inception_v3"))
+    assert model.AuxLogits is None and not model.aux_logits
+    assert "below the 299 px its auxiliary head needs" in caplog.text
+
+
+# --- freezing --------------------------------------------------------------------------------------------
+
+def frozen_and_trainable(model: nn.Module, arch: str, depth: int) -> tuple[dict, dict]:
+    """Parameters by name: those in the first `depth` stages of the table, and all the others."""
+    frozen = {n: p for params in stage_params(model, arch)[:depth] for n, p in params.items()}
+    return frozen, {n: p for n, p in model.named_parameters() if n not in frozen}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freeze_every_depth_marks_exactly_its_stages(arch, built):
+    model, s = built(arch), models.spec(arch)
+    staged = {n for params in stage_params(model, arch) for n in params}
+    assert set(dict(model.named_parameters())) - staged, "the head must stay outside every stage"
+    for depth in range(len(s.stages) + 1):
+        t = trial(arch, freeze=depth)
+        models.freeze(model, t)
+        models.train_mode(model, t)
+        frozen, trainable = frozen_and_trainable(model, arch, depth)
+        assert all(not p.requires_grad for p in frozen.values()) and all(p.requires_grad for p in trainable.values())
+        asleep = {id(m) for group in s.stages[:depth] for name in group.split("+")
+                  for m in model.get_submodule(name).modules()}
+        for name, m in model.named_modules():
+            assert m.training == (id(m) not in asleep), f"depth {depth}: {name or arch} training={m.training}"
+    models.freeze(model, trial(arch))
+
+
+def step_and_check(model: nn.Module, arch: str, depth: int) -> None:
+    """One training step at a freeze depth: frozen weights and BatchNorm statistics stay, the rest move."""
+    s, t = models.spec(arch), trial(arch, freeze=depth)
+    models.freeze(model, t)
+    frozen, trainable = frozen_and_trainable(model, arch, depth)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    frozen_bn = [copy.deepcopy(bn.state_dict()) for g in s.stages[:depth] for bn in batchnorms(model, g)]
+    live = batchnorms(model, s.stages[depth]) if depth < len(s.stages) else []
+    counts = [int(bn.num_batches_tracked) for bn in live]
+    models.train_mode(model, t)
+    x, y = batch(arch)
+    logits, _ = models.forward(model, x)
+    nn.functional.binary_cross_entropy_with_logits(logits, y).backward()
+    # All parameters, as a careless trainer might pass them; a tiny eps makes any nonzero gradient move
+    # its weight by about lr, however small the gradient of a randomly initialised net is.
+    torch.optim.Adam(model.parameters(), lr=1e-2, eps=1e-30).step()
+    try:
+        for name, p in model.named_parameters():
+            changed = not torch.equal(before[name], p)
+            assert changed == (name in trainable), f"depth {depth}: {name} changed={changed}"
+        for bn, old in zip([bn for g in s.stages[:depth] for bn in batchnorms(model, g)], frozen_bn):
+            for k, v in bn.state_dict().items():
+                assert torch.equal(v, old[k]), f"depth {depth}: frozen BatchNorm {k} moved"
+        # The first trainable stage's BatchNorm still learns its statistics.
+        assert all(int(bn.num_batches_tracked) == n + 1 for bn, n in zip(live, counts))
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(before[name])  # the shared model goes back to its weights
+        model.zero_grad(set_to_none=True)
+        models.freeze(model, trial(arch))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_frozen_stages_do_not_learn(arch, built):
+    step_and_check(built(arch), arch, depth=(len(models.spec(arch).stages) + 1) // 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_frozen_stages_do_not_learn_at_any_depth(arch, built):
+    for depth in range(len(models.spec(arch).stages) + 1):
+        step_and_check(built(arch), arch, depth)
+
+
+def test_build_applies_freeze_and_train_mode_sees_through_compile():
+    t = trial("efficientnet_b0", freeze=2)
+    model = models.build(t)
+    assert not model.features[1][0].block[0][0].weight.requires_grad
+    assert model.features[2][0].block[0][0].weight.requires_grad and model.classifier[1].weight.requires_grad
+    wrapped = torch.compile(model)  # compiles lazily: wrapping alone is cheap
+    models.train_mode(wrapped, t)
+    assert model.features[2].training and not model.features[1].training and not model.features[0].training
+
+
+# --- check() ---------------------------------------------------------------------------------------------
+
+def test_check_unknown_arch_lists_valid_with_hint():
+    with pytest.raises(ConfigError, match=r"unknown arch 'resnet153' \(did you mean 'resnet152'\?\); valid: .*alexnet"):
+        models.check(Trial(arch="resnet153"))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_check_freeze_too_deep_names_the_stages(arch):
+    s = models.spec(arch)
+    models.check(trial(arch, freeze=len(s.stages)))
+    with pytest.raises(ConfigError) as err:
+        models.check(trial(arch, freeze=len(s.stages) + 1))
+    msg = str(err.value)
+    assert f"freeze={len(s.stages) + 1} is deeper than {arch}'s {len(s.stages)} stages: {', '.join(s.labels)}" in msg
+    assert "\n" not in msg
+
+
+def test_check_freeze_message_for_resnet152():
+    with pytest.raises(ConfigError, match="resnet152's 5 stages: stem, layer1, layer2, layer3, layer4"):
+        models.check(Trial(arch="resnet152", freeze=7))
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if models.spec(a).min_size > 32])
+def test_check_image_too_small(arch):
+    s = models.spec(arch)
+    models.check(trial(arch, image_size=s.min_size))
+    small_msg = f"image_size={s.min_size - 1} is below {arch}'s minimum input of {s.min_size}"
+    with pytest.raises(ConfigError, match=small_msg):
+        models.check(trial(arch, image_size=s.min_size - 1))
+    with pytest.raises(ConfigError):
+        models.build(trial(arch, image_size=s.min_size - 1))
+
+
+# --- pretrained weights ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torchvision cache, and a network that fails the test if anything tries to download."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "hub" / "checkpoints"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pretrained_offline_and_uncached_raises_weights_missing(arch, torch_home):
+    name = models.weights_path(arch).name
+    assert models.weights_path(arch) == torch_home / name
+    with pytest.raises(models.WeightsMissing) as err:
+        models.build(trial(arch, pretrained=True))
+    msg = str(err.value)
+    assert isinstance(err.value, ConfigError) and "\n" not in msg
+    assert f"pretrained {arch} needs ImageNet weights: place {name} in {torch_home} (download from https://" in msg
+
+
+def _old_densenet_keys(state: dict) -> dict:
+    """The layout of torchvision's released DenseNet file: 'norm.1' names and no num_batches_tracked."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        for part in ("norm", "relu", "conv"):
+            for i in "12":
+                k = k.replace(f".{part}{i}.", f".{part}.{i}.")
+        out[k] = v
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization of inception_v3")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pretrained_loads_the_cached_file(arch, torch_home):
+    torch.manual_seed(123)
+    reference = torchvision.models.get_model(arch, weights=None).state_dict()  # 1000 classes, as the enum's file
+    saved = _old_densenet_keys(reference) if arch == "densenet121" else reference
+    torch_home.mkdir(parents=True)
+    torch.save(saved, models.weights_path(arch))
+
+    model = models.build(trial(arch, pretrained=True))
+    s = models.spec(arch)
+    heads = tuple(f"{h}." for h in s.heads)
+    own = model.state_dict()
+    backbone = [k for k in reference if not k.startswith(heads) and not k.startswith("AuxLogits.")]
+    assert len(backbone) > 10
+    for k in backbone:
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(own[k], reference[k]), k
+    for head in s.heads:
+        if not head.startswith("AuxLogits"):
+            assert model.get_submodule(head).out_features == models.NUM_CLASSES
+    logits, _ = models.forward(model.eval(), batch(arch)[0])
+    assert logits.shape == (2, models.NUM_CLASSES)
+    if arch == "inception_v3":
+        assert model.transform_input  # ImageNet-normalised inputs mapped to the [-1, 1] scale the weights expect
+
+
+@pytest.mark.parametrize("content", [b"this is not a checkpoint", "tensor", "wrong keys"])
+def test_unreadable_weights_file_is_one_line_config_error(content, torch_home):
+    path = models.weights_path("efficientnet_b0")
+    torch_home.mkdir(parents=True)
+    if content == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif content == "wrong keys":
+        torch.save({"conv.weight": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        models.build(trial("efficientnet_b0", pretrained=True))
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "download.pytorch.org" in msg
+
+
+def test_scratch_never_reads_the_cache(torch_home):
+    model = models.build(trial("efficientnet_b0"))
+    assert model.classifier[1].out_features == models.NUM_CLASSES
+    assert not torch_home.exists()
