@@ -96,6 +96,9 @@ def expand(spec: Mapping[str, Any], *, where: str, profile: str | None = None,
             raise ConfigError(f"{where}: axes.{field} is empty; give at least one value")
         axes[str(field)] = [coerce(str(field), v, f"{where}: axes.{field}[{i}]") for i, v in enumerate(values)]
 
+    overrides = dict(overrides or {})
+    for field in overrides.keys() & axes.keys():
+        axes[field] = [overrides[field]]  # --set collapses the axis it names to that one value
     cells = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else [{}]
     for i, extra in enumerate(spec.get("include") or []):
         cells.append(_fields(extra, f"{where}: include[{i}]"))
@@ -106,7 +109,6 @@ def expand(spec: Mapping[str, Any], *, where: str, profile: str | None = None,
         raise ConfigError(f"{where}: seeds: expected a non-empty list of integers, e.g. [0, 1, 2]")
     seeds = [coerce("seed", s, f"{where}: seeds[{i}]") for i, s in enumerate(seeds_raw)]
 
-    overrides = dict(overrides or {})
     trials: list[Trial] = []
     seen: dict[str, str] = {}
     for cell in cells:
@@ -114,6 +116,8 @@ def expand(spec: Mapping[str, Any], *, where: str, profile: str | None = None,
             continue
         for seed in seeds:
             trial = Trial(**{**base, **cell, "seed": seed, **overrides})
+            if trial.key in seen and overrides:
+                continue  # an include cell that --set made equal to another cell
             if trial.key in seen:
                 raise ConfigError(f"{where}: duplicate trial {trial.label} (key {trial.key}); "
                                   "check axes, include and --set for repeated settings")

@@ -65,11 +65,10 @@ def _trainable(config: dict[str, Any]) -> None:
     runtime: Runtime = config["runtime"]
     st = store_mod.Store(config["grid_dir"])
     out_dir = st.trial_dir(trial)
-    cpus = int(config.get("cpus", 0))
-    if cpus > 0:
-        import torch
+    import torch
 
-        torch.set_num_threads(cpus)
+    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved.
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
         train.run_trial(trial, runtime, out_dir=out_dir, report=lambda row: tune.report(row))
     except (train.TrialFailed, ConfigError) as exc:
@@ -137,9 +136,10 @@ def start_ray(runtime: Runtime) -> None:
     """Join the cluster at runtime.address (or RAY_ADDRESS), else start a private local Ray."""
     if ray.is_initialized():
         return
+    if os.environ.get("RAY_ADDRESS") == "":
+        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would read it as an address
     address = runtime.address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store holds the results
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING, "configure_logging": True}
     try:
@@ -162,29 +162,321 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
             cluster = ray.cluster_resources()
             progress = Progress(len(trials), already) if runtime.progress else None
             try:
-                # One Tune experiment per resource shape keeps with_resources static and simple.
-                by_shape: dict[tuple, list[Trial]] = {}
                 for t in pending:
-                    by_shape.setdefault(tuple(sorted(_resources(t, runtime, cluster).items())), []).append(t)
-                for shape, group in by_shape.items():
-                    res = dict(shape)
-                    for t in group:
-                        st.begin(t, grid)
-                    trainable = tune.with_resources(_trainable, res)
-                    tuner = tune.Tuner(
-                        trainable,
-                        param_space={"trial": tune.grid_search([t.to_dict() for t in group]),
-                                     "runtime": runtime, "grid_dir": str(grid_dir.resolve()),
-                                     "cpus": res["cpu"]},
-                        tune_config=tune.TuneConfig(reuse_actors=False),
-                        run_config=tune.RunConfig(
-                            name=f"{grid}-cpu{res['cpu']:g}-gpu{res['gpu']:g}",
-                            storage_path=str((grid_dir / ".tune").resolve()),
-                            failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
-                            verbose=0, callbacks=[progress] if progress else None,
-                            log_to_file=True))
-                    tuner.fit()
+                    st.begin(t, grid)
+                # Resources per trial from its arch, so an AlexNet trial can share a GPU with a ResNet152 one.
+                trainable = tune.with_resources(_trainable, lambda config: tune.PlacementGroupFactory(
+                    [{k.upper(): v for k, v in _resources(Trial(**config["trial"]), runtime, cluster).items()}]))
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space={"trial": tune.grid_search([t.to_dict() for t in pending]),
+                                 "runtime": runtime, "grid_dir": str(grid_dir.resolve())},
+                    tune_config=tune.TuneConfig(reuse_actors=False),
+                    run_config=tune.RunConfig(
+                        name=grid, storage_path=str((grid_dir / ".tune").resolve()),
+                        failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
+                        verbose=0, callbacks=[progress] if progress else None, log_to_file=True))
+                tuner.fit()
             finally:
                 if progress:
                     progress.close()
         return summarize(grid, trials, st, skipped=already)
+
+
+# --- hyperparameter search: one invocation of a study (harness.search builds the plan; optuna stays there) ---
+
+import csv  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+from harness.config import trial_from_dict  # noqa: E402
+
+SEARCH_FILE = "search.json"  # a search trial's outcome, beside its store files (a pruned trial has no DONE)
+OUTCOMES = ("complete", "pruned", "failed")
+
+
+@dataclass
+class SearchPlan:
+    """One invocation of a search, as harness.search builds it; the Optuna objects are opaque here."""
+
+    name: str  # results/<name>/ holds the trials, as a grid's do
+    study_name: str
+    base: Trial
+    space: dict[str, Any]  # Trial field -> Optuna distribution
+    sampler: Any  # a seeded Optuna sampler
+    storage: Any  # an Optuna storage holding the study
+    finish: Callable[..., None]  # finish(study, ot_trial, outcome=, value=, attrs=): tells the study how a trial ended
+    metric: str
+    mode: str  # "max" or "min"
+    samples: int  # new trials
+    concurrency: int
+    grace_period: int | None  # None: no early stopping
+    reduction_factor: float
+    prior: list[dict[int, float]]  # per-epoch metric curves of the study's earlier trials
+
+
+@dataclass
+class SearchRun:
+    """What this invocation's trials did, from Ray's results and the store."""
+
+    trials: list[dict[str, Any]]  # key, label, outcome, epochs_run, reason
+
+    def counts(self) -> dict[str, int]:
+        return {o: sum(t["outcome"] == o for t in self.trials) for o in OUTCOMES}
+
+    def failure_lines(self) -> list[str]:
+        return [f"{t['label']} ({t['key']}): {t['reason']}" for t in self.trials if t["outcome"] == "failed"]
+
+
+def _outcome(result: dict[str, Any] | None, epochs: int) -> str:
+    """complete: trained every epoch; pruned: stopped by the scheduler; failed: no epoch, or the trial said so."""
+    if not result or result.get("failed") or "epoch" not in result:
+        return "failed"
+    return "complete" if result["epoch"] >= epochs else "pruned"
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def _history_rows(path: Path) -> list[dict[str, Any]]:
+    """A stored history.csv as the rows run_trial reported."""
+    with open(path, newline="") as fh:
+        return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def _resumed_rows(path: Path) -> list[dict[str, Any]]:
+    """The epochs a killed attempt finished (run_trial resumes after them and reports only the rest)."""
+    import torch
+
+    try:
+        return list(torch.load(path, map_location="cpu", weights_only=True)["history"])
+    except Exception:  # an unreadable resume file: run_trial decides what to do with it
+        return []
+
+
+def _search_trainable(config: dict[str, Any]) -> None:
+    """Runs inside a Ray worker: one point of the space as a trial, its files written into the store.
+
+    Every epoch's row goes to history.csv as it is reported, so a trial the scheduler stops keeps its curve.
+    Settings already trained (a search can draw the same point twice) replay their stored curve instead.
+    """
+    metric, grid = config["metric"], config["grid"]
+    try:
+        trial = trial_from_dict({**config["base"], **{f: config[f] for f in config["fields"]}}, where="search trial")
+    except ConfigError as exc:
+        tune.report({"failed": 1, "reason": str(exc), metric: math.nan})
+        return
+    runtime: Runtime = config["runtime"]
+    st = store_mod.Store(config["grid_dir"])
+    out_dir = st.trial_dir(trial)
+    import torch
+
+    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved.
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    if st.is_done(trial):
+        for row in _history_rows(out_dir / store_mod.HISTORY_FILE):
+            tune.report({**row, "key": trial.key})
+        return
+    st.begin(trial, grid)
+    history: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        history.append(row)
+        with store_mod.atomic_path(out_dir / store_mod.HISTORY_FILE) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+        tune.report({**row, "key": trial.key})
+
+    if (out_dir / store_mod.RESUME_FILE).is_file():
+        for row in _resumed_rows(out_dir / store_mod.RESUME_FILE):
+            emit(row)
+    try:
+        train.run_trial(trial, runtime, out_dir=out_dir, report=emit, test=False)
+    except (train.TrialFailed, ConfigError) as exc:
+        st.mark_failed(trial, str(exc), detail=traceback.format_exc())
+        tune.report({"failed": 1, "key": trial.key, metric: math.nan})
+        return
+    except SystemExit:
+        raise  # Ray's report() exits the trial's thread this way when the scheduler stops it: not a failure
+    except BaseException as exc:
+        st.mark_failed(trial, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc())
+        raise
+    st.mark_done(trial)
+
+
+def _short_name(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config: every Trial field
+
+
+class _StudySearch(OptunaSearch):
+    """Ray's OptunaSearch, telling the study what really happened to each trial.
+
+    Ray 2.60's OptunaSearch tells a trial that ASHA stopped as COMPLETE with the value of the epoch it
+    stopped at (Ray skips on_trial_result for that last result), and a trial that failed without
+    reporting the metric as PRUNED. Here intermediate values are stepped by epoch, the stopping epoch is
+    reported too, and `finish` tells the study PRUNED (value: the last epoch's), COMPLETE (value: the best
+    epoch's, as run_trial keeps the best weights) or FAIL. Optuna's own pruners are not used: ASHA prunes.
+    """
+
+    def __init__(self, *, finish: Callable[..., None], epochs: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._finish = finish
+        self._epochs = epochs
+        self._curves: dict[str, dict[int, float]] = {}
+
+    def _record(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get("failed") or "epoch" not in result or trial_id not in self._ot_trials:
+            return
+        curve = self._curves.setdefault(trial_id, {})
+        epoch = int(result["epoch"])
+        if epoch not in curve:  # a replayed or retried epoch is reported once
+            curve[epoch] = float(result[self._metric])
+            self._ot_trials[trial_id].report(curve[epoch], epoch)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self._completed_trials:
+            self._record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        result = result or {}
+        self._record(trial_id, result)
+        outcome = "failed" if error else _outcome(result, self._epochs)
+        values = [v for v in self._curves.get(trial_id, {}).values() if math.isfinite(v)]
+        best = (max if self._mode == "max" else min)(values) if values else None
+        try:
+            self._finish(self._ot_study, self._ot_trials[trial_id], outcome=outcome, value=best,
+                         attrs={"key": result.get("key"), "outcome": outcome, "ray_trial_id": trial_id,
+                                "epochs_run": len(self._curves.get(trial_id, {}))})
+        except Exception:  # the study must not take the whole search down; the trial stays RUNNING, then FAIL
+            log.exception("could not tell the study how trial %s ended", trial_id)
+        self._completed_trials.add(trial_id)
+
+
+class _ResumedASHA(ASHAScheduler):
+    """ASHA whose rungs start with the study's earlier curves, so a rerun prunes against them, not from zero."""
+
+    def __init__(self, *, prior: Sequence[dict[int, float]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        sign = 1.0 if kwargs["mode"] == "max" else -1.0
+        for bracket in self._brackets:
+            for milestone, recorded in bracket._rungs:
+                for i, curve in enumerate(prior):
+                    # A live trial is recorded at its first epoch at or past the milestone; so is a past one.
+                    reached = [e for e in curve if e >= milestone]
+                    if reached:
+                        recorded[f"study-{i}"] = sign * curve[min(reached)]
+
+
+class _SearchProgress(Progress):
+    """Progress, labelled by the searched fields of each running trial."""
+
+    def __init__(self, total: int, *, metric: str, epochs: int, fields: Sequence[str]) -> None:
+        super().__init__(total, 0)
+        self.metric, self.epochs, self.fields = metric, epochs, tuple(fields)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "epoch" in result:
+            params = " ".join(f"{f}={trial.config[f]:.3g}" if isinstance(trial.config[f], float)
+                              else f"{f}={trial.config[f]}" for f in self.fields)
+            self.running[trial.trial_id] = (f"{params} ep {result['epoch']}/{self.epochs} "
+                                            f"{self.metric} {result[self.metric]:.3f}")
+        if result.get("failed"):
+            self.failed += 1
+        self._show()
+
+
+def _search_resources(plan: SearchPlan, runtime: Runtime, cluster: dict[str, float]) -> dict[str, float]:
+    """One shape for every trial of the search: the largest any arch in the space asks for."""
+    archs = getattr(plan.space.get("arch"), "choices", None) or (plan.base.arch,)
+    shapes = [_resources(plan.base.replace(arch=a), runtime, cluster) for a in archs]
+    return max(shapes, key=lambda r: (r["gpu"], r["cpu"]))
+
+
+def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
+    """Run plan.samples new trials: Optuna suggests through OptunaSearch, ASHA stops weak ones per epoch.
+
+    Trials run with test=False (the validation split only) and write into results/<plan.name>/<key>/ like
+    a grid's. A pruned trial keeps trial.json, history.csv and search.json; its weights are removed.
+    The caller holds the store's lock.
+    """
+    grid_dir = Path(runtime.results_dir) / plan.name
+    st = store_mod.Store(grid_dir)
+    start_ray(runtime)
+    res = _search_resources(plan, runtime, ray.cluster_resources())
+    epochs = plan.base.epochs
+    searcher = _StudySearch(space=plan.space, metric=plan.metric, mode=plan.mode, sampler=plan.sampler,
+                            study_name=plan.study_name, storage=plan.storage, finish=plan.finish, epochs=epochs)
+    scheduler = None
+    if plan.grace_period is not None and epochs > plan.grace_period:
+        # Rungs end before the last epoch: a trial stopped at its final report would lose the files run_trial
+        # writes after it, and stopping work that is done saves nothing.
+        scheduler = _ResumedASHA(prior=plan.prior, time_attr="epoch", metric=plan.metric, mode=plan.mode,
+                                 max_t=epochs - 1, grace_period=plan.grace_period,
+                                 reduction_factor=plan.reduction_factor, stop_last_trials=False)
+    progress = (_SearchProgress(plan.samples, metric=plan.metric, epochs=epochs, fields=list(plan.space))
+                if runtime.progress else None)
+    tuner = tune.Tuner(
+        tune.with_resources(_search_trainable, res),
+        param_space={"base": plan.base.to_dict(), "fields": list(plan.space), "runtime": runtime,
+                     "grid_dir": str(grid_dir.resolve()), "grid": plan.name, "metric": plan.metric},
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.samples,
+                                    max_concurrent_trials=plan.concurrency, reuse_actors=False,
+                                    trial_name_creator=_short_name, trial_dirname_creator=_short_name),
+        run_config=tune.RunConfig(
+            name=f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str((grid_dir / ".tune").resolve()),
+            failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
+            verbose=0, callbacks=[progress] if progress else None, log_to_file=True))
+    # Results come from the trials' last reports; Ray's per-trial result files are off (the store holds them).
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        results = tuner.fit()
+    finally:
+        quiet.setLevel(level)
+        if progress:
+            progress.close()
+
+    trials = []
+    for r in results:
+        config = r.config or {}
+        try:
+            trial = trial_from_dict({**config["base"], **{f: config[f] for f in config["fields"]}})
+        except (ConfigError, KeyError) as exc:
+            trials.append({"key": "-", "label": "?", "outcome": "failed", "epochs_run": 0, "reason": str(exc)})
+            continue
+        metrics = r.metrics or {}
+        outcome = "failed" if r.error else _outcome(metrics, epochs)
+        d = st.trial_dir(trial)
+        reason = ""
+        if outcome == "failed":
+            failure = st.failure(trial)
+            reason = ((failure or {}).get("reason") or metrics.get("reason")
+                      or (f"{type(r.error).__name__}: {r.error}" if r.error else "did not run (the search was stopped)"))
+        if outcome == "pruned" and not st.is_done(trial):
+            # Weights of a trial stopped early are not a result; its curve (history.csv) is.
+            for name in (store_mod.RESUME_FILE, store_mod.WEIGHTS_FILE):
+                (d / name).unlink(missing_ok=True)
+        row = {"key": trial.key, "label": trial.label, "outcome": outcome,
+               "epochs_run": int(metrics.get("epoch", 0) or 0), "reason": reason}
+        if d.is_dir():
+            store_mod.write_json(d / SEARCH_FILE, {**row, "study": plan.study_name, "metric": plan.metric,
+                                                   "last_value": metrics.get(plan.metric),
+                                                   "ray_trial_id": metrics.get("trial_id")})
+        trials.append(row)
+    return SearchRun(trials=trials)

@@ -101,3 +101,9 @@ def test_repo_grids_expand():
         assert len(g.trials) == n
     smoke = load_grid("grids/paper.yaml", profile="smoke")
     assert {t.epochs for t in smoke.trials} == {2}
+
+
+def test_set_collapses_the_axis_it_names(tmp_path):
+    p = write(tmp_path, "axes: {arch: [alexnet, resnet50], loss: [bce, focal]}\n")
+    g = load_grid(p, overrides=["loss=asl"])
+    assert sorted((t.arch, t.loss) for t in g.trials) == [("alexnet", "asl"), ("resnet50", "asl")]
