@@ -182,6 +182,26 @@ def weights_path(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
+def weights_provenance(arch: str) -> dict[str, Any]:
+    """What a pretrained trial loaded: the file and whether its SHA-256 matches torchvision's published one.
+
+    torchvision names each file <name>-<first hex digits of its SHA-256>.pth; a file whose hash does not
+    start with those digits (a placeholder, a re-saved or altered file) is not the published ImageNet
+    checkpoint, and results made with it must not be reported as ImageNet-pretrained.
+    """
+    import hashlib
+
+    path = weights_path(arch)
+    expected = path.stem.rsplit("-", 1)[-1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    return {"file": str(path), "sha256": actual, "imagenet_verified": actual.startswith(expected),
+            "source": weights_enum(arch).url}
+
+
 def _imagenet_state(arch: str) -> dict[str, Tensor]:
     """The arch's ImageNet state dict from the cache; WeightsMissing when absent or unreadable."""
     weights, path = weights_enum(arch), weights_path(arch)

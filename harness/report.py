@@ -38,6 +38,9 @@ PAPER_DIGITS = {False: 3, True: 4}  # as printed in Tables 1 and 2
 PUBLISHED_AUROC = ("Published mean AUROC on the official patient-wise NIH ChestX-ray14 split: 0.745 for "
                    "ResNet-50 (Wang et al. 2017, ChestX-ray8, CVPR; 14-finding update); about 0.80-0.82 for "
                    "CheXNet-style DenseNet-121 reproductions (e.g. Guendel et al. 2018: 0.807).")
+WEIGHTS_WARNING = ("UNVERIFIED WEIGHTS: the pretrained {archs} results loaded a weights file whose SHA-256 does not "
+                   "match torchvision's published ImageNet checkpoint (e.g. a placeholder): they are not "
+                   "ImageNet-pretrained results.")
 SYNTHETIC_WARNING = ("SYNTHETIC DATA: these numbers come from rendered phantoms, not NIH ChestX-ray14. They are "
                      "not comparable with the paper's or any published values, which are therefore not shown.")
 DATASET_TITLES = {"nih": "NIH ChestX-ray14", "synthetic": "SYNTHETIC phantoms (not NIH)"}
@@ -314,6 +317,12 @@ class Context:
         return bool(self.results) and self.datasets == ["nih"]
 
     @property
+    def unverified_weights(self) -> list[str]:
+        """Pretrained results whose weights file is not torchvision's published ImageNet checkpoint."""
+        return sorted({r.trial.get("arch", "?") for r in self.results if r.trial.get("pretrained")
+                       and not (r.metrics.get("weights") or {}).get("imagenet_verified", False)})
+
+    @property
     def dataset_title(self) -> str:
         names = self.datasets
         if len(names) == 1:
@@ -529,6 +538,8 @@ def paper_table(ctx: Context, *, number: int, pretrained: bool, stem: str, what:
         notes += [f"Paper: {PAPER_SOURCE}.", PUBLISHED_AUROC]
     else:
         notes.insert(0, SYNTHETIC_WARNING)
+    if pretrained and ctx.unverified_weights:
+        notes.insert(0, WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights)))
     return Table(stem, title, columns, rows, pd.DataFrame(records), bold, notes)
 
 
@@ -824,6 +835,9 @@ def build_sections(ctx: Context) -> list[Section]:
     if not ctx.is_nih and ctx.results:
         sections.append(Section("Warning", f"<p class='warning'>{html.escape(SYNTHETIC_WARNING)}</p>\n",
                                 f"**{SYNTHETIC_WARNING}**\n"))
+    if ctx.unverified_weights:
+        text = WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))
+        sections.append(Section("Warning", f"<p class='warning'>{html.escape(text)}</p>\n", f"**{text}**\n"))
     if ctx.results:
         for stem, number, pretrained, fig_stem, what in PAPER_TABLES:
             table = paper_table(ctx, number=number, pretrained=pretrained, stem=stem, what=what)

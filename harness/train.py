@@ -251,6 +251,8 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
         "epochs_run": len(history),
         **_peak_memory(device), **store.provenance(),
     })
+    if trial.pretrained:
+        result["weights"] = models.weights_provenance(trial.arch)
     store.write_json(out_dir / store.METRICS_FILE, result)
     return result
 

@@ -351,3 +351,23 @@ def test_scratch_never_reads_the_cache(torch_home):
     model = models.build(trial("efficientnet_b0"))
     assert model.classifier[1].out_features == models.NUM_CLASSES
     assert not torch_home.exists()
+
+
+def test_weights_provenance_tells_a_placeholder_from_the_published_file(torch_home):
+    path = models.weights_path("alexnet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    info = models.weights_provenance("alexnet")
+    assert info["imagenet_verified"] is False and info["file"] == str(path) and len(info["sha256"]) == 64
+    # A file whose SHA-256 starts with the digits in its name is what torchvision publishes.
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    renamed = path.with_name(f"alexnet-owt-{digest[:8]}.pth")
+    path.rename(renamed)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(models, "weights_path", lambda arch: renamed)
+    try:
+        assert models.weights_provenance("alexnet")["imagenet_verified"] is True
+    finally:
+        monkeypatch.undo()

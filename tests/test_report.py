@@ -326,3 +326,21 @@ def test_importing_report_does_not_import_torch_or_ray():
     code = "import sys, harness.report; print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_unverified_pretrained_weights_are_flagged(tmp_path):
+    """Pretrained rows made with a file that is not torchvision's ImageNet checkpoint say so, loudly."""
+    grid = tmp_path / "weights"
+    for pretrained in (False, True):
+        write_trial(grid, Trial(dataset="nih", arch="alexnet", pretrained=pretrained, epochs=3), dataset="nih",
+                    strength=2.0, noise_seed=1)
+    index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT)
+    page = index.read_text()
+    assert "UNVERIFIED WEIGHTS" in page
+    table2 = (tmp_path / "out" / "table2_pretrained.md").read_text()
+    assert "UNVERIFIED WEIGHTS" in table2
+    for r in store.load_results(grid):  # now mark every weights file verified: the warning goes away
+        if r.trial.get("pretrained"):
+            m = dict(r.metrics, weights={"imagenet_verified": True})
+            store.write_json(r.path / "metrics.json", m)
+    assert "UNVERIFIED WEIGHTS" not in report.write_report(grid, tmp_path / "out2", n_boot=REPORT_BOOT).read_text()
