@@ -19,7 +19,7 @@ install: $(STAMP)
 
 # Offline there are no ImageNet weights: the demo's pretrained trials load PLACEHOLDER files (random init under
 # torchvision's file names) from a demo-only TORCH_HOME. They exercise the loading path; the report flags them.
-DEMO_TORCH_HOME ?= .cache/demo-torch
+DEMO_TORCH_HOME ?= $(CURDIR)/.cache/demo-torch
 
 demo: $(STAMP)
 	TORCH_HOME=$(DEMO_TORCH_HOME) $(BIN)/python -m harness weights placeholder alexnet resnet152 inception_v3

@@ -25,8 +25,11 @@ def _runtime(args: argparse.Namespace) -> Runtime:
             raise ConfigError(f"--gpus-per-trial {gpus!r}: expected a number like 0.25 or 'auto'") from None
         if not 0 <= gpus <= 8:
             raise ConfigError(f"--gpus-per-trial {gpus}: expected a share in [0, 8]")
-    return Runtime(data_root=getattr(args, "data_root", None), results_dir=getattr(args, "results", "results"),
-                   cache_dir=str(getattr(args, "cache_dir", None) or default_cache_dir()),
+    data_root = getattr(args, "data_root", None)
+    # Absolute paths: Ray workers run in their own working directories.
+    return Runtime(data_root=str(Path(data_root).resolve()) if data_root else None,
+                   results_dir=str(Path(getattr(args, "results", "results")).resolve()),
+                   cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
                    device=getattr(args, "device", "auto"), gpus_per_trial=gpus,
                    address=getattr(args, "address", None), max_retries=getattr(args, "retries", 2),
                    compile=getattr(args, "compile", False), workers=getattr(args, "workers", 0))

@@ -156,10 +156,11 @@ def _peak_memory(device: torch.device) -> dict[str, float]:
 
 
 def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report | None = None,
-              test: bool = True) -> dict[str, Any]:
+              test: bool = True, context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one trial, keep the best-validation-AUROC weights, and write its result files into out_dir.
 
     test=False (searches) never touches the test split: metrics.json then holds validation metrics.
+    context (e.g. the Ray node that ran it) is recorded in metrics.json as it is.
 
     Resumes from out_dir/last.pt (written at the end of every epoch) when a previous attempt was killed.
     """
@@ -253,6 +254,7 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     })
     if trial.pretrained:
         result["weights"] = models.weights_provenance(trial.arch)
+    result.update(context or {})
     store.write_json(out_dir / store.METRICS_FILE, result)
     return result
 

@@ -70,7 +70,8 @@ def _trainable(config: dict[str, Any]) -> None:
     # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved.
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
-        train.run_trial(trial, runtime, out_dir=out_dir, report=lambda row: tune.report(row))
+        where = {"ray_node_id": ray.get_runtime_context().get_node_id()}
+        train.run_trial(trial, runtime, out_dir=out_dir, report=lambda row: tune.report(row), context=where)
     except (train.TrialFailed, ConfigError) as exc:
         # Deterministic: recorded and not retried.
         st.mark_failed(trial, str(exc), detail=traceback.format_exc())
@@ -120,9 +121,15 @@ class Progress(tune.Callback):
         self.bar.close()
 
 
-def _resources(trial: Trial, runtime: Runtime, cluster: dict[str, float]) -> dict[str, float]:
-    gpus = cluster.get("GPU", 0.0)
-    cpus = cluster.get("CPU", 1.0)
+def _largest_node() -> dict[str, float]:
+    """CPUs and GPUs of the largest live node: a trial runs on one node, so it can ask for no more."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
+
+
+def _resources(trial: Trial, runtime: Runtime, node: dict[str, float]) -> dict[str, float]:
+    gpus = node.get("GPU", 0.0)
+    cpus = node.get("CPU", 1.0) or 1.0
     if runtime.device == "cpu" or gpus == 0:
         # CPU only: one trial at a time using every core is faster than several sharing them.
         want_cpu = runtime.cpus_per_trial if runtime.cpus_per_trial > 1 else cpus
@@ -140,6 +147,9 @@ def start_ray(runtime: Runtime) -> None:
         del os.environ["RAY_ADDRESS"]  # set but empty: Ray would read it as an address
     address = runtime.address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
+    if os.environ.get("TORCH_HOME"):  # local workers inherit the environment; a relative path would move
+        os.environ["TORCH_HOME"] = os.path.abspath(os.environ["TORCH_HOME"])
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING, "configure_logging": True}
     try:
@@ -159,14 +169,14 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
         already = len(trials) - len(pending)
         if pending:
             start_ray(runtime)
-            cluster = ray.cluster_resources()
+            node = _largest_node()
             progress = Progress(len(trials), already) if runtime.progress else None
             try:
                 for t in pending:
                     st.begin(t, grid)
                 # Resources per trial from its arch, so an AlexNet trial can share a GPU with a ResNet152 one.
                 trainable = tune.with_resources(_trainable, lambda config: tune.PlacementGroupFactory(
-                    [{k.upper(): v for k, v in _resources(Trial(**config["trial"]), runtime, cluster).items()}]))
+                    [{k.upper(): v for k, v in _resources(Trial(**config["trial"]), runtime, node).items()}]))
                 tuner = tune.Tuner(
                     trainable,
                     param_space={"trial": tune.grid_search([t.to_dict() for t in pending]),

@@ -1,0 +1,119 @@
+"""Faults for real: a run killed with SIGKILL resumes without loss or double counting; a two-node Ray cluster."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    from harness.data import synthetic
+
+    return synthetic.generate(tmp_path_factory.mktemp("synth") / "nih", n=200, size=64, seed=5, progress=False)
+
+
+@pytest.fixture
+def env(tmp_path):
+    base = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_ROOT", "RAY_ADDRESS")}
+    return {**base, "HARNESS_CACHE_DIR": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch"),
+            "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def grid_file(tmp_path, name, epochs, seeds):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: {name}
+        base: {{arch: alexnet, image_size: 64, epochs: {epochs}, batch_size: 32, lr: 1e-3}}
+        seeds: {seeds}
+    """))
+    return path
+
+
+def done_dirs(grid_dir):
+    return sorted(d for d in grid_dir.iterdir() if (d / "DONE").is_file()) if grid_dir.is_dir() else []
+
+
+def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env, tmp_path):
+    grid = grid_file(tmp_path, "killed", epochs=3, seeds=[0, 1, 2])
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "harness", "run", grid, "--data-root", tree, "--results", results]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    grid_dir = results / "killed"
+    try:
+        deadline = time.time() + 600
+        while not done_dirs(grid_dir) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert done_dirs(grid_dir), "no trial finished before the deadline"
+        assert proc.poll() is None, "the run ended before it could be killed; make the grid longer"
+    finally:
+        # Pre-emption: the driver and every process it started (its local Ray) die at once.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in done_dirs(grid_dir)}
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert f"3/3 trials done ({len(first)} already done before this run), 0 failed" in again.stdout
+    finished = done_dirs(grid_dir)
+    assert len(finished) == 3
+    for d in finished:
+        if d.name in first:  # kept as it was, not retrained
+            assert (d / "metrics.json").stat().st_mtime_ns == first[d.name]
+        history = pd.read_csv(d / "history.csv")
+        assert history["epoch"].tolist() == [1, 2, 3]  # a resumed trial does not repeat or skip an epoch
+        assert not (d / "last.pt").exists()
+        json.loads((d / "metrics.json").read_text())
+    leftovers = [p for p in grid_dir.rglob("*.tmp") if ".tune" not in p.parts]
+    assert leftovers == []
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_grid_on_a_two_node_ray_cluster(tree, env, tmp_path):
+    ray = str(BIN / "ray")
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    # One CPU per node, so two one-CPU trials can only run side by side by using both nodes.
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                        "--node-ip-address", "127.0.0.1", *common], env=env, check=True, capture_output=True,
+                       timeout=180)
+        subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common], env=env,
+                       check=True, capture_output=True, timeout=180)
+        grid = grid_file(tmp_path, "cluster", epochs=1, seeds=[0, 1, 2, 3])
+        proc = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--data-root", tree,
+                               "--results", tmp_path / "results", "--address", address],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+        nodes = {json.loads((d / "metrics.json").read_text())["ray_node_id"]
+                 for d in done_dirs(tmp_path / "results" / "cluster")}
+        assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_unreachable_cluster_is_one_clear_line(env, tmp_path, tree):
+    grid = grid_file(tmp_path, "nowhere", epochs=1, seeds=[0])
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--data-root", tree, "--results",
+                           tmp_path / "r", "--address", f"127.0.0.1:{_free_port()}"],
+                          cwd=REPO, env={**env, "RAY_gcs_rpc_server_connect_timeout_s": "5"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot reach the Ray cluster" in proc.stderr and "Traceback" not in proc.stderr
