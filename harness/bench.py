@@ -87,14 +87,7 @@ def _step_rate(model, trial: Trial, loss_fn, optimizer, x, y, *, device: torch.d
     models.train_mode(model, trial)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, aux = models.forward(model, x)
-            loss = loss_fn(logits.float(), y)
-            if aux is not None:
-                loss = loss + models.AUX_WEIGHT * loss_fn(aux.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train.train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
 
     for _ in range(3):
         step()

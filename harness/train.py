@@ -105,6 +105,20 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
     return out
 
 
+def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+    """One optimiser step on a batch (bf16 autocast on CUDA); returns the detached loss."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits, aux = models.forward(model, x)
+        loss = loss_fn(logits.float(), y)
+        if aux is not None:  # InceptionV3's auxiliary head, weighted as in torchvision's recipe
+            loss = loss + models.AUX_WEIGHT * loss_fn(aux.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def train_one_epoch(model: torch.nn.Module, batches: loader.Batches, *, trial: Trial, loss_fn: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, device: torch.device, epoch: int) -> tuple[float, int]:
     """One pass over the training split; returns the mean loss and the number of images seen."""
@@ -112,15 +126,8 @@ def train_one_epoch(model: torch.nn.Module, batches: loader.Batches, *, trial: T
     batches.set_epoch(epoch)
     total, seen = torch.zeros((), device=device), 0
     for step, (x, y) in enumerate(batches):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, aux = models.forward(model, x)
-            loss = loss_fn(logits.float(), y)
-            if aux is not None:
-                loss = loss + models.AUX_WEIGHT * loss_fn(aux.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * len(y)  # summed on the device: no sync per step
+        loss = train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
+        total += loss * len(y)  # summed on the device: no sync per step
         seen += len(y)
         if step % 50 == 0 and not math.isfinite(loss.item()):
             raise TrialFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower lr or check the data")
