@@ -72,6 +72,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@COMMANDS.register("search")
+def cmd_search(args: argparse.Namespace) -> int:
+    from harness import search
+
+    return search.main_search(args.search, profile=args.profile, samples=args.samples, runtime=_runtime(args),
+                              dry_run=args.dry_run)
+
+
+@COMMANDS.register("cam")
+def cmd_cam(args: argparse.Namespace) -> int:
+    from harness import cam
+
+    out = cam.run_cam(Path(args.trial_dir), findings=tuple(args.finding or ("Atelectasis", "Effusion")),
+                      images=args.images, out_dir=Path(args.out) if args.out else None, method=args.method,
+                      layer=args.layer, runtime=_runtime(args), max_images=args.max_images)
+    for fig in out["figures"]:
+        print(fig)
+    overall = out["scores"].get("overall") or {}
+    if overall:
+        print(f"pointing game {overall.get('pointing', float('nan')):.3f} (chance {overall.get('pointing_chance', float('nan')):.3f}) "
+              f"over {overall.get('n', 0)} boxes")
+    return EXIT_OK
+
+
 @COMMANDS.register("data")
 def cmd_data(args: argparse.Namespace) -> int:
     return DATA_COMMANDS[args.data_command](args)
@@ -238,6 +262,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: reports/<grid name>)")
     rp.add_argument("--recompute", action="store_true", help="recompute every metric from saved predictions")
     rp.add_argument("--reference", help="arch of the reference row for significance marks")
+
+    se = sub.add_parser("search", help="hyperparameter search: Optuna TPE through Ray Tune, ASHA pruning")
+    se.add_argument("search", help="search YAML file, e.g. grids/search.yaml")
+    se.add_argument("--profile", help="a named profile of the search file, e.g. smoke")
+    se.add_argument("--samples", type=int, help="new trials to add to the study (default: the file's)")
+    se.add_argument("--dry-run", action="store_true", help="check the file and print the space; start nothing")
+    se.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT")
+    se.add_argument("--gpus-per-trial", default="auto")
+    data_opts(se)
+
+    c = sub.add_parser("cam", help="Grad-CAM overlays, activations and box scores of a finished trial")
+    c.add_argument("trial_dir", help="results/<grid>/<key>")
+    c.add_argument("--finding", action="append", help="finding to explain (repeatable; default Atelectasis, Effusion)")
+    c.add_argument("--images", nargs="+", help="image names (default: test images with a box)")
+    c.add_argument("--out", help="output directory (default: TRIAL_DIR/cam)")
+    c.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or smoothgrad")
+    c.add_argument("--layer", help="dotted module name (default: the arch's last conv block)")
+    c.add_argument("--max-images", type=int, default=8)
+    data_opts(c)
 
     d = sub.add_parser("data", help="synthetic data, dataset statistics, caches")
     dsub = d.add_subparsers(dest="data_command", required=True)

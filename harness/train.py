@@ -244,6 +244,10 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     else:
         result = metrics.evaluate(val_probs, td.labels["val"], names=nih.FINDINGS, patient_ids=ids[td.rows["val"]],
                                   seed=trial.seed)
+    if trial.cam and test:
+        from harness import cam  # only trials that ask for it pay for the CAM code
+
+        result["cam"] = cam.score_trial(model, trial, td.data, td.rows["test"], td.images["test"], device=device)
     store.write_npz(out_dir / store.PREDICTIONS_FILE, **arrays)
     with store.atomic_path(out_dir / store.HISTORY_FILE) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)

@@ -77,6 +77,8 @@ def _trainable(config: dict[str, Any]) -> None:
         st.mark_failed(trial, str(exc), detail=traceback.format_exc())
         tune.report({"failed": 1})
         return
+    except SystemExit:
+        raise  # Ray stopping the trial (Ctrl-C, a scheduler): not a failure
     except BaseException as exc:
         # Possibly transient (out of memory, a dying node): recorded, then Ray retries it (FailureConfig).
         st.mark_failed(trial, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc())
@@ -145,7 +147,8 @@ def start_ray(runtime: Runtime) -> None:
         return
     if os.environ.get("RAY_ADDRESS") == "":
         del os.environ["RAY_ADDRESS"]  # set but empty: Ray would read it as an address
-    address = runtime.address or os.environ.get("RAY_ADDRESS")
+    # "local": without an address, a private Ray for this run, never a cluster someone left running here.
+    address = runtime.address or os.environ.get("RAY_ADDRESS") or "local"
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
     if os.environ.get("TORCH_HOME"):  # local workers inherit the environment; a relative path would move
@@ -476,8 +479,8 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
         reason = ""
         if outcome == "failed":
             failure = st.failure(trial)
-            reason = ((failure or {}).get("reason") or metrics.get("reason")
-                      or (f"{type(r.error).__name__}: {r.error}" if r.error else "did not run (the search was stopped)"))
+            stopped = f"{type(r.error).__name__}: {r.error}" if r.error else "did not run (the search was stopped)"
+            reason = (failure or {}).get("reason") or metrics.get("reason") or stopped
         if outcome == "pruned" and not st.is_done(trial):
             # Weights of a trial stopped early are not a result; its curve (history.csv) is.
             for name in (store_mod.RESUME_FILE, store_mod.WEIGHTS_FILE):

@@ -85,28 +85,56 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _alive_nodes(address, env):
+    code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); " \
+           "print(sum(n['Alive'] for n in ray.nodes()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
+
+
+def _stop(proc):
+    """Stop a `ray start --block` and the Ray processes it started (only ours: never `ray stop`)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_grid_on_a_two_node_ray_cluster(tree, env, tmp_path):
     ray = str(BIN / "ray")
+    # A private throwaway cluster on loopback; a real one keeps Ray's token authentication on.
+    env = {**env, "RAY_AUTH_MODE": "disabled"}
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    # One CPU per node, so two one-CPU trials can only run side by side by using both nodes.
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+    # One CPU per node, so one-CPU trials can only run side by side by using both nodes.
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats", "--block"]
+    nodes = []
     try:
-        subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                        "--node-ip-address", "127.0.0.1", *common], env=env, check=True, capture_output=True,
-                       timeout=180)
-        subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common], env=env,
-                       check=True, capture_output=True, timeout=180)
+        nodes.append(subprocess.Popen([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false",
+                                       *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        deadline = time.time() + 120
+        while _alive_nodes(address, env) < 1 and time.time() < deadline:
+            time.sleep(2)
+        nodes.append(subprocess.Popen([ray, "start", "--address", address, *common], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        while _alive_nodes(address, env) < 2 and time.time() < deadline:
+            time.sleep(2)
+        assert _alive_nodes(address, env) == 2, "the two-node cluster did not come up"
         grid = grid_file(tmp_path, "cluster", epochs=1, seeds=[0, 1, 2, 3])
         proc = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--data-root", tree,
                                "--results", tmp_path / "results", "--address", address],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-        nodes = {json.loads((d / "metrics.json").read_text())["ray_node_id"]
-                 for d in done_dirs(tmp_path / "results" / "cluster")}
-        assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s)"
+        ran_on = {json.loads((d / "metrics.json").read_text())["ray_node_id"]
+                  for d in done_dirs(tmp_path / "results" / "cluster")}
+        assert len(ran_on) == 2, f"trials ran on {len(ran_on)} node(s)"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            _stop(node)
 
 
 def test_unreachable_cluster_is_one_clear_line(env, tmp_path, tree):
