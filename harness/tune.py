@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import traceback
 from dataclasses import dataclass, replace
@@ -141,6 +142,18 @@ def _resources(trial: Trial, runtime: Runtime, node: dict[str, float]) -> dict[s
     return {"cpu": max(1.0, min(runtime.cpus_per_trial, cpus / max(gpus * per_gpu, 1))), "gpu": share}
 
 
+def _probe(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a HOST:PORT address (Ray retries for long)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "local", "auto": Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+                          "`ray start --head` there, or leave out --address to run locally") from None
+
+
 def start_ray(runtime: Runtime) -> None:
     """Join the cluster at runtime.address (or RAY_ADDRESS), else start a private local Ray."""
     if ray.is_initialized():
@@ -155,6 +168,7 @@ def start_ray(runtime: Runtime) -> None:
         os.environ["TORCH_HOME"] = os.path.abspath(os.environ["TORCH_HOME"])
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "logging_level": logging.WARNING, "configure_logging": True}
+    _probe(address)
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
