@@ -1,26 +1,32 @@
 """The only module that imports ray: trials -> a Ray Tune experiment, resources, resume, cluster address."""
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import os
 import socket
 import sys
+import time
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
 from harness import store as store_mod, train
-from harness.config import ConfigError, Runtime, Trial
+from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 
 log = logging.getLogger(__name__)
 
 # Share of one GPU a trial of each arch asks for with --gpus-per-trial auto: small models leave most of
-# a GPU idle, so several run side by side (measured on an H200; see the README's performance table).
+# a GPU idle, so several run side by side. Set from single-trial step throughput on an H200 (AlexNet
+# runs about 14x ResNet152's images/s at batch 64); packing itself has not been tuned by measurement yet.
 GPU_SHARE = {"alexnet": 0.25, "efficientnet_b0": 0.5, "resnet50": 0.5, "densenet121": 0.5,
              "inception_v3": 0.5, "resnet152": 1.0}
 
@@ -210,17 +216,7 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
         return summarize(grid, trials, st, skipped=already)
 
 
-# --- hyperparameter search: one invocation of a study (harness.search builds the plan; optuna stays there) ---
-
-import csv  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from typing import Callable  # noqa: E402
-
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
-
-from harness.config import trial_from_dict  # noqa: E402
+# --- hyperparameter search: one invocation of a study (harness.search builds the plan and the study) ---
 
 SEARCH_FILE = "search.json"  # a search trial's outcome, beside its store files (a pruned trial has no DONE)
 OUTCOMES = ("complete", "pruned", "failed")
