@@ -829,6 +829,42 @@ def _finding_names(ctx: Context) -> list[str]:
     return [str(n) for n in ctx.predictions(ctx.results[0])["names"]] if ctx.results else []
 
 
+CAM_SCORES = (("pointing", "pointing game"), ("energy", "energy in box"), ("iou", "IoU"))
+
+
+def cam_table(ctx: Context) -> Table | None:
+    """Grad-CAM scores against the boxes (trials run with cam: true), each beside its chance level."""
+    scored = [r for r in ctx.results if (r.metrics.get("cam") or {}).get("overall")]
+    if not scored:
+        return None
+    shown = [a for a in varied_fields(scored) if a != "seed"] or ["arch"]
+    columns = ["Model", "boxes"] + [f"{label} (chance)" for _, label in CAM_SCORES]
+    rows, records = [], []
+    for r in scored:
+        overall = r.metrics["cam"]["overall"]
+        name = describe(r.trial, shown) + (f" seed {r.trial.get('seed')}" if "seed" in varied_fields(scored) else "")
+        rows.append([name, str(overall.get("n", 0))] + [
+            f"{overall.get(k, float('nan')):.3f} ({overall.get(k + '_chance', float('nan')):.3f})" for k, _ in CAM_SCORES])
+        records.append({"key": r.key, "model": name, **{k: overall.get(k) for k in overall}})
+    notes = [f"Grad-CAM ({scored[0].metrics['cam'].get('method', 'gradcam')}) on every test image with a box; "
+             "chance: what a map placed at random would score (box area over image area)."]
+    if not ctx.is_nih:
+        notes.insert(0, SYNTHETIC_WARNING)
+    return Table("cam_scores", f"Explainability: Grad-CAM against the boxes ({ctx.dataset_title})", columns, rows,
+                 pd.DataFrame(records), notes=notes)
+
+
+def cam_figures(ctx: Context) -> list[str]:
+    """Figures `harness cam` left in each trial's cam/ folder, copied beside index.html."""
+    names = []
+    for r in ctx.results:
+        for fig in sorted((r.path / "cam").glob("*.png")) if (r.path / "cam").is_dir() else []:
+            name = f"cam_{r.key}_{fig.name}"
+            store.write_bytes(ctx.out_dir / name, fig.read_bytes())
+            names.append(name)
+    return names
+
+
 def build_sections(ctx: Context) -> list[Section]:
     """Every part of the report, in page order; tables and figures are written as a side effect."""
     sections: list[Section] = []
@@ -887,6 +923,13 @@ def build_sections(ctx: Context) -> list[Section]:
             (f"<p class='warning'>{html.escape(warning)}</p>\n" if warning else "")
             + f"<p>{html.escape(text)}</p>\n<p class='note'>{html.escape(method)}</p>\n",
             (f"**{warning}**\n\n" if warning else "") + f"{text}\n\n{method}\n"))
+
+    cam = cam_table(ctx)
+    if cam is not None:
+        cam.write(ctx.out_dir)
+        figures = cam_figures(ctx)
+        sections.append(Section("Explainability", cam.html() + "".join(_img(f, f) for f in figures),
+                                cam.markdown() + "".join(f"\n![{f}]({f})" for f in figures) + "\n"))
 
     if ctx.failures:
         items = [f"{f.get('label', '?')} ({f.get('key', '?')}): {f.get('reason', 'no reason recorded')}"

@@ -344,3 +344,27 @@ def test_unverified_pretrained_weights_are_flagged(tmp_path):
             m = dict(r.metrics, weights={"imagenet_verified": True})
             store.write_json(r.path / "metrics.json", m)
     assert "UNVERIFIED WEIGHTS" not in report.write_report(grid, tmp_path / "out2", n_boot=REPORT_BOOT).read_text()
+
+
+def test_cam_scores_and_figures_are_in_the_report(tmp_path):
+    """Trials scored with cam: true get an explainability table; `harness cam` figures are embedded."""
+    grid = tmp_path / "cam"
+    for arch in ("alexnet", "resnet50"):
+        write_trial(grid, Trial(dataset="synthetic", arch=arch, epochs=3, cam=True), dataset="synthetic",
+                    strength=2.0, noise_seed=3)
+    results = store.load_results(grid)
+    for i, r in enumerate(results):
+        overall = {"n": 40, "pointing": 0.5 + 0.1 * i, "pointing_chance": 0.12, "energy": 0.3,
+                   "energy_chance": 0.1, "iou": 0.2, "iou_chance": 0.1}
+        store.write_json(r.path / "metrics.json", dict(r.metrics, cam={"method": "gradcam", "overall": overall}))
+    (results[0].path / "cam").mkdir()
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.savefig(results[0].path / "cam" / "grid.png")
+    plt.close(fig)
+    index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT)
+    table = (tmp_path / "out" / "cam_scores.md").read_text()
+    assert "0.500 (0.120)" in table and "0.600 (0.120)" in table and "pointing game" in table
+    copied = f"cam_{results[0].key}_grid.png"
+    assert (tmp_path / "out" / copied).is_file() and copied in index.read_text()
