@@ -51,19 +51,28 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
+        fsync(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync(path: Path | str) -> None:
+    """Flush a file's or a directory's entry to disk (a rename is durable once its directory is)."""
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path | str) -> Iterator[None]:
+    """Wait for an exclusive lock on `path` across processes: one builds a shared file, the others then reuse it."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes, even on an exception
+        yield
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import pixels
+from harness import store
 from harness.data import cache, nih
 from harness.data.nih import DataWarning
 
@@ -203,7 +204,7 @@ def test_build_waits_for_the_lock_holder(nih_tree, tmp_path):
     names = data.table["image_index"].tolist()[:4]
     stem = cache._stem(data.root, data.dataset, names, 24)
     done = []
-    with cache._locked(tmp_path / f"{stem}.lock"):  # another process building the same cache
+    with store.exclusive(tmp_path / f"{stem}.lock"):  # another process building the same cache
         worker = threading.Thread(target=lambda: done.append(
             cache.build(data, np.arange(4), size=24, cache_dir=tmp_path, workers=1, progress=False)))
         worker.start()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -12,11 +10,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from harness import store
 from harness.data.nih import DataWarning
 
 if TYPE_CHECKING:
@@ -95,35 +94,6 @@ def _stem(root: Path, dataset: str, names: list[str], size: int) -> str:
     digest = hashlib.sha256(f"{root}\n{size}\n".encode())
     digest.update("\n".join(names).encode())
     return f"{dataset}-{size}px-{len(names)}-{digest.hexdigest()[:16]}"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes (parallel Ray trials): one builds, the others wait, then reuse."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def _decode_into(out: np.ndarray, start: int, paths: list[str], size: int) -> list[tuple[int, str]]:
@@ -208,7 +178,7 @@ def build(data: NIHData, rows: np.ndarray, *, size: int, cache_dir: Path | str, 
     npy, manifest = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
     expect = {"version": CACHE_VERSION, "root": str(data.root), "size": size, "count": len(names),
               "sources": _fingerprint(names, paths)}
-    with _locked(cache_dir / f"{stem}.lock"):
+    with store.exclusive(cache_dir / f"{stem}.lock"):
         meta = _reuse(npy, manifest, expect)
         if meta is not None:
             skipped = tuple(meta["skipped"])
@@ -222,14 +192,14 @@ def build(data: NIHData, rows: np.ndarray, *, size: int, cache_dir: Path | str, 
         tmp = cache_dir / f"{stem}.npy.tmp{os.getpid()}"
         try:
             seconds, skipped, tmp = _decode_to(tmp, names, paths, size, workers, progress)
-            _fsync(tmp)
+            store.fsync(tmp)
             os.replace(tmp, npy)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync(cache_dir)
+        store.fsync(cache_dir)
         rate = len(names) / seconds if seconds > 0 else 0.0
-        _write_json(manifest, {**expect, "skipped": list(skipped), "seconds": round(seconds, 3),
+        store.write_json(manifest, {**expect, "skipped": list(skipped), "seconds": round(seconds, 3),
                                "rate": round(rate, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         images = np.load(npy, mmap_mode="r")
     data.skipped.update(skipped)

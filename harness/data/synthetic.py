@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from harness import store
 from harness.config import ConfigError
 from harness.data import nih
 from harness.registry import Registry
@@ -788,16 +789,13 @@ def default_root(cache_dir: Path | str, *, n: int = 3000, size: int = 256, seed:
     Safe when several processes ask at once: one generates under a file lock, the others wait
     for it and then reuse its tree.
     """
-    import fcntl
-
     _check(n=n, size=size)
     cache = Path(cache_dir).expanduser()
     root = cache / f"synthetic-n{n}-s{size}-seed{seed}-v{GENERATOR_VERSION}"
     if (root / nih.SYNTHETIC_MARKER).is_file():
         return root
     cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even if generation fails
+    with store.exclusive(cache / f"{root.name}.lock"):
         if not (root / nih.SYNTHETIC_MARKER).is_file():
             _sweep_stale(root)
             generate(root, n=n, size=size, seed=seed)
