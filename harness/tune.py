@@ -66,16 +66,20 @@ def summarize(grid: str, trials: Sequence[Trial], store: store_mod.Store, skippe
     return Summary(grid=grid, total=len(trials), done=done, failed=failed, pending=pending, skipped=skipped)
 
 
+def _use_reserved_cpus() -> None:
+    """Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved."""
+    import torch
+
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+
+
 def _trainable(config: dict[str, Any]) -> None:
     """Runs inside a Ray worker: one trial, its files written straight into the store."""
     trial = Trial(**config["trial"])
     runtime: Runtime = config["runtime"]
     st = store_mod.Store(config["grid_dir"])
     out_dir = st.trial_dir(trial)
-    import torch
-
-    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved.
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    _use_reserved_cpus()
     try:
         where = {"ray_node_id": ray.get_runtime_context().get_node_id()}
         train.run_trial(trial, runtime, out_dir=out_dir, report=lambda row: tune.report(row), context=where)
@@ -303,10 +307,7 @@ def _search_trainable(config: dict[str, Any]) -> None:
     runtime: Runtime = config["runtime"]
     st = store_mod.Store(config["grid_dir"])
     out_dir = st.trial_dir(trial)
-    import torch
-
-    # Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved.
-    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    _use_reserved_cpus()
     if st.is_done(trial):
         for row in _history_rows(out_dir / store_mod.HISTORY_FILE):
             tune.report({**row, "key": trial.key})
