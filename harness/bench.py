@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from harness import losses, models, train
 from harness.config import Runtime, Trial
@@ -19,23 +20,24 @@ def _sync(device: torch.device) -> None:
 
 
 class NaivePNGDataset(torch.utils.data.Dataset):
-    """The torchvision-style baseline: decode, resize, crop, flip and normalise each PNG per sample."""
+    """The baseline: a plain torchvision pipeline that decodes, resizes, crops, flips and normalises each PNG
+    on every access (on one channel, then repeated: kinder to the baseline than converting to RGB first)."""
 
     def __init__(self, paths: list[str], *, size: int, crop: int) -> None:
-        self.paths, self.size, self.crop = paths, size, crop
-        self.mean = torch.tensor(loader.IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(loader.IMAGENET_STD).view(3, 1, 1)
+        from torchvision import transforms
+
+        self.paths = paths
+        self.transform = transforms.Compose([
+            transforms.Grayscale(1), transforms.Resize((size, size)), transforms.RandomCrop(crop),
+            transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+        self.normalise = transforms.Normalize(loader.IMAGENET_MEAN, loader.IMAGENET_STD)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        img = torch.from_numpy(cache.read_gray(self.paths[i], self.size).copy()).float().div_(255)
-        top, left = np.random.randint(0, self.size - self.crop + 1, 2)
-        img = img[top:top + self.crop, left:left + self.crop]
-        if np.random.rand() < 0.5:
-            img = img.flip(-1)
-        return (img.expand(3, -1, -1) - self.mean) / self.std
+        with Image.open(self.paths[i]) as image:
+            return self.normalise(self.transform(image).expand(3, -1, -1))
 
 
 def _time_epochs(batches, device: torch.device, min_images: int, min_seconds: float = 1.0) -> float:

@@ -32,7 +32,8 @@ def _runtime(args: argparse.Namespace) -> Runtime:
                    cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
                    device=getattr(args, "device", "auto"), gpus_per_trial=gpus,
                    address=getattr(args, "address", None), max_retries=getattr(args, "retries", 2),
-                   compile=getattr(args, "compile", False), workers=getattr(args, "workers", 0))
+                   compile=getattr(args, "compile", False), workers=getattr(args, "workers", 0),
+                   reuse_workers=not getattr(args, "fresh_workers", False))
 
 
 @COMMANDS.register("run")
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
     r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")
     r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
+    r.add_argument("--fresh-workers", action="store_true",
+                   help="a new worker process per trial (default: a worker runs trial after trial)")
     data_opts(r)
 
     rp = sub.add_parser("report", help="tables, figures and statistics of a grid's results")

@@ -173,4 +173,5 @@ class Runtime:
     address: str | None = None  # a running Ray cluster (auto or ray://host:port)
     max_retries: int = 2  # Ray restarts of a trial whose worker died
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    reuse_workers: bool = True  # a worker process runs trial after trial (no fresh imports per trial)
     progress: bool = True

@@ -155,8 +155,30 @@ def _val_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     return float("nan") if auc is None else float(auc)
 
 
-def _peak_memory(device: torch.device) -> dict[str, float]:
-    peak = {"peak_host_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+def reset_peak_memory(device: torch.device) -> None:
+    """Start counting this trial's peak memory afresh: a reused worker process ran other trials before."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak resident set (VmHWM)
+    except OSError:
+        pass  # elsewhere the host figure is the process's peak so far
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _host_peak_mb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak host resident memory and peak GPU memory allocated (MB) since reset_peak_memory."""
+    peak = {"peak_host_mb": _host_peak_mb()}
     if device.type == "cuda":
         peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
@@ -175,6 +197,7 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     check_trial(trial)
     seed_everything(trial.seed)
     device = pick_device(runtime)
+    reset_peak_memory(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     td = prepare_data(trial, runtime)
@@ -261,7 +284,7 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
         "train_seconds": train_seconds,
         "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
         "epochs_run": len(history),
-        **_peak_memory(device), **store.provenance(),
+        **peak_memory(device), **store.provenance(),
     })
     if trial.pretrained:
         result["weights"] = models.weights_provenance(trial.arch)

@@ -208,7 +208,9 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
                     trainable,
                     param_space={"trial": tune.grid_search([t.to_dict() for t in pending]),
                                  "runtime": runtime, "grid_dir": str(grid_dir.resolve())},
-                    tune_config=tune.TuneConfig(reuse_actors=False),
+                    # A finished trial's worker process runs the next trial of the same resources: no new
+                    # process, no second import of torch; run_trial resets seeds and peak-memory counts.
+                    tune_config=tune.TuneConfig(reuse_actors=runtime.reuse_workers),
                     run_config=tune.RunConfig(
                         name=grid, storage_path=str((grid_dir / ".tune").resolve()),
                         failure_config=tune.FailureConfig(max_failures=runtime.max_retries),

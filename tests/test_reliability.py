@@ -103,6 +103,7 @@ def _stop(proc):
             proc.wait()
 
 
+@pytest.mark.slow  # two Ray nodes and a grid: about two minutes on a 2-core machine
 def test_grid_on_a_two_node_ray_cluster(tree, env, tmp_path):
     ray = str(BIN / "ray")
     # A private throwaway cluster on loopback; a real one keeps Ray's token authentication on.

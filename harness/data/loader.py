@@ -1,6 +1,7 @@
 """Batches from the decoded-image cache: random crop, flip and normalisation, on the GPU when there is one."""
 from __future__ import annotations
 
+import collections
 import concurrent.futures as futures
 import logging
 from typing import Iterator
@@ -13,6 +14,7 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIDENT_SHARE = 0.25  # keep the whole cache on the GPU when it takes at most this share of free memory
+PREFETCH = 2  # host batches prepared ahead of the one in use
 _UPLOAD_BYTES = 64 << 20  # upload a resident cache in pieces, so the host never holds a second full copy
 
 
@@ -28,6 +30,12 @@ class Batches:
     y is float32 (B, 14). Training shuffles and, with augment, takes a random crop and a random
     horizontal flip per sample; evaluation takes the center crop in the array's order. All random
     draws come from a generator seeded by (seed, epoch): call set_epoch(epoch) before each epoch.
+
+    Two paths, same batches. Resident (the whole array in GPU memory): crop, flip and normalise are
+    one gather and one multiply-add on the GPU. Streamed (the CPU, or a cache too big for the GPU):
+    threads cut each batch's uint8 crops straight out of the memory map, PREFETCH batches ahead, so
+    only the crop's bytes are read and moved; the float conversion runs on the device that trains
+    (on the CPU it runs in those threads too, overlapping the model's step).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, crop: int, train: bool,
@@ -82,8 +90,8 @@ class Batches:
         state = np.random.SeedSequence([self.seed, self.epoch]).generate_state(2, np.uint32)
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
-    def _plan(self) -> tuple[list[np.ndarray], torch.Tensor | None]:
-        """This epoch's batches of (sorted) indices and the per-position (row, col, flip) draws."""
+    def _plan(self) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """This epoch's batches of (sorted) indices and the per-position (row, col, flip) draws, (3, n)."""
         n, g = len(self.images), self._generator()
         order = torch.randperm(n, generator=g).numpy() if self.train else np.arange(n)
         stop = len(self) * self.batch_size if self.drop_last else n
@@ -94,41 +102,35 @@ class Batches:
         if self.augment:
             room = self.images.shape[1] - self.crop + 1
             draws = torch.stack([torch.randint(0, room, (n,), generator=g), torch.randint(0, room, (n,), generator=g),
-                                 (torch.rand(n, generator=g) < 0.5).long()]).to(self.device)
+                                 (torch.rand(n, generator=g) < 0.5).long()]).numpy()
         return batches, draws
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches, draws = self._plan()
-        position = 0
-        if self.resident and batches:
-            images, labels = self._upload()
-            order = torch.from_numpy(np.concatenate(batches)).to(self.device)  # one copy per epoch
-            for idx in batches:
-                index = order[position:position + len(idx)]
-                yield self._transform(images, index, draws, position), labels[index]
-                position += len(idx)
-            return
-        for x, y in self._prefetched(batches):
-            x = x.to(self.device, non_blocking=True)
-            yield self._transform(x, None, draws, position), y.to(self.device, non_blocking=True)
-            position += len(x)
-
-    def _prefetched(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Host batches read from the memory map one ahead, in a thread, so the disk overlaps compute."""
-        def read(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
-            y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.float32))
-            return (x.pin_memory(), y.pin_memory()) if self._pin else (x, y)
-
         if not batches:
             return
-        with futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(read, batches[0])
-            for following in [*batches[1:], None]:
-                ready = pending.result()
-                if following is not None:
-                    pending = pool.submit(read, following)
-                yield ready
+        if self.resident:
+            yield from self._resident_batches(batches, draws)
+            return
+        on_host = self.device.type == "cpu"
+        for crops, y in self._prefetched(batches, draws, normalise=on_host):
+            if on_host:
+                yield crops, y
+            else:
+                yield self._normalise(crops.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+
+    # --- resident: the whole array on the device -------------------------------------------------
+
+    def _resident_batches(self, batches: list[np.ndarray],
+                          draws: np.ndarray | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        images, labels = self._upload()
+        order = torch.from_numpy(np.concatenate(batches)).to(self.device)  # one copy per epoch
+        on_device = None if draws is None else torch.from_numpy(draws).to(self.device)
+        position = 0
+        for idx in batches:
+            index = order[position:position + len(idx)]
+            yield self._normalise(self._gather(images, index, on_device, position)), labels[index]
+            position += len(idx)
 
     def _upload(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._resident is None:
@@ -142,22 +144,58 @@ class Batches:
             log.info("%d images (%.0f MB) resident on %s", n, self.images.nbytes / 2**20, self.device)
         return self._resident
 
-    def _transform(self, source: torch.Tensor, index: torch.Tensor | None, draws: torch.Tensor | None,
-                   position: int) -> torch.Tensor:
-        """Crop (and flip) source[index] (or all of source) on its device, then normalise to float32."""
-        count = len(source) if index is None else len(index)
+    def _gather(self, source: torch.Tensor, index: torch.Tensor, draws: torch.Tensor | None,
+                position: int) -> torch.Tensor:
+        """uint8 crops (and flips) of source[index], on source's device."""
         if draws is None:
             start = (source.shape[1] - self.crop) // 2
             window = slice(start, start + self.crop)
-            crops = source[:, window, window] if index is None else source[index, window, window]
-        else:
-            rows, cols, flip = draws[:, position:position + count]
-            steps = torch.arange(self.crop, device=source.device)
-            # One gather with per-sample offsets; the flip reverses the column index instead of the image.
-            row_index = rows[:, None] + steps
-            col_index = cols[:, None] + torch.where(flip[:, None].bool(), self.crop - 1 - steps, steps)
-            which = (torch.arange(count, device=source.device) if index is None else index)[:, None, None]
-            crops = source[which, row_index[:, :, None], col_index[:, None, :]]
+            return source[index, window, window]
+        rows, cols, flip = draws[:, position:position + len(index)]
+        steps = torch.arange(self.crop, device=source.device)
+        # One gather with per-sample offsets; the flip reverses the column index instead of the image.
+        row_index = rows[:, None] + steps
+        col_index = cols[:, None] + torch.where(flip[:, None].bool(), self.crop - 1 - steps, steps)
+        return source[index[:, None, None], row_index[:, :, None], col_index[:, None, :]]
+
+    # --- streamed: crops cut on the host, ahead of use -------------------------------------------
+
+    def _prefetched(self, batches: list[np.ndarray], draws: np.ndarray | None, *,
+                    normalise: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) host batches prepared PREFETCH ahead in threads, in order, so the disk and the cutting
+        overlap the model (numpy's copies and torch's kernels release the GIL)."""
+        starts = np.cumsum([0] + [len(b) for b in batches[:-1]])
+
+        def prepare(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = batches[k]
+            x = torch.from_numpy(self._cut(idx, None if draws is None else draws[:, starts[k]:starts[k] + len(idx)]))
+            y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.float32))
+            if normalise:
+                return self._normalise(x), y
+            return (x.pin_memory(), y.pin_memory()) if self._pin else (x, y)
+
+        with futures.ThreadPoolExecutor(PREFETCH) as pool:
+            pending = collections.deque(pool.submit(prepare, k) for k in range(min(PREFETCH, len(batches))))
+            for k in range(len(batches)):
+                ready = pending.popleft().result()
+                if k + PREFETCH < len(batches):
+                    pending.append(pool.submit(prepare, k + PREFETCH))
+                yield ready
+
+    def _cut(self, idx: np.ndarray, draws: np.ndarray | None) -> np.ndarray:
+        """The uint8 (B, crop, crop) crops of images[idx], read straight from the memory map."""
+        c = self.crop
+        if draws is None:
+            start = (self.images.shape[1] - c) // 2
+            return np.ascontiguousarray(self.images[idx, start:start + c, start:start + c])
+        out = np.empty((len(idx), c, c), dtype=np.uint8)
+        for k, (i, r, col, flip) in enumerate(zip(idx, *draws)):
+            window = self.images[i, r:r + c, col:col + c]
+            out[k] = window[:, ::-1] if flip else window
+        return out
+
+    def _normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W) -> ImageNet-normalised float32 (B, 3, H, W), on crops' device."""
         pixels = crops.float()
         if self.channels_last:
             # (B, H, W, 3) permuted to (B, 3, H, W) is exactly the channels_last layout.

@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import write_nih_tree
+from harness.bench import NaivePNGDataset
 from harness.data import cache, loader, nih
 
 pytestmark = pytest.mark.bench
@@ -57,32 +57,12 @@ def test_cached_batches(benchmark, tree, tmp_path):
     report(benchmark, len(built.images))
 
 
-class DecodingDataset(torch.utils.data.Dataset):
-    """What a first torchvision pipeline does: decode, resize and augment each PNG on every epoch."""
-
-    def __init__(self, paths, labels):
-        from torchvision import transforms
-
-        self.paths, self.labels = list(paths), torch.from_numpy(labels.astype(np.float32))
-        self.transform = transforms.Compose([
-            transforms.Grayscale(num_output_channels=3), transforms.Resize(SIZE), transforms.RandomCrop(CROP),
-            transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-            transforms.Normalize(loader.IMAGENET_MEAN, loader.IMAGENET_STD)])
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image), self.labels[i]
-
-
 def test_naive_decoding_dataloader(benchmark, tree):
-    dataset = DecodingDataset(tree.table["path"], tree.labels)
+    dataset = NaivePNGDataset(tree.table["path"].tolist(), size=SIZE, crop=CROP)
     data = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=os.cpu_count() or 1)
 
     def one_epoch():
-        return sum(len(x) for x, _ in data)
+        return sum(len(x) for x in data)
 
     assert benchmark.pedantic(one_epoch, rounds=3) == len(dataset)
     report(benchmark, len(dataset))
