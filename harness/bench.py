@@ -57,6 +57,7 @@ def _time_epochs(batches, device: torch.device, min_images: int, min_seconds: fl
 def bench_loader(runtime: Runtime, *, crop: int = 224, batch_size: int = 64, n_images: int = 2048,
                  naive_images: int = 512, device: str | None = None) -> dict[str, Any]:
     """Cached-loader images/s beside a per-sample PNG-decoding DataLoader's, same images, same output."""
+    train.keep_freed_memory()  # as in a trial
     data = nih.load(runtime.data_root)
     rows = np.arange(min(n_images, len(data.table)))
     size = loader.load_size(crop)
@@ -104,6 +105,7 @@ def _step_rate(model, trial: Trial, loss_fn, optimizer, x, y, *, device: torch.d
 def bench_step(runtime: Runtime, *, arch: str, batch_size: int = 64, image_size: int = 0, steps: int = 20,
                pretrained: bool = False) -> dict[str, Any]:
     """A trial's end-to-end training images/s (cache, augmentation, step) beside the model step alone."""
+    train.keep_freed_memory()
     trial = Trial(arch=arch, batch_size=batch_size, image_size=image_size, pretrained=pretrained,
                   dataset=nih.load(runtime.data_root).dataset)
     train.check_trial(trial)

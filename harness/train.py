@@ -1,6 +1,7 @@
 """One trial, top to bottom: data, model, the epoch loop, the best checkpoint, test metrics, files."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import random
@@ -58,6 +59,25 @@ def pick_device(runtime: Runtime) -> torch.device:
     if runtime.device != "auto":
         return torch.device(runtime.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed large blocks instead of unmapping them at every free.
+
+    A batch or an activation is tens of MB, above glibc's default mmap threshold, so each would be a
+    fresh mapping whose pages fault in on first touch: measured on a 2-core CPU, three quarters of the
+    loader's normalisation and a fifth of a ResNet50 training step. Process-wide, idempotent, and a
+    no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
 
 
 def seed_everything(seed: int) -> None:
@@ -197,6 +217,7 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     check_trial(trial)
     seed_everything(trial.seed)
     device = pick_device(runtime)
+    keep_freed_memory()
     reset_peak_memory(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
