@@ -38,3 +38,24 @@ def test_freed_batches_are_reused_without_faulting_their_pages_in_again():
     # The next ones reuse them (the heap may still grow once in a while): not one fault per 4 kB page each time.
     later = sorted(faults_of_a_fresh_batch() for _ in range(5))
     assert later[2] < (size >> 12) // 10, later
+
+
+def test_a_worker_that_ran_other_trials_gives_the_same_numbers_as_a_fresh_one(tmp_path):
+    """Worker processes run trial after trial: nothing a trial leaves behind may change the next one's result."""
+    from harness.config import Runtime, Trial
+    from harness.data import synthetic
+
+    root = synthetic.generate(tmp_path / "nih", n=120, size=64, seed=1, progress=False)
+    runtime = Runtime(data_root=str(root), cache_dir=str(tmp_path / "cache"), device="cpu", progress=False)
+    base = Trial(dataset="synthetic", arch="efficientnet_b0", image_size=64, epochs=1, batch_size=16, lr=1e-3)
+    other, probe = base.replace(loss="focal", seed=3), base.replace(seed=1)
+
+    def run(trial, name):
+        return train.run_trial(trial, runtime, out_dir=tmp_path / name)
+
+    fresh = run(probe, "fresh")
+    run(other, "other")
+    again = run(probe, "again")
+    assert again["auc_macro"] == fresh["auc_macro"]
+    np.testing.assert_array_equal(np.load(tmp_path / "again" / "predictions.npz")["probs"],
+                                  np.load(tmp_path / "fresh" / "predictions.npz")["probs"])
