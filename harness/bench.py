@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -85,13 +85,33 @@ def bench_loader(runtime: Runtime, *, crop: int = 224, batch_size: int = 64, n_i
             "naive_png_images_per_s": naive_rate, "ratio": cached_rate / naive_rate}
 
 
-def _step_rate(model, trial: Trial, loss_fn, optimizer, x, y, *, device: torch.device, steps: int) -> float:
-    """Model-step-only images/s: the same batch already on the device, forward + backward + step."""
+def _step_setup(trial: Trial, device: torch.device, prevalence: np.ndarray | None = None, compile: bool = False):
+    """Model (and the module that steps: compiled or not), loss, optimiser and a step on one random batch
+    already on the device, laid out as a trial lays them out."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    model = models.build(trial).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    prevalence = np.full(len(nih.FINDINGS), 0.1) if prevalence is None else prevalence
+    loss_fn = losses.make_loss(trial, prevalence=prevalence).to(device)
+    optimizer = train.OPTIMIZERS[trial.optimizer]([p for p in model.parameters() if p.requires_grad], trial)
+    size = models.image_size(trial)
+    x = torch.randn(trial.batch_size, 3, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = (torch.rand(trial.batch_size, len(nih.FINDINGS), device=device) < 0.1).float()
     models.train_mode(model, trial)
+    step_model = torch.compile(model) if compile else model
 
     def step() -> None:
-        train.train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
+        train.train_step(step_model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
 
+    return step_model, loss_fn, optimizer, step
+
+
+def _step_rate(step: Callable[[], None], batch_size: int, *, device: torch.device, steps: int) -> float:
+    """Model-step-only images/s: the same batch already on the device, forward + backward + step."""
     for _ in range(3):
         step()
     _sync(device)
@@ -99,32 +119,57 @@ def _step_rate(model, trial: Trial, loss_fn, optimizer, x, y, *, device: torch.d
     for _ in range(steps):
         step()
     _sync(device)
-    return steps * len(x) / (time.perf_counter() - t0)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def step_window(trial: Trial, *, device: str | torch.device, seconds: float,
+                ready: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Model steps of the trial's shape on a random batch for `seconds`, after warm-up: images/s and peak memory.
+
+    ready() is called after warm-up and returns when the measurement may start: copies of this function
+    released together measure what a GPU gives trials side by side.
+    """
+    train.keep_freed_memory()
+    dev = torch.device(device)
+    *_, step = _step_setup(trial, dev)
+    for _ in range(3):  # cuDNN autotuning and allocator growth happen here, not in the window
+        step()
+    _sync(dev)
+    train.reset_peak_memory(dev)
+    ready()
+    start = time.time()
+    steps = 0
+    while time.time() - start < seconds:
+        for _ in range(4):  # a few steps per clock check keeps the GPU's queue full
+            step()
+        steps += 4
+        _sync(dev)
+    end = time.time()
+    return {"images": steps * trial.batch_size, "start": start, "end": end,
+            "images_per_s": steps * trial.batch_size / (end - start), **train.peak_memory(dev)}
 
 
 def bench_step(runtime: Runtime, *, arch: str, batch_size: int = 64, image_size: int = 0, steps: int = 20,
                pretrained: bool = False) -> dict[str, Any]:
-    """A trial's end-to-end training images/s (cache, augmentation, step) beside the model step alone."""
+    """A trial's end-to-end training images/s (cache, augmentation, step) beside the model step alone.
+
+    With runtime.compile both use torch.compile, as a trial does; first_step_seconds then holds the compile.
+    """
     train.keep_freed_memory()
     trial = Trial(arch=arch, batch_size=batch_size, image_size=image_size, pretrained=pretrained,
                   dataset=nih.load(runtime.data_root).dataset)
     train.check_trial(trial)
     device = train.pick_device(runtime)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     td = train.prepare_data(trial.replace(subset_fraction=1.0), runtime)
     n = min(len(td.labels["train"]), batch_size * (steps + 3))
-    model = models.build(trial).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = losses.make_loss(trial, prevalence=td.labels["train"].mean(0)).to(device)
-    optimizer = train.OPTIMIZERS[trial.optimizer]([p for p in model.parameters() if p.requires_grad], trial)
+    model, loss_fn, optimizer, step = _step_setup(trial, device, prevalence=td.labels["train"].mean(0),
+                                                  compile=runtime.compile)
+    t0 = time.perf_counter()
+    step()  # cuDNN autotuning, and the whole compile when compiling
+    _sync(device)
+    first_step = time.perf_counter() - t0
+    step_rate = _step_rate(step, batch_size, device=device, steps=steps)
     size = models.image_size(trial)
-    x = torch.randn(batch_size, 3, size, size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch_size, len(nih.FINDINGS), device=device) < 0.1).float()
-    step_rate = _step_rate(model, trial, loss_fn, optimizer, x, y, device=device, steps=steps)
 
     batches = loader.Batches(td.images["train"][:n], td.labels["train"][:n], batch_size=batch_size, crop=size,
                              train=True, device=device, drop_last=True)
@@ -138,5 +183,5 @@ def bench_step(runtime: Runtime, *, arch: str, batch_size: int = 64, image_size:
     e2e_rate = seen / (time.perf_counter() - t0)
     return {"bench": "step", "arch": arch, "batch_size": batch_size, "image_size": size, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dataset": td.data.dataset, "step_images_per_s": step_rate, "trial_images_per_s": e2e_rate,
-            "ratio": e2e_rate / step_rate}
+            "dataset": td.data.dataset, "compile": runtime.compile, "first_step_seconds": first_step,
+            "step_images_per_s": step_rate, "trial_images_per_s": e2e_rate, "ratio": e2e_rate / step_rate}

@@ -229,7 +229,9 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     r = bench.bench_step(_bench_runtime(args), arch=args.arch, batch_size=args.batch, image_size=args.image_size,
                          steps=args.steps)
     return _print_bench(r, args.json, [
-        f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}",
+        f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}"
+        + (" (compiled)" if r["compile"] else ""),
+        f"first step        {r['first_step_seconds']:10.1f} s",
         f"model step only   {r['step_images_per_s']:10.0f} images/s",
         f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
         f"ratio             {r['ratio']:10.2f}"])
@@ -317,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--arch", required=True)
     bs.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
     bs.add_argument("--steps", type=int, default=20)
+    bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
     for sp, batch in ((bl, 64), (bs, 64)):
         sp.add_argument("--batch", type=int, default=batch)
         sp.add_argument("--json", action="store_true")

@@ -19,14 +19,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
-from harness import store as store_mod, train
+from harness import packing, store as store_mod, train
 from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 
 log = logging.getLogger(__name__)
 
-# Share of one GPU a trial of each arch asks for with --gpus-per-trial auto: small models leave most of
-# a GPU idle, so several run side by side. Set from single-trial step throughput on an H200 (AlexNet
-# runs about 14x ResNet152's images/s at batch 64); packing itself has not been tuned by measurement yet.
+# Share of one GPU a trial of each arch asks for with --gpus-per-trial auto when the measurement (below,
+# and harness.packing) could not be made: a guess from single-trial step throughput on an H200.
 GPU_SHARE = {"alexnet": 0.25, "efficientnet_b0": 0.5, "resnet50": 0.5, "densenet121": 0.5,
              "inception_v3": 0.5, "resnet152": 1.0}
 
@@ -140,16 +139,116 @@ def _largest_node() -> dict[str, float]:
     return {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
 
 
-def _resources(trial: Trial, runtime: Runtime, node: dict[str, float]) -> dict[str, float]:
+def _uses_gpus(runtime: Runtime, node: dict[str, float]) -> bool:
+    return runtime.device != "cpu" and node.get("GPU", 0.0) > 0
+
+
+def _resources(trial: Trial, runtime: Runtime, node: dict[str, float],
+               per_gpu: dict[str, int] | None = None) -> dict[str, float]:
+    """A trial's CPUs and GPU share: measured trials per GPU for its shape (per_gpu), else GPU_SHARE."""
     gpus = node.get("GPU", 0.0)
     cpus = node.get("CPU", 1.0) or 1.0
-    if runtime.device == "cpu" or gpus == 0:
+    if not _uses_gpus(runtime, node):
         # CPU only: one trial at a time using every core is faster than several sharing them.
         want_cpu = runtime.cpus_per_trial if runtime.cpus_per_trial > 1 else cpus
         return {"cpu": max(1.0, min(want_cpu, cpus)), "gpu": 0.0}
-    share = GPU_SHARE.get(trial.arch, 1.0) if runtime.gpus_per_trial == "auto" else float(runtime.gpus_per_trial)
+    if runtime.gpus_per_trial != "auto":
+        share = float(runtime.gpus_per_trial)
+    elif per_gpu and packing.shape_key(trial) in per_gpu:
+        share = 1.0 / per_gpu[packing.shape_key(trial)]
+    else:
+        share = GPU_SHARE.get(trial.arch, 1.0)
     per_gpu = max(1, round(1 / share)) if share > 0 else 1
     return {"cpu": max(1.0, min(runtime.cpus_per_trial, cpus / max(gpus * per_gpu, 1))), "gpu": share}
+
+
+# --- measured packing: how many trials of a shape share one GPU (harness.packing decides) ---
+
+@ray.remote(num_cpus=0)
+class _Release:
+    """Holds the copies of a measurement until all have warmed up, then lets them go together."""
+
+    def __init__(self, copies: int) -> None:
+        self.copies, self.arrived = copies, 0
+
+    def arrive(self) -> None:
+        self.arrived += 1
+
+    def all_here(self) -> bool:
+        return self.arrived >= self.copies
+
+
+def _measure_copy(trial: dict[str, Any], seconds: float, release: Any) -> dict[str, float]:
+    """One copy of a trial's model step on its share of a GPU (a Ray task)."""
+    from harness import bench
+
+    def ready() -> None:
+        ray.get(release.arrive.remote())
+        while not ray.get(release.all_here.remote()):
+            time.sleep(0.02)
+
+    _use_reserved_cpus()
+    return bench.step_window(Trial(**trial), device="cuda", seconds=seconds, ready=ready)
+
+
+def _gpu_info() -> dict[str, Any]:
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "memory_mb": props.total_memory / 2**20, "torch": torch.__version__}
+
+
+def _side_by_side(trial: Trial, copies: int) -> packing.Probe | None:
+    """copies of the trial's model step together on one GPU; None when they do not fit in its memory."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = placement_group([{"GPU": 1, "CPU": copies}], strategy="STRICT_PACK")  # one GPU, one node
+    ray.get(group.ready())
+    release = _Release.remote(copies)
+    task = ray.remote(_measure_copy).options(
+        num_gpus=1 / copies, num_cpus=1, max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0))
+    try:
+        windows = ray.get([task.remote(trial.to_dict(), packing.WINDOW_S, release) for _ in range(copies)])
+    except ray.exceptions.RayTaskError as exc:
+        if "OutOfMemoryError" in str(exc) or "out of memory" in str(exc):
+            return None
+        raise
+    finally:
+        ray.kill(release)
+        remove_placement_group(group)
+    return packing.Probe.from_windows(windows)
+
+
+def _measured_per_gpu(trials: Sequence[Trial], runtime: Runtime) -> dict[str, int]:
+    """Trials per GPU for each trial shape: remembered from an earlier run on this GPU model, else measured now."""
+    table = packing.Packing(Path(runtime.cache_dir) / packing.PACKING_FILE)
+    gpu = ray.get(ray.remote(num_gpus=1, num_cpus=0)(_gpu_info).remote())
+    out: dict[str, int] = {}
+    for trial in {packing.shape_key(t): t for t in trials}.values():
+        copies = table.copies(gpu, trial)
+        if copies is None:
+            log.warning("measuring how many %s trials share one %s (once per GPU model)...",
+                        packing.shape_key(trial), gpu["name"])
+            probes = packing.measure(lambda n: _side_by_side(trial, n), gpu["memory_mb"])
+            if not probes:
+                continue  # not even one copy fit: the trial itself will say so
+            copies = table.record(gpu, trial, probes)
+        out[packing.shape_key(trial)] = copies
+    return out
+
+
+def _per_gpu(trials: Sequence[Trial], runtime: Runtime, node: dict[str, float]) -> dict[str, int]:
+    """Measured packing when it applies; a failed measurement falls back to GPU_SHARE, loudly, never stops a run."""
+    if runtime.gpus_per_trial != "auto" or not _uses_gpus(runtime, node):
+        return {}
+    try:
+        return _measured_per_gpu(trials, runtime)
+    except Exception as exc:  # any failure here only costs packing quality
+        log.warning("could not measure GPU packing (%s: %s); using the fixed per-arch shares",
+                    type(exc).__name__, exc)
+        return {}
 
 
 def _probe(address: str) -> None:
@@ -197,13 +296,15 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
         if pending:
             start_ray(runtime)
             node = _largest_node()
+            per_gpu = _per_gpu(pending, runtime, node)
             progress = Progress(len(trials), already) if runtime.progress else None
             try:
                 for t in pending:
                     st.begin(t, grid)
-                # Resources per trial from its arch, so an AlexNet trial can share a GPU with a ResNet152 one.
+                # Resources per trial from its shape, so an AlexNet trial can share a GPU with a ResNet152 one.
                 trainable = tune.with_resources(_trainable, lambda config: tune.PlacementGroupFactory(
-                    [{k.upper(): v for k, v in _resources(Trial(**config["trial"]), runtime, node).items()}]))
+                    [{k.upper(): v for k, v in
+                      _resources(Trial(**config["trial"]), runtime, node, per_gpu).items()}]))
                 tuner = tune.Tuner(
                     trainable,
                     param_space={"trial": tune.grid_search([t.to_dict() for t in pending]),

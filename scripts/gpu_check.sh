@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The GPU check behind the README's performance table. On a CUDA machine, from the repo root:
-#   bash scripts/gpu_check.sh OUT_DIR
-# Writes OUT_DIR/{env.json,bench_loader.json,bench_step.jsonl,grid.log,grid_summary.json}.
-# It renders a synthetic NIH-layout set sized like the paper's 10% NIH subset (about 7.9k train,
-# 0.9k validation, 2.2k test images), benchmarks the loader and the model step of the paper's
-# three archs, and times the paper grid on it. Pretrained trials use PLACEHOLDER weights
-# (random init saved under torchvision's file names): they time the loading path only.
+#   bash scripts/gpu_check.sh OUT_DIR [bench] [grid]
+# bench: env.json, bench_loader.json, bench_step.jsonl (loader vs naive, model step vs trial, per arch).
+# grid:  the paper grid on a synthetic NIH-layout set the size of NIH's 10% subset (SYNTH_N images, GRID_EPOCHS
+#        epochs), timed from start to report: grid.log, grid_summary.json, packing.json (measured trials per GPU).
+#        The grid runs in the background; when it outlives one call (GRID_WAIT seconds, under a device command's
+#        limit), run `bash scripts/gpu_check.sh OUT_DIR wait` in the next call, on the same warm machine.
+# Pretrained trials use PLACEHOLDER weights (random init saved under torchvision's file names): they time the
+# loading path only. With no part named, both run.
 set -euo pipefail
-out=${1:?usage: scripts/gpu_check.sh OUT_DIR}
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [bench] [grid] [wait]}
+shift
+parts=${*:-bench grid}
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export HARNESS_CACHE_DIR=${HARNESS_CACHE_DIR:-/tmp/harness-cache}
@@ -15,6 +19,7 @@ export TORCH_HOME=${TORCH_HOME:-/tmp/harness-torch-home}
 data=${SYNTH_ROOT:-/tmp/harness-synth-11k}
 n=${SYNTH_N:-11000}
 epochs=${GRID_EPOCHS:-20}
+work=/tmp/harness-gpu-grid
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
@@ -25,25 +30,57 @@ print(json.dumps({"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_availabl
                   "python": platform.python_version(), "cpus": os.cpu_count()}))
 PY
 cat "$out/env.json"
-stamp "synthetic data: $n images at 256 px"
-[ -f "$data/SYNTHETIC.json" ] || $py -m harness data synth --out "$data" --n "$n" --size 256 --seed 0
-stamp "placeholder weights for pretrained trials"
-$py -m harness weights placeholder alexnet resnet152 inception_v3
-stamp "bench loader"
-$py -m harness bench loader --data-root "$data" --images 8192 --json | tee "$out/bench_loader.json"
-: > "$out/bench_step.jsonl"
-for arch in alexnet resnet152 inception_v3; do
-  stamp "bench step $arch"
-  $py -m harness bench step --arch "$arch" --batch 64 --steps 30 --data-root "$data" --json | tee -a "$out/bench_step.jsonl"
+
+data_and_weights() {
+  stamp "synthetic data: $n images at 256 px"
+  [ -f "$data/SYNTHETIC.json" ] || $py -m harness data synth --out "$data" --n "$n" --size 256 --seed 0
+  $py -m harness weights placeholder alexnet resnet152 inception_v3
+}
+
+collect() {  # the grid's figures into OUT, once it has ended
+  cp "$work/grid.log" "$out/grid.log" 2>/dev/null || true
+  cp "$HARNESS_CACHE_DIR/packing.json" "$out/packing.json" 2>/dev/null || true
+  if [ -f "$work/end" ]; then
+    echo "{\"grid_seconds\": $(( $(cat "$work/end") - $(cat "$work/start") )), \"rc\": $(cat "$work/rc"),"\
+         "\"epochs\": $epochs, \"synthetic_n\": $n}" | tee "$out/grid_summary.json"
+  else
+    echo "grid still running after $(( $(date +%s) - $(cat "$work/start") )) s; next call: $0 OUT wait"
+  fi
+}
+
+wait_grid() {  # up to $1 seconds
+  local until=$(( $(date +%s) + $1 ))
+  while [ ! -f "$work/end" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 5; done
+}
+
+for part in $parts; do
+  case $part in
+    bench)
+      data_and_weights
+      stamp "bench loader"
+      $py -m harness bench loader --data-root "$data" --images 8192 --json | tee "$out/bench_loader.json"
+      : > "$out/bench_step.jsonl"
+      for arch in alexnet resnet152 inception_v3; do
+        stamp "bench step $arch"
+        $py -m harness bench step --arch "$arch" --batch 64 --steps 30 --data-root "$data" --json \
+          | tee -a "$out/bench_step.jsonl"
+      done ;;
+    grid)
+      data_and_weights
+      stamp "paper grid, $epochs epochs, subset 1.0 of the synthetic set (the size of NIH's 10% subset)"
+      rm -rf "$work" /tmp/harness-results /tmp/harness-report && mkdir -p "$work"
+      date +%s > "$work/start"
+      # start to report, in the background so it can outlive this call
+      setsid nohup bash -c "$py -m harness run grids/paper.yaml --data-root '$data' --results /tmp/harness-results \
+          --set subset_fraction=1.0 --set subset_test=false --set epochs=$epochs > '$work/grid.log' 2>&1; \
+          echo \$? > '$work/rc'; $py -m harness report /tmp/harness-results/paper --out /tmp/harness-report \
+          >> '$work/grid.log' 2>&1; date +%s > '$work/end'" > /dev/null 2>&1 &
+      wait_grid "${GRID_WAIT:-540}"
+      collect ;;
+    wait)
+      wait_grid "${GRID_WAIT:-560}"
+      collect ;;
+    *) echo "unknown part $part: expected bench, grid or wait" >&2; exit 2 ;;
+  esac
 done
-stamp "paper grid, $epochs epochs, subset 1.0 of the synthetic set (the size of NIH's 10% subset)"
-g0=$(date +%s)
-set +e
-$py -m harness run grids/paper.yaml --data-root "$data" --results /tmp/harness-results \
-    --set subset_fraction=1.0 --set subset_test=false --set epochs="$epochs" 2>&1 | tee "$out/grid.log"
-rc=${PIPESTATUS[0]}
-set -e
-g1=$(date +%s)
-$py -m harness report /tmp/harness-results/paper --out /tmp/harness-report > /dev/null 2>&1 || true
-echo "{\"grid_seconds\": $(( g1 - g0 )), \"rc\": $rc, \"epochs\": $epochs, \"synthetic_n\": $n}" | tee "$out/grid_summary.json"
 stamp "done"

@@ -1,4 +1,5 @@
 """train.py's process-level helpers: per-trial peak memory in a reused worker, and reuse of freed host memory."""
+import mmap
 import resource
 import sys
 
@@ -12,15 +13,21 @@ from harness import train
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-trial host peaks need Linux's clear_refs")
 def test_peak_host_memory_counts_from_the_reset_not_from_earlier_trials():
     cpu = torch.device("cpu")
-    earlier = np.ones(400 << 20, dtype=np.uint8)  # an earlier trial in this process touched 400 MB
-    del earlier
+
+    def touch(mb: int) -> None:
+        """Make mb of resident memory and give it back to the system (mapped directly: whatever the allocator keeps)."""
+        with mmap.mmap(-1, mb << 20) as region:
+            pages = np.frombuffer(region, dtype=np.uint8)
+            pages[:] = 1
+            del pages
+
+    touch(400)  # an earlier trial in this process
     before = train.peak_memory(cpu)["peak_host_mb"]
     train.reset_peak_memory(cpu)
     after = train.peak_memory(cpu)["peak_host_mb"]
     assert before - after > 300, (before, after)
-    this_trial = np.ones(200 << 20, dtype=np.uint8)
+    touch(200)  # this trial
     assert train.peak_memory(cpu)["peak_host_mb"] - after > 150
-    del this_trial
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

@@ -1,0 +1,109 @@
+"""Trials per GPU from measurement: combining copies' windows, the decision, remembering it, and its use by tune."""
+import json
+
+import pytest
+import torch
+
+from harness import packing
+from harness.config import Runtime, Trial
+from harness.packing import Probe
+
+H200 = {"name": "NVIDIA H200", "memory_mb": 140_000.0, "torch": "2.11.0"}
+
+
+def probe(copies, rate, mb=10_000.0, overlap=1.0):
+    return Probe(copies=copies, images_per_s=rate, peak_gpu_mb=mb, overlap=overlap)
+
+
+def test_windows_of_copies_add_up_and_say_how_much_they_overlapped():
+    together = Probe.from_windows([{"start": 0.0, "end": 5.0, "images_per_s": 900.0, "peak_gpu_mb": 8000.0},
+                                   {"start": 1.0, "end": 5.5, "images_per_s": 700.0, "peak_gpu_mb": 9000.0}])
+    assert together.copies == 2 and together.images_per_s == 1600.0 and together.peak_gpu_mb == 9000.0
+    assert together.overlap == pytest.approx(4.0 / 5.5)
+
+
+@pytest.mark.parametrize("probes, copies", [
+    ([probe(1, 1000)], 1),
+    ([probe(1, 1000), probe(2, 1800), probe(4, 2600)], 4),  # each doubling paid off
+    ([probe(1, 1000), probe(2, 1100)], 1),  # time-slicing gave nothing: one trial per GPU
+    ([probe(1, 1000), probe(2, 1800), probe(4, 1900)], 2),  # four no better than two
+    ([probe(1, 1000), probe(2, 1100), probe(4, 3000)], 1),  # no skipping past a step that did not pay
+    ([probe(1, 1000, mb=60_000), probe(2, 1900, mb=60_000)], 1),  # two would not fit in 85% of 140 GB
+    ([probe(1, 1000), probe(2, 1900, overlap=0.5)], 1),  # the copies barely ran together: no evidence
+])
+def test_choose_copies(probes, copies):
+    assert packing.choose_copies(probes, H200["memory_mb"]) == copies
+
+
+def test_measure_stops_at_the_first_step_that_does_not_pay_or_does_not_fit():
+    asked = []
+
+    def run(rates):
+        asked.clear()
+
+        def side_by_side(n):
+            asked.append(n)
+            return None if rates[n] is None else probe(n, rates[n])
+        return [p.copies for p in packing.measure(side_by_side, H200["memory_mb"])]
+
+    assert run({1: 1000, 2: 1800, 4: 2600}) == [1, 2, 4] and asked == [1, 2, 4]
+    assert run({1: 1000, 2: 1050, 4: 9999}) == [1, 2] and asked == [1, 2]  # 4 never started
+    assert run({1: 1000, 2: None, 4: 9999}) == [1] and asked == [1, 2]  # 2 ran out of memory
+    assert run({1: None, 2: 1, 4: 1}) == []
+
+
+def test_decisions_are_remembered_per_gpu_model_and_torch_version(tmp_path):
+    path = tmp_path / "cache" / packing.PACKING_FILE
+    small = Trial(arch="alexnet", batch_size=64)
+    assert packing.Packing(path).copies(H200, small) is None
+    assert packing.Packing(path).record(H200, small, [probe(1, 1000), probe(2, 1800), probe(4, 2000)]) == 2
+    again = packing.Packing(path)
+    assert again.copies(H200, small) == 2
+    assert again.copies(H200, small.replace(loss="focal", seed=3)) == 2  # same shape: same footprint
+    assert again.copies(H200, small.replace(batch_size=256)) is None  # another shape is measured anew
+    assert again.copies({**H200, "torch": "2.14.1"}, small) is None
+    assert again.copies({**H200, "name": "NVIDIA H100"}, small) is None
+    saved = json.loads(path.read_text())
+    entry = saved["NVIDIA H200 | torch 2.11.0"][packing.shape_key(small)]
+    assert entry["copies"] == 2 and [p["copies"] for p in entry["probes"]] == [1, 2, 4]
+
+
+def test_tune_gives_a_trial_its_measured_share_else_the_fixed_one():
+    tune = pytest.importorskip("harness.tune")
+    node = {"CPU": 16.0, "GPU": 1.0}
+    auto = Runtime(gpus_per_trial="auto", cpus_per_trial=4)
+    resnet, alexnet = Trial(arch="resnet152"), Trial(arch="alexnet")
+    measured = {packing.shape_key(resnet): 2}
+    assert tune._resources(resnet, auto, node, measured)["gpu"] == 0.5
+    assert tune._resources(alexnet, auto, node, measured)["gpu"] == tune.GPU_SHARE["alexnet"]  # not measured
+    assert tune._resources(resnet, Runtime(gpus_per_trial=1.0), node, measured)["gpu"] == 1.0  # asked for
+    assert tune._resources(resnet, auto, {"CPU": 2.0, "GPU": 0.0}, measured)["gpu"] == 0.0
+    assert tune._per_gpu([resnet], Runtime(device="cpu"), node) == {}  # nothing to measure: no Ray call
+
+
+def test_step_window_warms_up_then_measures_from_the_release():
+    from harness import bench
+
+    events = []
+    trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
+    result = bench.step_window(trial, device="cpu", seconds=0.5, ready=lambda: events.append("released"))
+    assert events == ["released"]
+    assert result["images"] % (4 * trial.batch_size) == 0 and result["images"] > 0
+    assert result["end"] - result["start"] >= 0.5
+    assert result["images_per_s"] == pytest.approx(result["images"] / (result["end"] - result["start"]))
+    alone = Probe.from_windows([result])
+    assert result["peak_host_mb"] > 0 and alone.copies == 1 and alone.overlap == 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_measured_packing_on_a_real_gpu(tmp_path):
+    tune = pytest.importorskip("harness.tune")
+    runtime = Runtime(cache_dir=str(tmp_path), progress=False)
+    tune.start_ray(runtime)
+    trial = Trial(arch="alexnet", batch_size=64, image_size=128)
+    per_gpu = tune._measured_per_gpu([trial], runtime)
+    assert per_gpu[packing.shape_key(trial)] in packing.COPIES
+    saved = json.loads((tmp_path / packing.PACKING_FILE).read_text())
+    (entry,) = [v[packing.shape_key(trial)] for v in saved.values()]
+    assert entry["probes"][0]["copies"] == 1 and entry["probes"][0]["images_per_s"] > 0
