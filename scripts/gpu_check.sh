@@ -7,7 +7,8 @@
 #        The grid runs in the background; when it outlives one call (GRID_WAIT seconds, under a device command's
 #        limit), run `bash scripts/gpu_check.sh OUT_DIR wait` in the next call, on the same warm machine.
 # Pretrained trials use PLACEHOLDER weights (random init saved under torchvision's file names): they time the
-# loading path only. With no part named, both run.
+# loading path only. With no part named, both run. GRID_ARGS adds options to the grid's run (e.g. --profile smoke
+# to try the script on a CPU).
 set -euo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [bench] [grid] [wait]}
 shift
@@ -72,7 +73,7 @@ for part in $parts; do
       date +%s > "$work/start"
       # start to report, in the background so it can outlive this call
       setsid nohup bash -c "$py -m harness run grids/paper.yaml --data-root '$data' --results /tmp/harness-results \
-          --set subset_fraction=1.0 --set subset_test=false --set epochs=$epochs > '$work/grid.log' 2>&1; \
+          --set subset_fraction=1.0 --set subset_test=false --set epochs=$epochs ${GRID_ARGS:-} > '$work/grid.log' 2>&1; \
           echo \$? > '$work/rc'; $py -m harness report /tmp/harness-results/paper --out /tmp/harness-report \
           >> '$work/grid.log' 2>&1; date +%s > '$work/end'" > /dev/null 2>&1 &
       wait_grid "${GRID_WAIT:-540}"
