@@ -150,8 +150,9 @@ def step_window(trial: Trial, *, device: str | torch.device, seconds: float,
 
 
 def bench_step(runtime: Runtime, *, arch: str, batch_size: int = 64, image_size: int = 0, steps: int = 20,
-               pretrained: bool = False) -> dict[str, Any]:
-    """A trial's end-to-end training images/s (cache, augmentation, step) beside the model step alone.
+               pretrained: bool = False, eval_batch_size: int = 0) -> dict[str, Any]:
+    """A trial's end-to-end training images/s (cache, augmentation, step) beside the model step alone, and its
+    evaluation images/s at eval_batch_size (0: the size a trial uses).
 
     With runtime.compile both use torch.compile, as a trial does; first_step_seconds then holds the compile.
     """
@@ -181,7 +182,15 @@ def bench_step(runtime: Runtime, *, arch: str, batch_size: int = 64, image_size:
                                     device=device, epoch=1)
     _sync(device)
     e2e_rate = seen / (time.perf_counter() - t0)
+
+    evaluation = loader.Batches(td.images["train"][:n], td.labels["train"][:n], crop=size, train=False,
+                                batch_size=eval_batch_size or train.eval_batch_size(trial, device), device=device)
+    train.predict(model, evaluation, device=device)  # warm-up at this batch size
+    t0 = time.perf_counter()
+    train.predict(model, evaluation, device=device)
+    eval_rate = n / (time.perf_counter() - t0)
     return {"bench": "step", "arch": arch, "batch_size": batch_size, "image_size": size, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dataset": td.data.dataset, "compile": runtime.compile, "first_step_seconds": first_step,
-            "step_images_per_s": step_rate, "trial_images_per_s": e2e_rate, "ratio": e2e_rate / step_rate}
+            "step_images_per_s": step_rate, "trial_images_per_s": e2e_rate, "ratio": e2e_rate / step_rate,
+            "eval_batch_size": evaluation.batch_size, "eval_images_per_s": eval_rate}

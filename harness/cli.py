@@ -227,14 +227,27 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
     from harness import bench
 
     r = bench.bench_step(_bench_runtime(args), arch=args.arch, batch_size=args.batch, image_size=args.image_size,
-                         steps=args.steps)
+                         steps=args.steps, eval_batch_size=args.eval_batch)
     return _print_bench(r, args.json, [
         f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}"
         + (" (compiled)" if r["compile"] else ""),
         f"first step        {r['first_step_seconds']:10.1f} s",
         f"model step only   {r['step_images_per_s']:10.0f} images/s",
         f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
-        f"ratio             {r['ratio']:10.2f}"])
+        f"ratio             {r['ratio']:10.2f}",
+        f"evaluation        {r['eval_images_per_s']:10.0f} images/s (batch {r['eval_batch_size']})"])
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= least (argparse turns the ValueError into one line and exit 2)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"whole number >= {least}"  # argparse names the type in its message
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,14 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bsub.add_parser("step", help="model-step-only images/s beside a trial's end-to-end images/s")
     bs.add_argument("--arch", required=True)
     bs.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
-    bs.add_argument("--steps", type=int, default=20)
+    bs.add_argument("--steps", type=_count(1), default=20)
     bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
+    bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch (0 = what a trial uses)")
     for sp, batch in ((bl, 64), (bs, 64)):
-        sp.add_argument("--batch", type=int, default=batch)
+        sp.add_argument("--batch", type=_count(1), default=batch)
         sp.add_argument("--json", action="store_true")
         data_opts(sp)
-    bl.add_argument("--crop", type=int, default=224)
-    bl.add_argument("--images", type=int, default=2048, help="images in the cached pass")
+    bl.add_argument("--crop", type=_count(1), default=224)
+    bl.add_argument("--images", type=_count(1), default=2048, help="images in the cached pass")
     return p
 
 

@@ -32,6 +32,10 @@ def test_bench_step_puts_a_trial_epoch_beside_the_model_step(tree, tmp_path, cap
     assert r["arch"] == "efficientnet_b0" and r["image_size"] == 64 and r["device"] == "cpu"
     assert not r["compile"] and r["first_step_seconds"] > 0
     assert r["ratio"] == pytest.approx(r["trial_images_per_s"] / r["step_images_per_s"])
+    assert r["eval_batch_size"] == 64 and r["eval_images_per_s"] > 0  # a trial's evaluation batch on the CPU
+    small = bench(capsys, "step", "--arch", "efficientnet_b0", "--image-size", 64, "--batch", 8, "--steps", 2,
+                  "--eval-batch", 4, "--data-root", tree, "--cache-dir", tmp_path, "--device", "cpu")
+    assert small["eval_batch_size"] == 4
 
 
 def test_naive_baseline_gives_what_the_cached_loader_gives(tree):
@@ -56,3 +60,14 @@ def test_naive_baseline_gives_what_the_cached_loader_gives(tree):
 
     best = min(np.abs(window(r, c, f) - gray).mean() for r in range(10) for c in range(10) for f in (0, 1))
     assert best < 3  # within a few gray levels: torchvision's resize against the cache's box-then-bilinear
+
+
+@pytest.mark.parametrize("args, message", [
+    (["step", "--arch", "alexnet", "--batch", "0"], "--batch: invalid whole number >= 1 value: '0'"),
+    (["loader", "--images", "-5"], "--images: invalid whole number >= 1"),
+    (["step", "--arch", "alexnet", "--eval-batch", "x"], "--eval-batch: invalid whole number >= 0"),
+])
+def test_bad_bench_arguments_are_one_line_and_exit_2(capsys, args, message):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["bench", *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
