@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check behind the README's performance table. On a CUDA machine, from the repo root:
-#   bash scripts/gpu_check.sh OUT_DIR [bench] [grid]
-# bench: env.json, bench_loader.json, bench_step.jsonl (loader vs naive, model step vs trial, per arch).
+#   bash scripts/gpu_check.sh OUT_DIR [bench] [compile] [grid]
+# bench: env.json, bench_loader.json, bench_step.jsonl (loader vs naive, model step vs trial, evaluation, per arch).
+# compile: bench_compile.json (ResNet152 with torch.compile: compile time and images/s, to set beside bench's).
 # grid:  the paper grid on a synthetic NIH-layout set the size of NIH's 10% subset (SYNTH_N images, GRID_EPOCHS
 #        epochs), timed from start to report: grid.log, grid_summary.json, packing.json (measured trials per GPU).
 #        The grid runs in the background; when it outlives one call (GRID_WAIT seconds, under a device command's
@@ -10,7 +11,7 @@
 # loading path only. With no part named, both run. GRID_ARGS adds options to the grid's run (e.g. --profile smoke
 # to try the script on a CPU).
 set -euo pipefail
-out=${1:?usage: scripts/gpu_check.sh OUT_DIR [bench] [grid] [wait]}
+out=${1:?usage: scripts/gpu_check.sh OUT_DIR [bench] [compile] [grid] [wait]}
 shift
 parts=${*:-bench grid}
 mkdir -p "$out"
@@ -66,6 +67,11 @@ for part in $parts; do
         $py -m harness bench step --arch "$arch" --batch 64 --steps 30 --data-root "$data" --json \
           | tee -a "$out/bench_step.jsonl"
       done ;;
+    compile)
+      data_and_weights
+      stamp "bench step resnet152, torch.compile"
+      $py -m harness bench step --arch resnet152 --batch 64 --steps 30 --data-root "$data" --compile --json \
+        | tee "$out/bench_compile.json" ;;
     grid)
       data_and_weights
       stamp "paper grid, $epochs epochs, subset 1.0 of the synthetic set (the size of NIH's 10% subset)"
@@ -81,7 +87,7 @@ for part in $parts; do
     wait)
       wait_grid "${GRID_WAIT:-560}"
       collect ;;
-    *) echo "unknown part $part: expected bench, grid or wait" >&2; exit 2 ;;
+    *) echo "unknown part $part: expected bench, compile, grid or wait" >&2; exit 2 ;;
   esac
 done
 stamp "done"
