@@ -178,7 +178,7 @@ class _Release:
         return self.arrived >= self.copies
 
 
-def _measure_copy(trial: dict[str, Any], seconds: float, release: Any) -> dict[str, float]:
+def _measure_copy(trial: dict[str, Any], seconds: float, release: Any, device: str) -> dict[str, float]:
     """One copy of a trial's model step on its share of a GPU (a Ray task)."""
     from harness import bench
 
@@ -188,29 +188,34 @@ def _measure_copy(trial: dict[str, Any], seconds: float, release: Any) -> dict[s
             time.sleep(0.02)
 
     _use_reserved_cpus()
-    return bench.step_window(Trial(**trial), device="cuda", seconds=seconds, ready=ready)
+    return bench.step_window(Trial(**trial), device=device, seconds=seconds, ready=ready)
 
 
-def _gpu_info() -> dict[str, Any]:
+def _gpu_info(device: str) -> dict[str, Any]:
     import torch
 
+    if device != "cuda":  # Ray's GPUs are logical: the copies can run on the CPU (the plumbing's own test)
+        return {"name": f"{device} (logical GPU)", "memory_mb": 1e6, "torch": torch.__version__}
     props = torch.cuda.get_device_properties(0)
     return {"name": props.name, "memory_mb": props.total_memory / 2**20, "torch": torch.__version__}
 
 
-def _side_by_side(trial: Trial, copies: int) -> packing.Probe | None:
+def _side_by_side(trial: Trial, copies: int, cpus: float, device: str) -> packing.Probe | None:
     """copies of the trial's model step together on one GPU; None when they do not fit in its memory."""
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    if copies > cpus:
+        return None  # a trial needs a CPU of its own to feed its share of the GPU
     group = placement_group([{"GPU": 1, "CPU": copies}], strategy="STRICT_PACK")  # one GPU, one node
-    ray.get(group.ready())
     release = _Release.remote(copies)
-    task = ray.remote(_measure_copy).options(
+    # max_calls=1: each copy's process exits when done, so no idle worker keeps GPU memory during the grid.
+    task = ray.remote(max_calls=1)(_measure_copy).options(
         num_gpus=1 / copies, num_cpus=1, max_retries=0,
         scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0))
     try:
-        windows = ray.get([task.remote(trial.to_dict(), packing.WINDOW_S, release) for _ in range(copies)])
+        ray.get(group.ready(), timeout=300)  # a GPU held by another job: give up, use the fixed shares
+        windows = ray.get([task.remote(trial.to_dict(), packing.WINDOW_S, release, device) for _ in range(copies)])
     except ray.exceptions.RayTaskError as exc:
         if "OutOfMemoryError" in str(exc) or "out of memory" in str(exc):
             return None
@@ -221,17 +226,18 @@ def _side_by_side(trial: Trial, copies: int) -> packing.Probe | None:
     return packing.Probe.from_windows(windows)
 
 
-def _measured_per_gpu(trials: Sequence[Trial], runtime: Runtime) -> dict[str, int]:
+def _measured_per_gpu(trials: Sequence[Trial], runtime: Runtime, cpus: float,
+                      device: str = "cuda") -> dict[str, int]:
     """Trials per GPU for each trial shape: remembered from an earlier run on this GPU model, else measured now."""
     table = packing.Packing(Path(runtime.cache_dir) / packing.PACKING_FILE)
-    gpu = ray.get(ray.remote(num_gpus=1, num_cpus=0)(_gpu_info).remote())
+    gpu = ray.get(ray.remote(num_gpus=1, num_cpus=0, max_calls=1)(_gpu_info).remote(device), timeout=300)
     out: dict[str, int] = {}
     for trial in {packing.shape_key(t): t for t in trials}.values():
         copies = table.copies(gpu, trial)
         if copies is None:
             log.warning("measuring how many %s trials share one %s (once per GPU model)...",
                         packing.shape_key(trial), gpu["name"])
-            probes = packing.measure(lambda n: _side_by_side(trial, n), gpu["memory_mb"])
+            probes = packing.measure(lambda n: _side_by_side(trial, n, cpus, device), gpu["memory_mb"])
             if not probes:
                 continue  # not even one copy fit: the trial itself will say so
             copies = table.record(gpu, trial, probes)
@@ -244,7 +250,7 @@ def _per_gpu(trials: Sequence[Trial], runtime: Runtime, node: dict[str, float]) 
     if runtime.gpus_per_trial != "auto" or not _uses_gpus(runtime, node):
         return {}
     try:
-        return _measured_per_gpu(trials, runtime)
+        return _measured_per_gpu(trials, runtime, node.get("CPU", 1.0))
     except Exception as exc:  # any failure here only costs packing quality
         log.warning("could not measure GPU packing (%s: %s); using the fixed per-arch shares",
                     type(exc).__name__, exc)

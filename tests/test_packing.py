@@ -95,6 +95,28 @@ def test_step_window_warms_up_then_measures_from_the_release():
     assert result["peak_host_mb"] > 0 and alone.copies == 1 and alone.overlap == 1.0
 
 
+def test_copies_are_released_together_on_one_logical_gpu(tmp_path, monkeypatch):
+    """The Ray side of measuring, on the CPU: Ray's GPUs are logical, so its copies can run anywhere."""
+    import ray
+
+    tune = pytest.importorskip("harness.tune")
+    monkeypatch.setattr(packing, "WINDOW_S", 1.5)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
+        per_gpu = tune._measured_per_gpu([trial, trial.replace(seed=1)], Runtime(cache_dir=str(tmp_path)),
+                                         cpus=2, device="cpu")
+    finally:
+        ray.shutdown()
+    assert list(per_gpu) == [packing.shape_key(trial)] and per_gpu[packing.shape_key(trial)] in (1, 2)
+    (entry,) = json.loads((tmp_path / packing.PACKING_FILE).read_text()).values()
+    probes = entry[packing.shape_key(trial)]["probes"]
+    assert [p["copies"] for p in probes] == [1, 2]  # four copies would need four CPUs: not tried
+    assert all(p["images_per_s"] > 0 for p in probes)
+    assert probes[1]["overlap"] > 0.8  # the two copies were released together
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_measured_packing_on_a_real_gpu(tmp_path):
@@ -102,7 +124,7 @@ def test_measured_packing_on_a_real_gpu(tmp_path):
     runtime = Runtime(cache_dir=str(tmp_path), progress=False)
     tune.start_ray(runtime)
     trial = Trial(arch="alexnet", batch_size=64, image_size=128)
-    per_gpu = tune._measured_per_gpu([trial], runtime)
+    per_gpu = tune._measured_per_gpu([trial], runtime, cpus=4)
     assert per_gpu[packing.shape_key(trial)] in packing.COPIES
     saved = json.loads((tmp_path / packing.PACKING_FILE).read_text())
     (entry,) = [v[packing.shape_key(trial)] for v in saved.values()]
