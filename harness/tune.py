@@ -93,7 +93,20 @@ def _trainable(config: dict[str, Any]) -> None:
         # Possibly transient (out of memory, a dying node): recorded, then Ray retries it (FailureConfig).
         st.mark_failed(trial, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc())
         raise
+    finally:
+        _hand_back_gpu_memory()
     st.mark_done(trial)
+
+
+def _hand_back_gpu_memory() -> None:
+    """The worker lives on for the next trial: free the GPU blocks torch keeps cached, for trials in other processes."""
+    import gc
+
+    import torch
+
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 class Progress(tune.Callback):
@@ -158,8 +171,8 @@ def _resources(trial: Trial, runtime: Runtime, node: dict[str, float],
         share = 1.0 / per_gpu[packing.shape_key(trial)]
     else:
         share = GPU_SHARE.get(trial.arch, 1.0)
-    per_gpu = max(1, round(1 / share)) if share > 0 else 1
-    return {"cpu": max(1.0, min(runtime.cpus_per_trial, cpus / max(gpus * per_gpu, 1))), "gpu": share}
+    sharing = max(1, round(1 / share)) if share > 0 else 1
+    return {"cpu": max(1.0, min(runtime.cpus_per_trial, cpus / max(gpus * sharing, 1))), "gpu": share}
 
 
 # --- measured packing: how many trials of a shape share one GPU (harness.packing decides) ---
