@@ -228,7 +228,8 @@ def _side_by_side(trial: Trial, copies: int, cpus: float, device: str) -> packin
         scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0))
     try:
         ray.get(group.ready(), timeout=300)  # a GPU held by another job: give up, use the fixed shares
-        windows = ray.get([task.remote(trial.to_dict(), packing.WINDOW_S, release, device) for _ in range(copies)])
+        windows = ray.get([task.remote(trial.to_dict(), packing.WINDOW_S, release, device) for _ in range(copies)],
+                          timeout=600)  # a copy that never arrives: the others would wait for it forever
     except ray.exceptions.RayTaskError as exc:
         if "OutOfMemoryError" in str(exc) or "out of memory" in str(exc):
             return None
