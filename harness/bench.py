@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness import losses, models, train
+from harness import models, train
 from harness.config import Runtime, Trial
 from harness.data import cache, loader, nih
 
@@ -86,23 +86,17 @@ def bench_loader(runtime: Runtime, *, crop: int = 224, batch_size: int = 64, n_i
 
 
 def _step_setup(trial: Trial, device: torch.device, prevalence: np.ndarray | None = None, compile: bool = False):
-    """Model (and the module that steps: compiled or not), loss, optimiser and a step on one random batch
-    already on the device, laid out as a trial lays them out."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    model = models.build(trial).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    """A trial's training set-up (train.training_setup) and a step of it on one random batch already on the
+    device; returns the module that steps, the loss, the optimiser and the step."""
     prevalence = np.full(len(nih.FINDINGS), 0.1) if prevalence is None else prevalence
-    loss_fn = losses.make_loss(trial, prevalence=prevalence).to(device)
-    optimizer = train.OPTIMIZERS[trial.optimizer]([p for p in model.parameters() if p.requires_grad], trial)
+    model, step_model, loss_fn, optimizer = train.training_setup(trial, device, prevalence=prevalence,
+                                                                compile=compile)
     size = models.image_size(trial)
     x = torch.randn(trial.batch_size, 3, size, size, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(trial.batch_size, len(nih.FINDINGS), device=device) < 0.1).float()
     models.train_mode(model, trial)
-    step_model = torch.compile(model) if compile else model
 
     def step() -> None:
         train.train_step(step_model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)

@@ -130,6 +130,19 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
     return out
 
 
+def training_setup(trial: Trial, device: torch.device, *, prevalence: np.ndarray, compile: bool = False
+                   ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """The model on the device, the module that steps (the model, or its torch.compile), the loss and the
+    optimiser over the trainable parameters: as every trial, and every step benchmark, sets them up."""
+    model = models.build(trial).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = losses.make_loss(trial, prevalence=prevalence).to(device)
+    optimizer = OPTIMIZERS[trial.optimizer]([p for p in model.parameters() if p.requires_grad], trial)
+    return model, torch.compile(model) if compile else model, loss_fn, optimizer
+
+
 def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: torch.nn.Module,
                optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
     """One optimiser step on a batch (bf16 autocast on CUDA); returns the detached loss."""
@@ -224,19 +237,12 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     device = pick_device(runtime)
     keep_freed_memory()
     reset_peak_memory(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     td = prepare_data(trial, runtime)
     prevalence = td.labels["train"].mean(axis=0)
 
-    model = models.build(trial).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = losses.make_loss(trial, prevalence=prevalence).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS[trial.optimizer](params, trial)
+    model, step_model, loss_fn, optimizer = training_setup(trial, device, prevalence=prevalence,
+                                                          compile=runtime.compile)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=trial.lr_step, gamma=trial.lr_gamma)
-    step_model = torch.compile(model) if runtime.compile else model
 
     history: list[dict[str, Any]] = []
     best_auc, start = -math.inf, 0
