@@ -1,4 +1,5 @@
 """Grad-CAM and layer activations, pictured and measured against the NIH boxes (pointing, energy, IoU)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +7,10 @@ import difflib
 import json
 import logging
 import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +42,7 @@ Targets = int | str | Sequence[int | str] | Tensor
 
 # --- layers and hooks ----------------------------------------------------------------------------
 
+
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule at a dotted name; indices may be negative and written either way: "layer2.-1" or "layer2[-1]"."""
     module = getattr(model, "_orig_mod", model)  # torch.compile keeps the original's names
@@ -52,16 +55,20 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
                 module = module[int(part)]
                 continue
             except IndexError:
-                raise ConfigError(f"layer {name!r}: index {part} is out of range for "
-                                  f"{'.'.join(parts[:depth]) or 'the model'} ({len(module)} modules)") from None
+                raise ConfigError(
+                    f"layer {name!r}: index {part} is out of range for "
+                    f"{'.'.join(parts[:depth]) or 'the model'} ({len(module)} modules)"
+                ) from None
         child = module._modules.get(part)
         if child is None:
             where = ".".join(parts[:depth]) or "the model"
             children = [k for k, v in module._modules.items() if v is not None]
             close = difflib.get_close_matches(part, children, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"layer {name!r}: {where} has no submodule {part!r}{hint}; "
-                              f"valid: {', '.join(children) or 'none (it is a leaf)'}")
+            raise ConfigError(
+                f"layer {name!r}: {where} has no submodule {part!r}{hint}; "
+                f"valid: {', '.join(children) or 'none (it is a leaf)'}"
+            )
         module = child
     return module
 
@@ -86,8 +93,10 @@ def _capture(layers: Mapping[str, nn.Module], *, detach: bool) -> Iterator[dict[
     def hook_for(name: str) -> Callable:
         def hook(module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
             if not isinstance(output, Tensor) or output.dim() != 4:
-                raise ConfigError(f"layer {name!r} ({type(module).__name__}) does not output a (B, C, H, W) "
-                                  "feature map; choose a convolutional block")
+                raise ConfigError(
+                    f"layer {name!r} ({type(module).__name__}) does not output a (B, C, H, W) "
+                    "feature map; choose a convolutional block"
+                )
             if detach:
                 seen[name] = output.detach().clone()
                 return None
@@ -126,8 +135,9 @@ def _targets(targets: Targets, n: int, device: torch.device) -> Tensor:
         out = targets.to(device=device, dtype=torch.long).reshape(-1)
     else:
         items = [targets] if isinstance(targets, (int, str, np.integer)) else list(targets)
-        out = torch.tensor([finding_index(t) if isinstance(t, str) else int(t) for t in items],
-                           dtype=torch.long, device=device)
+        out = torch.tensor(
+            [finding_index(t) if isinstance(t, str) else int(t) for t in items], dtype=torch.long, device=device
+        )
     if out.numel() == 1:
         out = out.expand(n)
     if out.numel() != n:
@@ -145,6 +155,7 @@ def finding_index(name: str) -> int:
 
 
 # --- Grad-CAM and its variants -------------------------------------------------------------------
+
 
 def _forward_backward(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
     """(activations, their gradients, logits) at `layer`, each image's gradient that of its own target logit.
@@ -210,8 +221,15 @@ def _smoothgrad(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module) 
     return total / SMOOTH_SAMPLES, logits.float()
 
 
-def cam_and_logits(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None,
-                   arch: str | None = None, method: str = "gradcam") -> tuple[Tensor, Tensor]:
+def cam_and_logits(
+    model: nn.Module,
+    x: Tensor,
+    targets: Targets,
+    *,
+    layer: str | None = None,
+    arch: str | None = None,
+    method: str = "gradcam",
+) -> tuple[Tensor, Tensor]:
     """(maps, logits): maps as in cam(), logits (B, classes) of the clean input."""
     if layer is None:
         if arch is None:
@@ -232,8 +250,15 @@ def cam_and_logits(model: nn.Module, x: Tensor, targets: Targets, *, layer: str 
     return maps.detach(), logits
 
 
-def cam(model: nn.Module, x: Tensor, targets: Targets, *, layer: str | None = None, arch: str | None = None,
-        method: str = "gradcam") -> Tensor:
+def cam(
+    model: nn.Module,
+    x: Tensor,
+    targets: Targets,
+    *,
+    layer: str | None = None,
+    arch: str | None = None,
+    method: str = "gradcam",
+) -> Tensor:
     """Class activation maps (B, H, W) for each image's own target finding, at the input's size.
 
     targets: a finding index or name for all images, or one per image. layer: a dotted module name
@@ -258,6 +283,7 @@ def activations(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str,
 
 # --- box geometry --------------------------------------------------------------------------------
 
+
 def _to_input(box: Sequence[float], size: int, load: int | None, scale: float) -> tuple[float, float, float, float]:
     """(x0, y0, x1, y1) in input pixels, unclipped: scaled to the load size, shifted by the centre crop."""
     load = load or loader.load_size(size)
@@ -267,8 +293,9 @@ def _to_input(box: Sequence[float], size: int, load: int | None, scale: float) -
     return x * k - offset, y * k - offset, (x + w) * k - offset, (y + h) * k - offset
 
 
-def input_box(box: Sequence[float], *, size: int, load: int | None = None,
-              scale: float = nih.BOX_SCALE) -> tuple[float, float, float, float]:
+def input_box(
+    box: Sequence[float], *, size: int, load: int | None = None, scale: float = nih.BOX_SCALE
+) -> tuple[float, float, float, float]:
     """A box (x, y, w, h) in the original PNG's `scale`-px coordinates -> (x0, y0, x1, y1) in the input's pixels.
 
     The eval path resizes the whole PNG to load x load (default loader.load_size(size)) and takes the
@@ -278,8 +305,9 @@ def input_box(box: Sequence[float], *, size: int, load: int | None = None,
     return tuple(float(min(max(v, 0.0), size)) for v in _to_input(box, size, load, scale))  # type: ignore[return-value]
 
 
-def box_mask(box: Sequence[float], *, size: int, load: int | None = None, dilate: float = 0.0,
-             scale: float = nih.BOX_SCALE) -> np.ndarray:
+def box_mask(
+    box: Sequence[float], *, size: int, load: int | None = None, dilate: float = 0.0, scale: float = nih.BOX_SCALE
+) -> np.ndarray:
     """(size, size) bool mask of the input pixels whose centres lie in the box (grown by `dilate` px each side).
 
     A box smaller than a pixel still marks the pixel holding its centre; a box wholly cropped away marks nothing.
@@ -306,10 +334,10 @@ def tolerance_px(size: int) -> int:
 METRICS = ("pointing", "energy", "iou")
 RULES = {
     "pointing": "hit when the map's maximum lies inside the box grown by tolerance_px on each side; ties share "
-                "the credit (the fraction of maximal pixels inside). Chance: the grown box's share of the image",
+    "the credit (the fraction of maximal pixels inside). Chance: the grown box's share of the image",
     "energy": "share of the map's sum inside the box. Chance: the box's share of the image (a uniform map)",
     "iou": f"IoU of the region where the map is >= {THRESHOLD} of its maximum with the box. Chance: expected "
-           "intersection over expected union of a random pixel set of the same area, (ab/N) / (a + b - ab/N)",
+    "intersection over expected union of a random pixel set of the same area, (ab/N) / (a + b - ab/N)",
     "flat": "an all-zero map has no evidence and is scored as a uniform map: every score equals its chance",
 }
 
@@ -349,16 +377,23 @@ def score_map(heat: np.ndarray, box: Sequence[float], *, load: int | None = None
 
 def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Means over boxes, per finding and overall, with counts; records: finding, image_index, score_map's keys."""
+
     def block(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {"n": len(rows), "n_images": len({r["image_index"] for r in rows}),
-                               "n_flat": int(sum(r["flat"] for r in rows))}
+        out: dict[str, Any] = {
+            "n": len(rows),
+            "n_images": len({r["image_index"] for r in rows}),
+            "n_flat": int(sum(r["flat"] for r in rows)),
+        }
         for metric in METRICS:
             for key in (metric, f"{metric}_chance"):
                 out[key] = float(np.mean([r[key] for r in rows])) if rows else None
         return out
 
-    per = {f: block([r for r in records if r["finding"] == f]) for f in nih.FINDINGS
-           if any(r["finding"] == f for r in records)}
+    per = {
+        f: block([r for r in records if r["finding"] == f])
+        for f in nih.FINDINGS
+        if any(r["finding"] == f for r in records)
+    }
     return {"per_finding": per, "overall": block(records)}
 
 
@@ -380,8 +415,11 @@ def _pairs(data: nih.NIHData, rows: np.ndarray) -> tuple[_Pairs, list[str]]:
         if name in where:
             groups.setdefault((where[name], nih.FINDINGS.index(finding)), []).append((x, y, w, h))
     keys = sorted(groups)
-    pairs = _Pairs(position=np.array([k[0] for k in keys], dtype=np.int64),
-                   finding=np.array([k[1] for k in keys], dtype=np.int64), boxes=[groups[k] for k in keys])
+    pairs = _Pairs(
+        position=np.array([k[0] for k in keys], dtype=np.int64),
+        finding=np.array([k[1] for k in keys], dtype=np.int64),
+        boxes=[groups[k] for k in keys],
+    )
     return pairs, [str(names[k[0]]) for k in keys]
 
 
@@ -391,9 +429,18 @@ def _inputs(images: np.ndarray, *, size: int, device: torch.device, batch_size: 
     return loader.Batches(images, labels, batch_size=batch_size, crop=size, train=False, device=device)
 
 
-def score_trial(model: nn.Module, trial: Trial, data: nih.NIHData, rows: np.ndarray, images: np.ndarray, *,
-                device: torch.device | str, batch_size: int = 32, method: str = "gradcam",
-                layer: str | None = None) -> dict[str, Any]:
+def score_trial(
+    model: nn.Module,
+    trial: Trial,
+    data: nih.NIHData,
+    rows: np.ndarray,
+    images: np.ndarray,
+    *,
+    device: torch.device | str,
+    batch_size: int = 32,
+    method: str = "gradcam",
+    layer: str | None = None,
+) -> dict[str, Any]:
     """CAM scores on every image of `rows` that has a box, for each finding it has a box for.
 
     images: the cached uint8 (n, load, load) array aligned with rows. One CAM per (image, finding),
@@ -428,11 +475,20 @@ def score_trial(model: nn.Module, trial: Trial, data: nih.NIHData, rows: np.ndar
             start = stop
     if outside:
         log.warning("%d boxes lie wholly in the margin the centre crop removes and are not scored", outside)
-    return {"method": method, "layer": layer, "size": size, "tolerance_px": tolerance_px(size),
-            "threshold": THRESHOLD, "rules": RULES, "n_outside": outside, **summarise(records)}
+    return {
+        "method": method,
+        "layer": layer,
+        "size": size,
+        "tolerance_px": tolerance_px(size),
+        "threshold": THRESHOLD,
+        "rules": RULES,
+        "n_outside": outside,
+        **summarise(records),
+    }
 
 
 # --- figures -------------------------------------------------------------------------------------
+
 
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -443,8 +499,9 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _draw_overlay(ax, image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[float]], *, load: int,
-                  title: str) -> None:
+def _draw_overlay(
+    ax, image: np.ndarray, heat: np.ndarray, boxes: Sequence[Sequence[float]], *, load: int, title: str
+) -> None:
     from matplotlib.patches import Rectangle
 
     size = image.shape[-1]
@@ -458,8 +515,9 @@ def _draw_overlay(ax, image: np.ndarray, heat: np.ndarray, boxes: Sequence[Seque
     ax.set_axis_off()
 
 
-def activation_figure(acts: Mapping[str, Tensor], path: Path | str, *, k: int = FIGURE_CHANNELS, index: int = 0,
-                      title: str = "") -> Path:
+def activation_figure(
+    acts: Mapping[str, Tensor], path: Path | str, *, k: int = FIGURE_CHANNELS, index: int = 0, title: str = ""
+) -> Path:
     """The first k channels of each layer for image `index` (rows: layers), like the paper's Figure 4."""
     path = Path(path)
     fig = _figure(1.3 * k + 1.2, 1.4 * len(acts) + 0.6)
@@ -486,11 +544,13 @@ def activation_figure(acts: Mapping[str, Tensor], path: Path | str, *, k: int = 
 
 # --- harness cam TRIAL_DIR -----------------------------------------------------------------------
 
+
 def _read_trial(trial_dir: Path) -> Trial:
     path = trial_dir / store.TRIAL_FILE
     if not path.is_file():
-        raise ConfigError(f"{trial_dir} has no {store.TRIAL_FILE}; expected a trial result directory "
-                          "(results/<grid>/<key>/)")
+        raise ConfigError(
+            f"{trial_dir} has no {store.TRIAL_FILE}; expected a trial result directory (results/<grid>/<key>/)"
+        )
     try:
         values = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -532,7 +592,7 @@ def load_model(trial_dir: Path | str, trial: Trial, *, device: torch.device | st
 
 def _crop(image: np.ndarray, size: int) -> np.ndarray:
     start = (image.shape[-1] - size) // 2
-    return image[start:start + size, start:start + size]
+    return image[start : start + size, start : start + size]
 
 
 def _data_root(trial_dir: Path, runtime: Runtime) -> str:
@@ -546,8 +606,9 @@ def _data_root(trial_dir: Path, runtime: Runtime) -> str:
     return root
 
 
-def _picks(data: nih.NIHData, boxed: np.ndarray, findings: Sequence[str], images: Sequence[str] | None,
-           max_images: int) -> dict[str, list[int]]:
+def _picks(
+    data: nih.NIHData, boxed: np.ndarray, findings: Sequence[str], images: Sequence[str] | None, max_images: int
+) -> dict[str, list[int]]:
     """Table rows to picture per finding: the named images, else its first max_images boxed test images."""
     names = data.table["image_index"].to_numpy().astype(str)
     if images:
@@ -578,17 +639,26 @@ def _grid_figure(panels: Mapping[str, list[Panel]], path: Path, *, load: int, ti
             grid[i, j].set_axis_off()
             if j < len(row):
                 _draw_overlay(grid[i, j], *row[j][:3], load=load, title=row[j][3])
-        grid[i, 0].text(-0.08, 0.5, finding, transform=grid[i, 0].transAxes, rotation=90, ha="right",
-                        va="center", fontsize=10)
+        grid[i, 0].text(
+            -0.08, 0.5, finding, transform=grid[i, 0].transAxes, rotation=90, ha="right", va="center", fontsize=10
+        )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     return path
 
 
-def run_cam(trial_dir: Path | str, *, findings: Sequence[str] = ("Atelectasis", "Effusion"),
-            images: Sequence[str] | None = None, out_dir: Path | str | None = None, method: str = "gradcam",
-            layer: str | None = None, runtime: Runtime | None = None, max_images: int = 8) -> dict[str, Any]:
+def run_cam(
+    trial_dir: Path | str,
+    *,
+    findings: Sequence[str] = ("Atelectasis", "Effusion"),
+    images: Sequence[str] | None = None,
+    out_dir: Path | str | None = None,
+    method: str = "gradcam",
+    layer: str | None = None,
+    runtime: Runtime | None = None,
+    max_images: int = 8,
+) -> dict[str, Any]:
     """Pictures and scores for one trial: `harness cam TRIAL_DIR [--finding F] [--images ...] [--out DIR]`.
 
     Writes into out_dir (default TRIAL_DIR/cam/): one overlay PNG per (finding, image) (image, heat map,
@@ -614,23 +684,39 @@ def run_cam(trial_dir: Path | str, *, findings: Sequence[str] = ("Atelectasis", 
     resolve_layer(model, layer)
 
     data = nih.load(_data_root(trial_dir, runtime))
-    test = nih.split(data, val_fraction=trial.val_fraction, seed=trial.seed, subset_fraction=trial.subset_fraction,
-                     subset_test=trial.subset_test)["test"]
+    test = nih.split(
+        data,
+        val_fraction=trial.val_fraction,
+        seed=trial.seed,
+        subset_fraction=trial.subset_fraction,
+        subset_test=trial.subset_test,
+    )["test"]
     names = data.table["image_index"].to_numpy().astype(str)
     boxed = np.intersect1d(test, np.flatnonzero(np.isin(names, data.boxes["image_index"].to_numpy().astype(str))))
     picks = _picks(data, boxed, wanted, images, max_images)
 
     size = models.image_size(trial)
     needed = np.union1d(boxed, [r for rows in picks.values() for r in rows]).astype(np.int64)
-    cached = cache.build(data, needed, size=loader.load_size(size), cache_dir=runtime.cache_dir,
-                         workers=runtime.workers, progress=runtime.progress)
+    cached = cache.build(
+        data,
+        needed,
+        size=loader.load_size(size),
+        cache_dir=runtime.cache_dir,
+        workers=runtime.workers,
+        progress=runtime.progress,
+    )
     at = {int(r): i for i, r in enumerate(cached.rows.tolist())}  # undecodable images are left out
     load = cached.images.shape[1]
 
     kept = np.array([r for r in boxed if int(r) in at], dtype=np.int64)
     pixels = cached.images[[at[int(r)] for r in kept]] if len(kept) else np.zeros((0, load, load), np.uint8)
-    scores = {"trial": trial.key, "label": trial.label, "dataset": data.dataset, "data_root": str(data.root),
-              **score_trial(model, trial, data, kept, pixels, device=device, method=method, layer=layer)}
+    scores = {
+        "trial": trial.key,
+        "label": trial.label,
+        "dataset": data.dataset,
+        "data_root": str(data.root),
+        **score_trial(model, trial, data, kept, pixels, device=device, method=method, layer=layer),
+    }
 
     out = Path(out_dir) if out_dir is not None else trial_dir / CAM_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -647,8 +733,12 @@ def run_cam(trial_dir: Path | str, *, findings: Sequence[str] = ("Atelectasis", 
         probs = torch.sigmoid(logits[:, nih.FINDINGS.index(f)]).cpu().numpy()
         for r, image, heat, p in zip(rows, pixels, maps.cpu().numpy(), probs):
             mine = data.boxes[(data.boxes["image_index"] == names[r]) & (data.boxes["finding"] == f)]
-            panel = (_crop(image, size), heat, mine[["x", "y", "w", "h"]].to_numpy().tolist(),
-                     f"{names[r]}\n{f}: p={p:.2f}")
+            panel = (
+                _crop(image, size),
+                heat,
+                mine[["x", "y", "w", "h"]].to_numpy().tolist(),
+                f"{names[r]}\n{f}: p={p:.2f}",
+            )
             panels[f].append(panel)
             fig = _figure(3.2, 3.4)
             _draw_overlay(fig.add_subplot(1, 1, 1), *panel[:3], load=load, title=panel[3])

@@ -1,4 +1,5 @@
 """The command line: parse, then call one function. Heavy modules are imported inside each subcommand."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from harness.config import ConfigError, Runtime, Trial, default_cache_dir
 from harness.registry import Registry
@@ -27,13 +28,18 @@ def _runtime(args: argparse.Namespace) -> Runtime:
             raise ConfigError(f"--gpus-per-trial {gpus}: expected a share in [0, 8]")
     data_root = getattr(args, "data_root", None)
     # Absolute paths: Ray workers run in their own working directories.
-    return Runtime(data_root=str(Path(data_root).resolve()) if data_root else None,
-                   results_dir=str(Path(getattr(args, "results", "results")).resolve()),
-                   cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
-                   device=getattr(args, "device", "auto"), gpus_per_trial=gpus,
-                   address=getattr(args, "address", None), max_retries=getattr(args, "retries", 2),
-                   compile=getattr(args, "compile", False), workers=getattr(args, "workers", 0),
-                   reuse_workers=not getattr(args, "fresh_workers", False))
+    return Runtime(
+        data_root=str(Path(data_root).resolve()) if data_root else None,
+        results_dir=str(Path(getattr(args, "results", "results")).resolve()),
+        cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
+        device=getattr(args, "device", "auto"),
+        gpus_per_trial=gpus,
+        address=getattr(args, "address", None),
+        max_retries=getattr(args, "retries", 2),
+        compile=getattr(args, "compile", False),
+        workers=getattr(args, "workers", 0),
+        reuse_workers=not getattr(args, "fresh_workers", False),
+    )
 
 
 @COMMANDS.register("run")
@@ -42,8 +48,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid, profile=args.profile, overrides=args.set or [])
     if args.dry_run:
-        print(f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
-              f"{', '.join(grid.axes) or 'nothing'})")
+        print(
+            f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
+            f"{', '.join(grid.axes) or 'nothing'})"
+        )
         for t in grid.trials:
             print(f"{t.key}  {t.label}")
         return EXIT_OK
@@ -67,8 +75,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     grid_dir = Path(args.results_dir)
     if not grid_dir.is_dir():
         raise ConfigError(f"{grid_dir}: no such results directory; run a grid first (harness run GRID)")
-    index = report.write_report(grid_dir, Path(args.out) if args.out else None, recompute=args.recompute,
-                                reference=args.reference)
+    index = report.write_report(
+        grid_dir, Path(args.out) if args.out else None, recompute=args.recompute, reference=args.reference
+    )
     print(f"report: {index}")
     return EXIT_OK
 
@@ -77,23 +86,33 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from harness import search
 
-    return search.main_search(args.search, profile=args.profile, samples=args.samples, runtime=_runtime(args),
-                              dry_run=args.dry_run)
+    return search.main_search(
+        args.search, profile=args.profile, samples=args.samples, runtime=_runtime(args), dry_run=args.dry_run
+    )
 
 
 @COMMANDS.register("cam")
 def cmd_cam(args: argparse.Namespace) -> int:
     from harness import cam
 
-    out = cam.run_cam(Path(args.trial_dir), findings=tuple(args.finding or ("Atelectasis", "Effusion")),
-                      images=args.images, out_dir=Path(args.out) if args.out else None, method=args.method,
-                      layer=args.layer, runtime=_runtime(args), max_images=args.max_images)
+    out = cam.run_cam(
+        Path(args.trial_dir),
+        findings=tuple(args.finding or ("Atelectasis", "Effusion")),
+        images=args.images,
+        out_dir=Path(args.out) if args.out else None,
+        method=args.method,
+        layer=args.layer,
+        runtime=_runtime(args),
+        max_images=args.max_images,
+    )
     for fig in out["figures"]:
         print(fig)
     overall = out["scores"].get("overall") or {}
     if overall:
-        print(f"pointing game {overall.get('pointing', float('nan')):.3f} (chance {overall.get('pointing_chance', float('nan')):.3f}) "
-              f"over {overall.get('n', 0)} boxes")
+        print(
+            f"pointing game {overall.get('pointing', float('nan')):.3f} (chance {overall.get('pointing_chance', float('nan')):.3f}) "
+            f"over {overall.get('n', 0)} boxes"
+        )
     return EXIT_OK
 
 
@@ -109,8 +128,9 @@ DATA_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("data co
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from harness.data import synthetic
 
-    root = synthetic.generate(args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty,
-                              label_noise=args.label_noise)
+    root = synthetic.generate(
+        args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty, label_noise=args.label_noise
+    )
     print(f"synthetic NIH-layout tree: {root}")
     return EXIT_OK
 
@@ -133,10 +153,15 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, sort_keys=True))
         return EXIT_OK
-    print(f"{data.root} ({data.dataset}): {stats['images']} images, {stats['patients']} patients; "
-          f"missing {stats['missing']}, skipped {stats['skipped']}")
-    print("splits: " + ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
-          + f"; patient overlap between splits: {stats['patient_overlap']}")
+    print(
+        f"{data.root} ({data.dataset}): {stats['images']} images, {stats['patients']} patients; "
+        f"missing {stats['missing']}, skipped {stats['skipped']}"
+    )
+    print(
+        "splits: "
+        + ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
+        + f"; patient overlap between splits: {stats['patient_overlap']}"
+    )
     names = list(nih.FINDINGS)
     print(f"{'finding':<20}" + "".join(f"{s:>9}" for s in stats["prevalence"]))
     for f in names:
@@ -154,14 +179,17 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     data = nih.load(_data_root(args))
     t0, total, skipped = time.perf_counter(), 0, 0
     for name, rows in nih.split(data, val_fraction=args.val_fraction, seed=args.seed).items():
-        cached = cache.build(data, rows, size=args.size, cache_dir=args.cache_dir or default_cache_dir(),
-                             workers=args.workers)
+        cached = cache.build(
+            data, rows, size=args.size, cache_dir=args.cache_dir or default_cache_dir(), workers=args.workers
+        )
         total, skipped = total + len(cached.rows), skipped + len(cached.skipped)
         print(f"{name}: {len(cached.rows)} images at {args.size}px" + (" (reused)" if cached.reused else ""))
     secs = time.perf_counter() - t0
-    print(f"{total} images ready in {secs:.1f} s ({total / max(secs, 1e-9):.0f} images/s); skipped {skipped}. "
-          f"Trials with image_size {round(args.size * 7 / 8)} (cache {args.size}px), subset_fraction 1 and "
-          f"seed {args.seed} read these caches.")
+    print(
+        f"{total} images ready in {secs:.1f} s ({total / max(secs, 1e-9):.0f} images/s); skipped {skipped}. "
+        f"Trials with image_size {round(args.size * 7 / 8)} (cache {args.size}px), subset_fraction 1 and "
+        f"seed {args.seed} read these caches."
+    )
     return EXIT_OK
 
 
@@ -175,7 +203,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     for arch in args.archs:
         path = models.weights_path(arch)
         if args.action == "where":
-            print(f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_enum(arch).url})")
+            print(
+                f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_enum(arch).url})"
+            )
             continue
         if path.is_file():
             print(f"{arch}: {path} exists; left as it is")
@@ -214,32 +244,49 @@ def cmd_bench_loader(args: argparse.Namespace) -> int:
     from harness import bench
 
     r = bench.bench_loader(_bench_runtime(args), crop=args.crop, batch_size=args.batch, n_images=args.images)
-    return _print_bench(r, args.json, [
-        f"{r['dataset']} data, {r['images']} images, crop {r['crop']} from {r['cache_size']}px, batch {r['batch_size']}, "
-        f"device {r['device']}",
-        f"cached loader     {r['cached_images_per_s']:10.0f} images/s",
-        f"naive PNG loader  {r['naive_png_images_per_s']:10.0f} images/s ({r['naive_workers']} workers)",
-        f"ratio             {r['ratio']:10.1f}x"])
+    return _print_bench(
+        r,
+        args.json,
+        [
+            f"{r['dataset']} data, {r['images']} images, crop {r['crop']} from {r['cache_size']}px, batch {r['batch_size']}, "
+            f"device {r['device']}",
+            f"cached loader     {r['cached_images_per_s']:10.0f} images/s",
+            f"naive PNG loader  {r['naive_png_images_per_s']:10.0f} images/s ({r['naive_workers']} workers)",
+            f"ratio             {r['ratio']:10.1f}x",
+        ],
+    )
 
 
 @BENCH_COMMANDS.register("step")
 def cmd_bench_step(args: argparse.Namespace) -> int:
     from harness import bench
 
-    r = bench.bench_step(_bench_runtime(args), arch=args.arch, batch_size=args.batch, image_size=args.image_size,
-                         steps=args.steps, eval_batch_size=args.eval_batch)
-    return _print_bench(r, args.json, [
-        f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}"
-        + (" (compiled)" if r["compile"] else ""),
-        f"first step        {r['first_step_seconds']:10.1f} s",
-        f"model step only   {r['step_images_per_s']:10.0f} images/s",
-        f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
-        f"ratio             {r['ratio']:10.2f}",
-        f"evaluation        {r['eval_images_per_s']:10.0f} images/s (batch {r['eval_batch_size']})"])
+    r = bench.bench_step(
+        _bench_runtime(args),
+        arch=args.arch,
+        batch_size=args.batch,
+        image_size=args.image_size,
+        steps=args.steps,
+        eval_batch_size=args.eval_batch,
+    )
+    return _print_bench(
+        r,
+        args.json,
+        [
+            f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}"
+            + (" (compiled)" if r["compile"] else ""),
+            f"first step        {r['first_step_seconds']:10.1f} s",
+            f"model step only   {r['step_images_per_s']:10.0f} images/s",
+            f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
+            f"ratio             {r['ratio']:10.2f}",
+            f"evaluation        {r['eval_images_per_s']:10.0f} images/s (batch {r['eval_batch_size']})",
+        ],
+    )
 
 
 def _count(least: int) -> Callable[[str], int]:
     """An argparse type: a whole number >= least (argparse turns the ValueError into one line and exit 2)."""
+
     def parse(text: str) -> int:
         value = int(text)
         if value < least:
@@ -251,8 +298,11 @@ def _count(least: int) -> Callable[[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Benchmark and ablation harness for chest X-ray "
-                                "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in).")
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark and ablation harness for chest X-ray "
+        "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in).",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
@@ -271,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
     r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")
     r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
-    r.add_argument("--fresh-workers", action="store_true",
-                   help="a new worker process per trial (default: a worker runs trial after trial)")
+    r.add_argument(
+        "--fresh-workers",
+        action="store_true",
+        help="a new worker process per trial (default: a worker runs trial after trial)",
+    )
     data_opts(r)
 
     rp = sub.add_parser("report", help="tables, figures and statistics of a grid's results")

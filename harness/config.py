@@ -1,4 +1,5 @@
 """Trial (frozen, hashed: everything that can change a result) and Runtime (not hashed)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DATASETS = ("nih", "synthetic")
 
@@ -63,7 +65,7 @@ class Trial:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "Trial":
+    def replace(self, **changes: Any) -> Trial:
         return dataclasses.replace(self, **changes)
 
 

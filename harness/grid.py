@@ -1,10 +1,12 @@
 """Grid YAML -> list[Trial]: base, profile, axes (cartesian), include/exclude, seeds, --set overrides."""
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -68,8 +70,9 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def expand(spec: Mapping[str, Any], *, where: str, profile: str | None = None,
-           overrides: Mapping[str, Any] | None = None) -> tuple[list[Trial], tuple[str, ...]]:
+def expand(
+    spec: Mapping[str, Any], *, where: str, profile: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> tuple[list[Trial], tuple[str, ...]]:
     """Expand a parsed grid mapping into trials, in a stable order; return them and the varied fields."""
     for key in spec:
         if key not in GRID_KEYS:
@@ -119,8 +122,10 @@ def expand(spec: Mapping[str, Any], *, where: str, profile: str | None = None,
             if trial.key in seen and overrides:
                 continue  # an include cell that --set made equal to another cell
             if trial.key in seen:
-                raise ConfigError(f"{where}: duplicate trial {trial.label} (key {trial.key}); "
-                                  "check axes, include and --set for repeated settings")
+                raise ConfigError(
+                    f"{where}: duplicate trial {trial.label} (key {trial.key}); "
+                    "check axes, include and --set for repeated settings"
+                )
             seen[trial.key] = trial.label
             trials.append(trial)
     if not trials:

@@ -1,7 +1,9 @@
 """The LOSSES registry: multi-label losses on logits (bce, weighted_bce, focal, asl), each returning the mean."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

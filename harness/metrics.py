@@ -1,9 +1,11 @@
 """Test-set statistics: per-finding metrics, thresholds, patient-level bootstrap CIs and paired tests."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -38,8 +40,9 @@ def _matrix(x: Any, what: str) -> np.ndarray:
     return a
 
 
-def _check(probs: Any, labels: Any, patient_ids: Any = None, names: Sequence[str] | None = None,
-           *, what: str = "probs") -> tuple[np.ndarray, np.ndarray]:
+def _check(
+    probs: Any, labels: Any, patient_ids: Any = None, names: Sequence[str] | None = None, *, what: str = "probs"
+) -> tuple[np.ndarray, np.ndarray]:
     """probs as float64 (N,F) in [0,1], labels as int8 (N,F) of {0,1}; raise MetricsError otherwise."""
     p = _matrix(probs, what)
     y = _matrix(labels, "labels")
@@ -53,8 +56,10 @@ def _check(probs: Any, labels: Any, patient_ids: Any = None, names: Sequence[str
     if bad.any():
         raise MetricsError(f"{what} has {int(bad.sum())} non-finite values (NaN or inf); expected probabilities")
     if p.size and (p.min() < 0 or p.max() > 1):
-        raise MetricsError(f"{what} must be probabilities in [0, 1], got values in [{p.min():g}, {p.max():g}]"
-                           " (logits? apply a sigmoid first)")
+        raise MetricsError(
+            f"{what} must be probabilities in [0, 1], got values in [{p.min():g}, {p.max():g}]"
+            " (logits? apply a sigmoid first)"
+        )
     try:
         yf = y.astype(np.float64)
     except (TypeError, ValueError):
@@ -62,11 +67,14 @@ def _check(probs: Any, labels: Any, patient_ids: Any = None, names: Sequence[str
     odd = (yf != 0) & (yf != 1)
     if odd.any():
         vals = np.unique(yf[odd])[:5]
-        raise MetricsError(f"labels must be 0 or 1, found {', '.join(f'{v:g}' for v in vals)} "
-                           f"in {int(odd.sum())} entries (uncertain or missing labels must be resolved first)")
+        raise MetricsError(
+            f"labels must be 0 or 1, found {', '.join(f'{v:g}' for v in vals)} "
+            f"in {int(odd.sum())} entries (uncertain or missing labels must be resolved first)"
+        )
     if patient_ids is not None and len(np.asarray(patient_ids).reshape(-1)) != p.shape[0]:
-        raise MetricsError(f"patient_ids has {len(np.asarray(patient_ids).reshape(-1))} entries "
-                           f"but there are {p.shape[0]} images")
+        raise MetricsError(
+            f"patient_ids has {len(np.asarray(patient_ids).reshape(-1))} entries but there are {p.shape[0]} images"
+        )
     if names is not None and len(names) != p.shape[1]:
         raise MetricsError(f"names has {len(names)} entries but {what} has {p.shape[1]} findings")
     return p, yf.astype(np.int8)
@@ -143,8 +151,12 @@ def focal_loss(probs: Any, labels: Any, *, gamma: float = 2.0, alpha: float = 0.
 def _confusion(p: np.ndarray, y: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
     pred = p >= t  # a probability equal to the threshold counts as positive
     pos = y == 1
-    return {"tp": (pred & pos).sum(0), "fp": (pred & ~pos).sum(0),
-            "fn": (~pred & pos).sum(0), "tn": (~pred & ~pos).sum(0)}
+    return {
+        "tp": (pred & pos).sum(0),
+        "fp": (pred & ~pos).sum(0),
+        "fn": (~pred & pos).sum(0),
+        "tn": (~pred & ~pos).sum(0),
+    }
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -170,8 +182,9 @@ def _reason(n_pos: int, n_neg: int) -> str | None:
     return None
 
 
-def per_finding(probs: Any, labels: Any, *, names: Sequence[str],
-                thresholds: float | Sequence[float] | np.ndarray = 0.5) -> dict[str, dict[str, Any]]:
+def per_finding(
+    probs: Any, labels: Any, *, names: Sequence[str], thresholds: float | Sequence[float] | np.ndarray = 0.5
+) -> dict[str, dict[str, Any]]:
     """name -> {auc, ap, f1, sensitivity, specificity, threshold, prevalence, n_pos, n_neg, undefined}.
 
     A finding without positives (or negatives) has auc/ap None and `undefined` giving the reason; rates
@@ -189,9 +202,14 @@ def per_finding(probs: Any, labels: Any, *, names: Sequence[str],
         out[str(name)] = {
             "auc": None if why else float(roc_auc_score(y[:, f], p[:, f])),
             "ap": None if why else float(average_precision_score(y[:, f], p[:, f])),
-            "f1": _num(f1[f]), "sensitivity": _num(sens[f]), "specificity": _num(spec[f]),
-            "threshold": float(t[f]), "prevalence": _num(n_pos[f] / p.shape[0]) if p.shape[0] else None,
-            "n_pos": int(n_pos[f]), "n_neg": int(n_neg[f]), "undefined": why,
+            "f1": _num(f1[f]),
+            "sensitivity": _num(sens[f]),
+            "specificity": _num(spec[f]),
+            "threshold": float(t[f]),
+            "prevalence": _num(n_pos[f] / p.shape[0]) if p.shape[0] else None,
+            "n_pos": int(n_pos[f]),
+            "n_neg": int(n_neg[f]),
+            "undefined": why,
         }
     return out
 
@@ -239,9 +257,12 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
 
     pooled, count, conf, obs = ece(p.ravel(), y.ravel().astype(np.float64))
     return {
-        "n_bins": int(n_bins), "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
-        "count": [int(c) for c in count], "mean_predicted": [_num(v) for v in conf],
-        "observed": [_num(v) for v in obs], "ece": pooled,
+        "n_bins": int(n_bins),
+        "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
+        "count": [int(c) for c in count],
+        "mean_predicted": [_num(v) for v in conf],
+        "observed": [_num(v) for v in obs],
+        "ece": pooled,
         "ece_per_finding": [ece(p[:, f], y[:, f].astype(np.float64))[0] for f in range(p.shape[1])],
     }
 
@@ -360,8 +381,10 @@ def _count_blocks(counts: np.ndarray, n_images_per_patient: np.ndarray) -> list[
     worst = counts.shape[1] * float(n_images_per_patient.max(initial=1))
     dtype = np.float32 if worst < 2**24 else np.float64
     ct = counts.T.astype(dtype)
-    return [(slice(b0, b0 + _BOOT_BLOCK), np.ascontiguousarray(ct[:, b0:b0 + _BOOT_BLOCK]))
-            for b0 in range(0, counts.shape[0], _BOOT_BLOCK)]
+    return [
+        (slice(b0, b0 + _BOOT_BLOCK), np.ascontiguousarray(ct[:, b0 : b0 + _BOOT_BLOCK]))
+        for b0 in range(0, counts.shape[0], _BOOT_BLOCK)
+    ]
 
 
 def _dot_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -385,8 +408,9 @@ class _WeightBelow:
         bounds = np.unique(np.r_[lo, hi])  # segment j holds ranks [bounds[j-1], bounds[j]); segment 0 from rank 0
         seg = np.searchsorted(bounds, np.arange(len(s)), side="right")
         inside = seg < len(bounds)  # ranks above every query never count
-        self.seg_sum = sparse.csr_matrix((np.ones(int(inside.sum()), dtype), (seg[inside], pidx[order][inside])),
-                                         shape=(len(bounds), n_pat))
+        self.seg_sum = sparse.csr_matrix(
+            (np.ones(int(inside.sum()), dtype), (seg[inside], pidx[order][inside])), shape=(len(bounds), n_pat)
+        )
         self.seg_sum.sum_duplicates()
         self.j_lo, self.j_hi = np.searchsorted(bounds, lo), np.searchsorted(bounds, hi)
         self.tied = np.flatnonzero(lo != hi)  # queries tied with some of the group
@@ -489,8 +513,16 @@ def _prepare(probs: Any, labels: Any, patient_ids: Any, *, what: str = "probs") 
     return _Data(p, y, pidx.reshape(-1), int(pidx.max()) + 1)
 
 
-def bootstrap_samples(probs: Any, labels: Any, patient_ids: Any, *, stat: str = "auc", n_boot: int = 1000,
-                      seed: int = 0, thresholds: float | Sequence[float] | np.ndarray = 0.5) -> np.ndarray:
+def bootstrap_samples(
+    probs: Any,
+    labels: Any,
+    patient_ids: Any,
+    *,
+    stat: str = "auc",
+    n_boot: int = 1000,
+    seed: int = 0,
+    thresholds: float | Sequence[float] | np.ndarray = 0.5,
+) -> np.ndarray:
     """(n_boot, F) values of `stat` (see BOOT_STATS) on patient resamples; NaN where undefined in a resample."""
     fn = _stat_fn(stat)
     d = _prepare(probs, labels, patient_ids)
@@ -525,9 +557,17 @@ def _interval(x: np.ndarray, level: float) -> list[float | None]:
     return [float(lo), float(hi)]
 
 
-def bootstrap(probs: Any, labels: Any, patient_ids: Any, *, stats: Sequence[str] = ("auc", "f1"),
-              n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-              thresholds: float | Sequence[float] | np.ndarray = 0.5) -> dict[str, Any]:
+def bootstrap(
+    probs: Any,
+    labels: Any,
+    patient_ids: Any,
+    *,
+    stats: Sequence[str] = ("auc", "f1"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    thresholds: float | Sequence[float] | np.ndarray = 0.5,
+) -> dict[str, Any]:
     """Percentile CIs from resampling PATIENTS with replacement (all images of a drawn patient come along).
 
     Returns {stat: {"macro": [lo, hi], "per_finding": (F, 2) list, "n_dropped": resamples left out of the
@@ -545,8 +585,9 @@ def bootstrap(probs: Any, labels: Any, patient_ids: Any, *, stats: Sequence[str]
         m, dropped = _macro_samples(samples, keep)
         out[name] = {
             "macro": _interval(m, level),
-            "per_finding": [_interval(samples[:, f], level) if keep[f] else [None, None]
-                            for f in range(samples.shape[1])],
+            "per_finding": [
+                _interval(samples[:, f], level) if keep[f] else [None, None] for f in range(samples.shape[1])
+            ],
             "n_dropped": dropped,
         }
     out.update({"n_boot": int(counts.shape[0]), "level": level, "unit": "patient"})
@@ -568,8 +609,17 @@ def _bootstrap_p(diffs: np.ndarray) -> float:
     return float(min(1.0, 2 * min(le + 1, ge + 1) / (n + 1)))
 
 
-def paired_bootstrap(probs_a: Any, probs_b: Any, labels: Any, patient_ids: Any, *, n_boot: int = 1000,
-                     seed: int = 0, finding: int | None = None, level: float = 0.95) -> dict[str, Any]:
+def paired_bootstrap(
+    probs_a: Any,
+    probs_b: Any,
+    labels: Any,
+    patient_ids: Any,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    finding: int | None = None,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """AUROC of model A minus model B on the same images and the same patient resamples.
 
     {"diff": macro (or `finding`'s) AUROC difference, "ci": [lo, hi] percentile interval, "p": two-sided,
@@ -596,11 +646,18 @@ def paired_bootstrap(probs_a: Any, probs_b: Any, labels: Any, patient_ids: Any, 
     sa, sb = _boot_auc(da, counts, t), _boot_auc(db, counts, t)
     diffs, dropped = _macro_samples(sa - sb, keep)
     diff = float(np.mean(point_a[keep] - point_b[keep]))
-    return {"diff": diff, "ci": _interval(diffs, level),
-            "p": _bootstrap_p(diffs) if diffs.size else None,
-            "auc_a": float(np.mean(point_a[keep])), "auc_b": float(np.mean(point_b[keep])),
-            "n_boot": int(counts.shape[0]), "n_dropped": dropped, "level": level, "unit": "patient",
-            "metric": "AUROC"}
+    return {
+        "diff": diff,
+        "ci": _interval(diffs, level),
+        "p": _bootstrap_p(diffs) if diffs.size else None,
+        "auc_a": float(np.mean(point_a[keep])),
+        "auc_b": float(np.mean(point_b[keep])),
+        "n_boot": int(counts.shape[0]),
+        "n_dropped": dropped,
+        "level": level,
+        "unit": "patient",
+        "metric": "AUROC",
+    }
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -637,8 +694,14 @@ def delong(probs_a: Any, probs_b: Any, labels_1d: Any) -> dict[str, float]:
         z = 0.0 if abs(diff) < 1e-15 else math.copysign(math.inf, diff)
     else:
         z = diff / math.sqrt(var)
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "z": float(z),
-            "p": float(2 * sps.norm.sf(abs(z))), "se": math.sqrt(max(var, 0.0))}
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "diff": diff,
+        "z": float(z),
+        "p": float(2 * sps.norm.sf(abs(z))),
+        "se": math.sqrt(max(var, 0.0)),
+    }
 
 
 def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -668,8 +731,9 @@ def seeds_summary(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
 
 
-def combine_seeds(probs_list: Sequence[Any], labels: Any, patient_ids: Any, *, n_boot: int = 1000, seed: int = 0,
-                  level: float = 0.95) -> dict[str, Any]:
+def combine_seeds(
+    probs_list: Sequence[Any], labels: Any, patient_ids: Any, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Macro and per-finding AUROC and F1 (at 0.5) of one grid cell run with several seeds on the same test images.
 
     Method: the metric is the mean over seeds of each seed's value. Test-set uncertainty comes from a
@@ -707,19 +771,31 @@ def combine_seeds(probs_list: Sequence[Any], labels: Any, patient_ids: Any, *, n
         m = float(macro_seeds.mean())
         boot_macro, dropped = _macro_samples(boot, keep)
         per_mean = [float(point[:, f].mean()) if keep[f] else None for f in range(n_f)]
-        out.update({
-            f"{stat}_macro": m, f"{stat}_macro_ci": widen(m, _interval(boot_macro, level), macro_seeds),
-            f"{stat}_per_finding": per_mean,
-            f"{stat}_per_finding_ci": [widen(per_mean[f], _interval(boot[:, f], level), point[:, f])
-                                       if keep[f] else [None, None] for f in range(n_f)],
-            f"{stat}_seeds": seeds_summary(macro_seeds), f"{stat}_n_dropped": dropped,
-        })
-    out.update({
-        "seeds": out["auc_seeds"], "n_seeds": k, "seed_spread_known": k > 1, "n_boot": int(counts.shape[0]),
-        "level": level, "unit": "patient",
-        "method": "mean over seeds; patient-bootstrap percentile CI of the seed-mean, each half-width "
-                  "widened by z*s/sqrt(k) in quadrature (s: between-seed std)",
-    })
+        out.update(
+            {
+                f"{stat}_macro": m,
+                f"{stat}_macro_ci": widen(m, _interval(boot_macro, level), macro_seeds),
+                f"{stat}_per_finding": per_mean,
+                f"{stat}_per_finding_ci": [
+                    widen(per_mean[f], _interval(boot[:, f], level), point[:, f]) if keep[f] else [None, None]
+                    for f in range(n_f)
+                ],
+                f"{stat}_seeds": seeds_summary(macro_seeds),
+                f"{stat}_n_dropped": dropped,
+            }
+        )
+    out.update(
+        {
+            "seeds": out["auc_seeds"],
+            "n_seeds": k,
+            "seed_spread_known": k > 1,
+            "n_boot": int(counts.shape[0]),
+            "level": level,
+            "unit": "patient",
+            "method": "mean over seeds; patient-bootstrap percentile CI of the seed-mean, each half-width "
+            "widened by z*s/sqrt(k) in quadrature (s: between-seed std)",
+        }
+    )
     return out
 
 
@@ -727,9 +803,20 @@ def combine_seeds(probs_list: Sequence[Any], labels: Any, patient_ids: Any, *, n
 # everything metrics.json holds
 
 
-def evaluate(probs: Any, labels: Any, *, names: Sequence[str], patient_ids: Any, val_probs: Any = None,
-             val_labels: Any = None, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-             focal_gamma: float = 2.0, focal_alpha: float = 0.25) -> dict[str, Any]:
+def evaluate(
+    probs: Any,
+    labels: Any,
+    *,
+    names: Sequence[str],
+    patient_ids: Any,
+    val_probs: Any = None,
+    val_labels: Any = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    focal_gamma: float = 2.0,
+    focal_alpha: float = 0.25,
+) -> dict[str, Any]:
     """All test metrics as JSON-able values; the same predictions and seed always give the same numbers.
 
     F1, sensitivity and specificity use the paper's fixed 0.5 threshold; with validation predictions the
@@ -760,18 +847,27 @@ def evaluate(probs: Any, labels: Any, *, names: Sequence[str], patient_ids: Any,
                 "specificity_macro": macro(on_test, "specificity"),
             }
     return {
-        "n": int(p.shape[0]), "n_patients": int(len(np.unique(np.asarray(patient_ids).reshape(-1)))),
+        "n": int(p.shape[0]),
+        "n_patients": len(np.unique(np.asarray(patient_ids).reshape(-1))),
         "names": names,
-        "bce": _num(bce_loss(p, y)), "focal": _num(focal_loss(p, y, gamma=focal_gamma, alpha=focal_alpha)),
-        "auc_macro": macro(per, "auc"), "auc_weighted": weighted(per, "auc"),
-        "ap_macro": macro(per, "ap"), "f1_macro": macro(per, "f1"),
-        "sensitivity_macro": macro(per, "sensitivity"), "specificity_macro": macro(per, "specificity"),
-        "auc_macro_ci": boot["auc"]["macro"], "f1_macro_ci": boot["f1"]["macro"],
+        "bce": _num(bce_loss(p, y)),
+        "focal": _num(focal_loss(p, y, gamma=focal_gamma, alpha=focal_alpha)),
+        "auc_macro": macro(per, "auc"),
+        "auc_weighted": weighted(per, "auc"),
+        "ap_macro": macro(per, "ap"),
+        "f1_macro": macro(per, "f1"),
+        "sensitivity_macro": macro(per, "sensitivity"),
+        "specificity_macro": macro(per, "specificity"),
+        "auc_macro_ci": boot["auc"]["macro"],
+        "f1_macro_ci": boot["f1"]["macro"],
         "auc_per_class": {n: per[n]["auc"] for n in names},
         "undefined": {n: per[n]["undefined"] for n in names if per[n]["undefined"]},
-        "per_finding": per, "thresholds": thresholds,
+        "per_finding": per,
+        "thresholds": thresholds,
         "ece": calibration(p, y)["ece"],
-        "n_boot": boot["n_boot"], "ci_level": level, "ci_unit": "patient",
+        "n_boot": boot["n_boot"],
+        "ci_level": level,
+        "ci_unit": "patient",
     }
 
 
@@ -806,5 +902,7 @@ def summary_sentence(name_a: str, name_b: str, result: Mapping[str, Any], *, alp
             band = f" [{lo:.3f}, {hi:.3f}]"
         return f"{win} beats {lose} by {d:.3f} {metric}{band}, {p_word}"
     band = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if has_ci else ""
-    return (f"no significant difference between {name_a} and {name_b} "
-            f"({name_a} - {name_b} = {diff:+.3f} {metric}{band}, {p_word})")
+    return (
+        f"no significant difference between {name_a} and {name_b} "
+        f"({name_a} - {name_b} = {diff:+.3f} {metric}{band}, {p_word})"
+    )

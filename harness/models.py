@@ -24,13 +24,15 @@ torchvision's cache ($TORCH_HOME/hub/checkpoints/<file>); a missing or unreadabl
 WeightsMissing naming the file to place there. Nothing is downloaded, and a trial never falls back to
 training from scratch. Inputs are ImageNet-normalised 3-channel images (the loader replicates grey).
 """
+
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -98,7 +100,8 @@ def _inception_options(trial: Trial, aux: bool) -> dict[str, Any]:
 # torchvision's DenseNet checkpoints predate PyTorch 0.4 and name layers "norm.1", "conv.2"; the modules
 # are now "norm1", "conv2".
 _DENSE_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _densenet_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -112,38 +115,77 @@ def _densenet_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
 _RESNET_STAGES = ("conv1+bn1", "layer1", "layer2", "layer3", "layer4")
 _RESNET_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
-_add(ArchSpec(
-    name="alexnet", native_size=224, min_size=63,
-    stages=("features.0", "features.3", "features.6", "features.8", "features.10"),
-    stage_names=("conv1", "conv2", "conv3", "conv4", "conv5"),
-    cam_layer="features.11",  # the last conv's ReLU: features.10's own output is overwritten by this in-place ReLU
-    heads=("classifier.6",),
-))
+_add(
+    ArchSpec(
+        name="alexnet",
+        native_size=224,
+        min_size=63,
+        stages=("features.0", "features.3", "features.6", "features.8", "features.10"),
+        stage_names=("conv1", "conv2", "conv3", "conv4", "conv5"),
+        cam_layer="features.11",  # the last conv's ReLU: features.10's own output is overwritten by this in-place ReLU
+        heads=("classifier.6",),
+    )
+)
 for _name in ("resnet50", "resnet152"):
-    _add(ArchSpec(name=_name, native_size=224, min_size=1, stages=_RESNET_STAGES, stage_names=_RESNET_NAMES,
-                  cam_layer="layer4", heads=("fc",)))
-_add(ArchSpec(
-    name="inception_v3", native_size=299, min_size=75, aux_min_size=299,
-    stages=("Conv2d_1a_3x3+Conv2d_2a_3x3+Conv2d_2b_3x3+Conv2d_3b_1x1+Conv2d_4a_3x3",
-            "Mixed_5b+Mixed_5c+Mixed_5d", "Mixed_6a", "Mixed_6b+Mixed_6c+Mixed_6d+Mixed_6e",
-            "Mixed_7a+Mixed_7b+Mixed_7c"),
-    stage_names=("stem", "Mixed_5", "Mixed_6a", "Mixed_6b-e", "Mixed_7"),
-    cam_layer="Mixed_7c", heads=("fc", "AuxLogits.fc"), options=_inception_options,
-))
-_add(ArchSpec(
-    name="densenet121", native_size=224, min_size=29,
-    stages=("features.conv0+features.norm0",
-            "features.denseblock1+features.transition1", "features.denseblock2+features.transition2",
-            "features.denseblock3+features.transition3", "features.denseblock4+features.norm5"),
-    stage_names=("stem", "block1", "block2", "block3", "block4"),
-    # norm5's output is ReLU'd in place by DenseNet.forward, so Grad-CAM reads the block before it.
-    cam_layer="features.denseblock4", heads=("classifier",), fix_keys=_densenet_keys,
-))
-_add(ArchSpec(
-    name="efficientnet_b0", native_size=224, min_size=1,
-    stages=tuple(f"features.{i}" for i in range(9)),
-    cam_layer="features.8", heads=("classifier.1",),
-))
+    _add(
+        ArchSpec(
+            name=_name,
+            native_size=224,
+            min_size=1,
+            stages=_RESNET_STAGES,
+            stage_names=_RESNET_NAMES,
+            cam_layer="layer4",
+            heads=("fc",),
+        )
+    )
+_add(
+    ArchSpec(
+        name="inception_v3",
+        native_size=299,
+        min_size=75,
+        aux_min_size=299,
+        stages=(
+            "Conv2d_1a_3x3+Conv2d_2a_3x3+Conv2d_2b_3x3+Conv2d_3b_1x1+Conv2d_4a_3x3",
+            "Mixed_5b+Mixed_5c+Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b+Mixed_6c+Mixed_6d+Mixed_6e",
+            "Mixed_7a+Mixed_7b+Mixed_7c",
+        ),
+        stage_names=("stem", "Mixed_5", "Mixed_6a", "Mixed_6b-e", "Mixed_7"),
+        cam_layer="Mixed_7c",
+        heads=("fc", "AuxLogits.fc"),
+        options=_inception_options,
+    )
+)
+_add(
+    ArchSpec(
+        name="densenet121",
+        native_size=224,
+        min_size=29,
+        stages=(
+            "features.conv0+features.norm0",
+            "features.denseblock1+features.transition1",
+            "features.denseblock2+features.transition2",
+            "features.denseblock3+features.transition3",
+            "features.denseblock4+features.norm5",
+        ),
+        stage_names=("stem", "block1", "block2", "block3", "block4"),
+        # norm5's output is ReLU'd in place by DenseNet.forward, so Grad-CAM reads the block before it.
+        cam_layer="features.denseblock4",
+        heads=("classifier",),
+        fix_keys=_densenet_keys,
+    )
+)
+_add(
+    ArchSpec(
+        name="efficientnet_b0",
+        native_size=224,
+        min_size=1,
+        stages=tuple(f"features.{i}" for i in range(9)),
+        cam_layer="features.8",
+        heads=("classifier.1",),
+    )
+)
 
 
 def spec(arch: str) -> ArchSpec:
@@ -162,12 +204,16 @@ def check(trial: Trial) -> None:
         raise ConfigError(f"{trial.label}: {MODELS.unknown(trial.arch)}")
     s = spec(trial.arch)
     if trial.freeze > len(s.stages):
-        raise ConfigError(f"{trial.label}: freeze={trial.freeze} is deeper than {s.name}'s {len(s.stages)} "
-                          f"stages: {', '.join(s.labels)}; valid: 0..{len(s.stages)}")
+        raise ConfigError(
+            f"{trial.label}: freeze={trial.freeze} is deeper than {s.name}'s {len(s.stages)} "
+            f"stages: {', '.join(s.labels)}; valid: 0..{len(s.stages)}"
+        )
     size = image_size(trial)
     if size < s.min_size:
-        raise ConfigError(f"{trial.label}: image_size={size} is below {s.name}'s minimum input of {s.min_size} px; "
-                          f"valid: 0 (native {s.native_size}) or >= {s.min_size}")
+        raise ConfigError(
+            f"{trial.label}: image_size={size} is below {s.name}'s minimum input of {s.min_size} px; "
+            f"valid: 0 (native {s.native_size}) or >= {s.min_size}"
+        )
 
 
 def weights_enum(arch: str) -> torchvision.models.WeightsEnum:
@@ -198,8 +244,12 @@ def weights_provenance(arch: str) -> dict[str, Any]:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     actual = digest.hexdigest()
-    return {"file": str(path), "sha256": actual, "imagenet_verified": actual.startswith(expected),
-            "source": weights_enum(arch).url}
+    return {
+        "file": str(path),
+        "sha256": actual,
+        "imagenet_verified": actual.startswith(expected),
+        "source": weights_enum(arch).url,
+    }
 
 
 def _imagenet_state(arch: str) -> dict[str, Tensor]:
@@ -229,10 +279,15 @@ def _load_imagenet(model: nn.Module, arch: str, state: dict[str, Tensor]) -> Non
     wrong = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
     if missing or extra or wrong:
         path = weights_path(arch)
-        problems = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                    (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", wrong)) if v]
-        raise WeightsMissing(f"pretrained {arch}: {path} does not fit torchvision's {arch}: {'; '.join(problems)}; "
-                             f"replace it with the file from {weights_enum(arch).url}")
+        problems = [
+            f"{len(v)} {what} (e.g. {v[0]})"
+            for what, v in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", wrong))
+            if v
+        ]
+        raise WeightsMissing(
+            f"pretrained {arch}: {path} does not fit torchvision's {arch}: {'; '.join(problems)}; "
+            f"replace it with the file from {weights_enum(arch).url}"
+        )
     model.load_state_dict(state)
 
 
@@ -273,8 +328,12 @@ def build(trial: Trial, *, num_classes: int = NUM_CLASSES) -> nn.Module:
     s = spec(trial.arch)
     aux = bool(s.aux_min_size) and image_size(trial) >= s.aux_min_size
     if s.aux_min_size and not aux:
-        log.info("%s: %d px is below the %d px its auxiliary head needs; building without it",
-                 s.name, image_size(trial), s.aux_min_size)
+        log.info(
+            "%s: %d px is below the %d px its auxiliary head needs; building without it",
+            s.name,
+            image_size(trial),
+            s.aux_min_size,
+        )
     options = s.options(trial, aux)
     if trial.pretrained:
         state = _imagenet_state(s.name)  # read first: a missing file fails before the slow build

@@ -6,14 +6,16 @@ not guessed: 1, 2, then 4 copies of a trial's model step run together on one GPU
 more copies are kept only while they add at least GAIN of throughput and fit in memory. Decisions are
 remembered per GPU model and torch version in the cache directory, so a GPU is measured once per trial shape.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from harness import store
 from harness.config import Trial
@@ -48,8 +50,12 @@ class Probe:
         starts, ends = [w["start"] for w in windows], [w["end"] for w in windows]
         span = max(ends) - min(starts)
         overlap = max(0.0, min(ends) - max(starts)) / span if span > 0 else 1.0
-        return cls(copies=len(windows), images_per_s=sum(w["images_per_s"] for w in windows),
-                   peak_gpu_mb=max(w.get("peak_gpu_mb", 0.0) for w in windows), overlap=overlap)
+        return cls(
+            copies=len(windows),
+            images_per_s=sum(w["images_per_s"] for w in windows),
+            peak_gpu_mb=max(w.get("peak_gpu_mb", 0.0) for w in windows),
+            overlap=overlap,
+        )
 
 
 def fits(probe: Probe, gpu_mb: float) -> bool:
@@ -106,10 +112,18 @@ class Packing:
     def record(self, gpu: dict[str, Any], trial: Trial, probes: Sequence[Probe]) -> int:
         copies = choose_copies(probes, gpu["memory_mb"])
         self.table.setdefault(self._gpu(gpu), {})[shape_key(trial)] = {
-            "copies": copies, "gpu_memory_mb": gpu["memory_mb"], "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "probes": [asdict(p) for p in probes]}
+            "copies": copies,
+            "gpu_memory_mb": gpu["memory_mb"],
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "probes": [asdict(p) for p in probes],
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         store.write_json(self.path, self.table)
-        log.info("%s on %s: %s -> %d per GPU", shape_key(trial), gpu["name"],
-                 ", ".join(f"{p.copies}x {p.images_per_s:,.0f} img/s" for p in probes), copies)
+        log.info(
+            "%s on %s: %s -> %d per GPU",
+            shape_key(trial),
+            gpu["name"],
+            ", ".join(f"{p.copies}x {p.images_per_s:,.0f} img/s" for p in probes),
+            copies,
+        )
         return copies

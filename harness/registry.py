@@ -1,8 +1,10 @@
 """A tiny name -> factory registry used by models, losses and optimizers."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from harness.config import ConfigError
 

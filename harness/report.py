@@ -1,4 +1,5 @@
 """Results to the paper's tables (Markdown, CSV, LaTeX), figures (PNG) and index.html; never imports torch or ray."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -6,10 +7,11 @@ import html
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +21,10 @@ from harness.config import ConfigError
 
 # --- what the paper published --------------------------------------------------------------------
 
-PAPER_SOURCE = ('Lei, Nguyen, Liu, Oh, "Deep Learning-Powered Classification of Thoracic Diseases in Chest '
-                'X-Rays", Tables 1-2 (10% subset of the official NIH ChestX-ray14 split)')
+PAPER_SOURCE = (
+    'Lei, Nguyen, Liu, Oh, "Deep Learning-Powered Classification of Thoracic Diseases in Chest '
+    'X-Rays", Tables 1-2 (10% subset of the official NIH ChestX-ray14 split)'
+)
 # pretrained -> arch -> column -> value; the paper's Table 1 (scratch) has no focal-loss column.
 PAPER_VALUES: dict[bool, dict[str, dict[str, float | None]]] = {
     False: {
@@ -35,17 +39,29 @@ PAPER_VALUES: dict[bool, dict[str, dict[str, float | None]]] = {
     },
 }
 PAPER_DIGITS = {False: 3, True: 4}  # as printed in Tables 1 and 2
-PUBLISHED_AUROC = ("Published mean AUROC on the official patient-wise NIH ChestX-ray14 split: 0.745 for "
-                   "ResNet-50 (Wang et al. 2017, ChestX-ray8, CVPR; 14-finding update); about 0.80-0.82 for "
-                   "CheXNet-style DenseNet-121 reproductions (e.g. Guendel et al. 2018: 0.807).")
-WEIGHTS_WARNING = ("UNVERIFIED WEIGHTS: the pretrained {archs} results loaded a weights file whose SHA-256 does not "
-                   "match torchvision's published ImageNet checkpoint (e.g. a placeholder): they are not "
-                   "ImageNet-pretrained results.")
-SYNTHETIC_WARNING = ("SYNTHETIC DATA: these numbers come from rendered phantoms, not NIH ChestX-ray14. They are "
-                     "not comparable with the paper's or any published values, which are therefore not shown.")
+PUBLISHED_AUROC = (
+    "Published mean AUROC on the official patient-wise NIH ChestX-ray14 split: 0.745 for "
+    "ResNet-50 (Wang et al. 2017, ChestX-ray8, CVPR; 14-finding update); about 0.80-0.82 for "
+    "CheXNet-style DenseNet-121 reproductions (e.g. Guendel et al. 2018: 0.807)."
+)
+WEIGHTS_WARNING = (
+    "UNVERIFIED WEIGHTS: the pretrained {archs} results loaded a weights file whose SHA-256 does not "
+    "match torchvision's published ImageNet checkpoint (e.g. a placeholder): they are not "
+    "ImageNet-pretrained results."
+)
+SYNTHETIC_WARNING = (
+    "SYNTHETIC DATA: these numbers come from rendered phantoms, not NIH ChestX-ray14. They are "
+    "not comparable with the paper's or any published values, which are therefore not shown."
+)
 DATASET_TITLES = {"nih": "NIH ChestX-ray14", "synthetic": "SYNTHETIC phantoms (not NIH)"}
-ARCH_NAMES = {"alexnet": "AlexNet", "resnet18": "ResNet18", "resnet50": "ResNet50", "resnet152": "ResNet152",
-              "inception_v3": "InceptionV3", "densenet121": "DenseNet121"}
+ARCH_NAMES = {
+    "alexnet": "AlexNet",
+    "resnet18": "ResNet18",
+    "resnet50": "ResNet50",
+    "resnet152": "ResNet152",
+    "inception_v3": "InceptionV3",
+    "densenet121": "DenseNet121",
+}
 ARCH_ORDER = ("alexnet", "resnet152", "inception_v3")  # the paper's row order; other archs follow by name
 
 ALPHA = 0.05
@@ -66,14 +82,23 @@ class Column:
     digits: int
 
 
-PAPER_COLUMNS = (Column("bce", "BCE loss", "bce", 4), Column("focal", "Focal loss", "focal", 4),
-                 Column("f1", "F1", "f1_macro", 3), Column("auc", "AUC", "auc_macro", 3))
-GRID_COLUMNS = (Column("auc", "AUROC", "auc_macro", 3), Column("f1", "F1", "f1_macro", 3),
-                Column("ap", "AP", "ap_macro", 3), Column("bce", "BCE loss", "bce", 4),
-                Column("focal", "Focal loss", "focal", 4))
+PAPER_COLUMNS = (
+    Column("bce", "BCE loss", "bce", 4),
+    Column("focal", "Focal loss", "focal", 4),
+    Column("f1", "F1", "f1_macro", 3),
+    Column("auc", "AUC", "auc_macro", 3),
+)
+GRID_COLUMNS = (
+    Column("auc", "AUROC", "auc_macro", 3),
+    Column("f1", "F1", "f1_macro", 3),
+    Column("ap", "AP", "ap_macro", 3),
+    Column("bce", "BCE loss", "bce", 4),
+    Column("focal", "Focal loss", "focal", 4),
+)
 
 
 # --- cells: results that differ only in seed ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -203,6 +228,7 @@ def describe(fields: dict[str, Any], shown: Sequence[str]) -> str:
 
 # --- tables in three formats ----------------------------------------------------------------------
 
+
 @dataclass
 class Table:
     """Text cells plus which are bold, rendered to Markdown, LaTeX and HTML; `frame` is the CSV."""
@@ -220,8 +246,12 @@ class Table:
             text = text.replace("|", "\\|")
             return f"**{text}**" if (i, j) in self.bold else text
 
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join("---" for _ in self.columns) + "|",
+        ]
         lines += ["| " + " | ".join(cell(i, j, t) for j, t in enumerate(row)) + " |" for i, row in enumerate(self.rows)]
         lines += [""] + [f"{n}  " for n in self.notes]
         return "\n".join(lines).rstrip() + "\n"
@@ -231,9 +261,16 @@ class Table:
             text = _tex(text)
             return f"\\textbf{{{text}}}" if (i, j) in self.bold else text
 
-        lines = ["% needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering",
-                 f"\\caption{{{_tex(self.title)}}}", f"\\begin{{tabular}}{{l{'l' * (len(self.columns) - 1)}}}",
-                 "\\toprule", " & ".join(_tex(c) for c in self.columns) + " \\\\", "\\midrule"]
+        lines = [
+            "% needs \\usepackage{booktabs}",
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{_tex(self.title)}}}",
+            f"\\begin{{tabular}}{{l{'l' * (len(self.columns) - 1)}}}",
+            "\\toprule",
+            " & ".join(_tex(c) for c in self.columns) + " \\\\",
+            "\\midrule",
+        ]
         lines += [" & ".join(cell(i, j, t) for j, t in enumerate(row)) + " \\\\" for i, row in enumerate(self.rows)]
         lines += ["\\bottomrule", "\\end{tabular}"]
         if self.notes:
@@ -247,12 +284,15 @@ class Table:
             return f"<td><b>{text}</b></td>" if (i, j) in self.bold else f"<td>{text}</td>"
 
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "\n".join("<tr>" + "".join(cell(i, j, t) for j, t in enumerate(row)) + "</tr>"
-                         for i, row in enumerate(self.rows))
+        body = "\n".join(
+            "<tr>" + "".join(cell(i, j, t) for j, t in enumerate(row)) + "</tr>" for i, row in enumerate(self.rows)
+        )
         notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in self.notes)
         links = " ".join(f"<a href='{self.stem}.{ext}'>{ext}</a>" for ext in ("md", "csv", "tex"))
-        return (f"<h3>{html.escape(self.title)}</h3>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n{notes}"
-                f"<p class='files'>{links}</p>\n")
+        return (
+            f"<h3>{html.escape(self.title)}</h3>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n{notes}"
+            f"<p class='files'>{links}</p>\n"
+        )
 
     def write(self, out_dir: Path) -> None:
         store.write_bytes(out_dir / f"{self.stem}.md", self.markdown().encode())
@@ -260,8 +300,18 @@ class Table:
         store.write_bytes(out_dir / f"{self.stem}.csv", self.frame.to_csv(index=False).encode())
 
 
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 _TEX_SYMBOLS = {PM: r"$\pm$", DAGGER: r"$^\dagger$", DASH: "--", "\u2265": r"$\geq$", "<": r"$<$", ">": r"$>$"}
 
 
@@ -272,6 +322,7 @@ def _tex(text: str) -> str:
 
 
 # --- the report's state ---------------------------------------------------------------------------
+
 
 @dataclass
 class Comparison:
@@ -319,8 +370,13 @@ class Context:
     @property
     def unverified_weights(self) -> list[str]:
         """Pretrained results whose weights file is not torchvision's published ImageNet checkpoint."""
-        return sorted({r.trial.get("arch", "?") for r in self.results if r.trial.get("pretrained")
-                       and not (r.metrics.get("weights") or {}).get("imagenet_verified", False)})
+        return sorted(
+            {
+                r.trial.get("arch", "?")
+                for r in self.results
+                if r.trial.get("pretrained") and not (r.metrics.get("weights") or {}).get("imagenet_verified", False)
+            }
+        )
 
     @property
     def dataset_title(self) -> str:
@@ -353,8 +409,12 @@ class Context:
         if seeds is None:
             return None
         probs, first = seeds
-        return (probs[0] if len(probs) == 1 else np.mean(probs, axis=0), first["labels"], first["patient_id"],
-                first.get("image_index"))
+        return (
+            probs[0] if len(probs) == 1 else np.mean(probs, axis=0),
+            first["labels"],
+            first["patient_id"],
+            first.get("image_index"),
+        )
 
     def paired(self, a: Cell, b: Cell) -> dict[str, Any] | None:
         """metrics.paired_bootstrap of a against b, or None when their test sets differ."""
@@ -362,8 +422,9 @@ class Context:
             return self._tests[(a.id, b.id)]
         if (b.id, a.id) in self._tests:
             other = self._tests[(b.id, a.id)]
-            return None if other is None else {**other, "diff": -other["diff"],
-                                               "ci": [-other["ci"][1], -other["ci"][0]]}
+            return (
+                None if other is None else {**other, "diff": -other["diff"], "ci": [-other["ci"][1], -other["ci"][0]]}
+            )
         got_a, got_b = self.cell_probs(a), self.cell_probs(b)
         out, pb = None, None
         if got_a is not None and got_b is not None:
@@ -424,17 +485,22 @@ def _p_text(p: float) -> str:
 def _ci_note(ctx: Context, cells: Sequence[Cell], *, losses: bool = False) -> str:
     m = ctx.results[0].metrics
     level = float(m.get("ci_level", 0.95))
-    text = (f"[lo, hi]: {level:.0%} bootstrap interval over test {m.get('ci_unit', 'patient')}s "
-            f"({m.get('n_boot', '?')} resamples).")
+    text = (
+        f"[lo, hi]: {level:.0%} bootstrap interval over test {m.get('ci_unit', 'patient')}s "
+        f"({m.get('n_boot', '?')} resamples)."
+    )
     if any(len(c.results) > 1 for c in cells):
-        text += (f" Several seeds: mean {PM} standard deviation over seeds; the AUROC interval combines "
-                 "test-set and seed variation (metrics.combine_seeds); other metrics have no combined interval.")
+        text += (
+            f" Several seeds: mean {PM} standard deviation over seeds; the AUROC interval combines "
+            "test-set and seed variation (metrics.combine_seeds); other metrics have no combined interval."
+        )
     if losses and any(r.metrics.get("bce_ci") is None for c in cells for r in c.results):
         text += " BCE and focal loss are point values: metrics.json holds no interval for them."
     return text
 
 
 # --- sections -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Section:
@@ -490,21 +556,35 @@ def paper_table(ctx: Context, *, number: int, pretrained: bool, stem: str, what:
     rows, records, bold = [], [], set()
     auc_col = 1 + [c.name for c in PAPER_COLUMNS].index("auc")
     for i, c in enumerate(cells):
-        row, rec = [names[i]], {"model": names[i], "arch": c.arch, "seeds": len(c.results),
-                                "keys": " ".join(r.key for r in c.results)}
+        row, rec = (
+            [names[i]],
+            {"model": names[i], "arch": c.arch, "seeds": len(c.results), "keys": " ".join(r.key for r in c.results)},
+        )
         for col in PAPER_COLUMNS:
             s = c.stat(col.metric)
             text = s.text(col.digits)
             if col.name == "auc" and i in vs_ref and vs_ref[i].p_holm < ALPHA:
                 text += DAGGER
             row.append(text)
-            rec.update({col.name: s.value, f"{col.name}_std": s.std,
-                        f"{col.name}_lo": s.ci[0] if s.ci else None, f"{col.name}_hi": s.ci[1] if s.ci else None})
+            rec.update(
+                {
+                    col.name: s.value,
+                    f"{col.name}_std": s.std,
+                    f"{col.name}_lo": s.ci[0] if s.ci else None,
+                    f"{col.name}_hi": s.ci[1] if s.ci else None,
+                }
+            )
         cmp = vs_ref.get(i)
-        rec.update({"reference": i == ref, "auc_diff_vs_ref": cmp.diff if cmp else None,
-                    "p_vs_ref": cmp.p if cmp else None, "p_holm_vs_ref": cmp.p_holm if cmp else None,
-                    "sig_vs_ref": bool(cmp and cmp.p_holm < ALPHA)})
-        significant_best = (top is not None and i == ranked[0] and top.diff > 0 and top.p_holm < ALPHA)
+        rec.update(
+            {
+                "reference": i == ref,
+                "auc_diff_vs_ref": cmp.diff if cmp else None,
+                "p_vs_ref": cmp.p if cmp else None,
+                "p_holm_vs_ref": cmp.p_holm if cmp else None,
+                "sig_vs_ref": bool(cmp and cmp.p_holm < ALPHA),
+            }
+        )
+        significant_best = top is not None and i == ranked[0] and top.diff > 0 and top.p_holm < ALPHA
         if significant_best:
             bold.add((i, auc_col))
         rec["auc_best_significant"] = significant_best
@@ -518,17 +598,21 @@ def paper_table(ctx: Context, *, number: int, pretrained: bool, stem: str, what:
         records.append(rec)
 
     title = f"Table {number}. {what} ({ctx.dataset_title})"
-    notes = [_ci_note(ctx, cells, losses=True) + " F1: macro over findings at the paper's fixed 0.5 threshold.",
-             f"{DAGGER} mean AUROC differs from the reference row ({names[ref]}) at p < {ALPHA}: paired bootstrap "
-             f"over test patients (both models scored on the same {ctx.n_boot} patient resamples), Holm-corrected "
-             f"over the {len(family)} comparison(s) made in this table.",
-             "Bold: best AUC, only where it beats the runner-up under that same test (Holm-adjusted p < "
-             f"{ALPHA}); no bold means the best is not significantly better."]
+    notes = [
+        _ci_note(ctx, cells, losses=True) + " F1: macro over findings at the paper's fixed 0.5 threshold.",
+        f"{DAGGER} mean AUROC differs from the reference row ({names[ref]}) at p < {ALPHA}: paired bootstrap "
+        f"over test patients (both models scored on the same {ctx.n_boot} patient resamples), Holm-corrected "
+        f"over the {len(family)} comparison(s) made in this table.",
+        "Bold: best AUC, only where it beats the runner-up under that same test (Holm-adjusted p < "
+        f"{ALPHA}); no bold means the best is not significantly better.",
+    ]
     if any(len(c.results) > 1 for c in cells):
         notes.append("Cells with several seeds are tested through their seed-averaged probabilities.")
     differ = [names[i] for i, c in enumerate(cells) if c.seeds_differ]
     if differ:
-        notes.append(f"Seeds scored on different test images, so no combined interval and no test: {', '.join(differ)}.")
+        notes.append(
+            f"Seeds scored on different test images, so no combined interval and no test: {', '.join(differ)}."
+        )
     if ctx.reference is not None and cells[ref].arch != ctx.reference:
         notes.append(f"{arch_name(ctx.reference)} has no row in this table: the first row is the reference.")
     missing = [names[i] for i, c in enumerate(cells) if i != ref and i not in vs_ref and not c.seeds_differ]
@@ -552,7 +636,7 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
     shown = [a for a in ctx.axes if a != "seed"]
     cols = [describe(c.fields, shown) for c in ctx.cells]
     rows, records = [], []
-    for name in names + ["Mean (macro)"]:
+    for name in [*names, "Mean (macro)"]:
         stats = [c.stat("auc_macro") if name == "Mean (macro)" else c.finding_stat(name) for c in ctx.cells]
         rows.append([name] + [s.text(3) for s in stats])
         rec: dict[str, Any] = {"finding": name}
@@ -562,8 +646,14 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
     notes = [_ci_note(ctx, ctx.cells), f"{DASH}: undefined (no positive or no negative test images for that finding)."]
     if not ctx.is_nih:
         notes.insert(0, SYNTHETIC_WARNING)
-    return Table("per_finding_auroc", f"Per-finding AUROC ({ctx.dataset_title})", ["Finding"] + cols, rows,
-                 pd.DataFrame(records), notes=notes)
+    return Table(
+        "per_finding_auroc",
+        f"Per-finding AUROC ({ctx.dataset_title})",
+        ["Finding", *cols],
+        rows,
+        pd.DataFrame(records),
+        notes=notes,
+    )
 
 
 def comparison_table(ctx: Context) -> Table:
@@ -579,8 +669,13 @@ def comparison_table(ctx: Context) -> Table:
         for col in GRID_COLUMNS:
             s = cell.stat(col.metric)
             row.append(s.text(col.digits))
-            rec.update({col.name: s.value, f"{col.name}_lo": s.ci[0] if s.ci else None,
-                        f"{col.name}_hi": s.ci[1] if s.ci else None})
+            rec.update(
+                {
+                    col.name: s.value,
+                    f"{col.name}_lo": s.ci[0] if s.ci else None,
+                    f"{col.name}_hi": s.ci[1] if s.ci else None,
+                }
+            )
         rows.append(row)
         records.append(rec)
     title = f"Results over the grid's axes ({ctx.dataset_title})"
@@ -613,35 +708,65 @@ def axis_comparisons(ctx: Context) -> list[Comparison]:
 
 def paired_table(ctx: Context, tests: list[Comparison]) -> Table:
     columns = ["Axis", "A", "B", "AUROC A - B [95% CI]", "p", "p (Holm)"]
-    rows = [[c.axis, c.name_a, c.name_b, f"{_signed(c.diff)} [{_signed(c.ci[0])}, {_signed(c.ci[1])}]",
-             _p_text(c.p), _p_text(c.p_holm)] for c in tests]
-    frame = pd.DataFrame([{"axis": c.axis, "a": c.name_a, "b": c.name_b, "keys_a": c.a.id, "keys_b": c.b.id,
-                           "diff": c.diff, "lo": c.ci[0], "hi": c.ci[1], "p": c.p, "p_holm": c.p_holm}
-                          for c in tests], columns=["axis", "a", "b", "keys_a", "keys_b", "diff", "lo", "hi", "p",
-                                                    "p_holm"])
-    notes = [f"Paired bootstrap of mean AUROC over test patients ({ctx.n_boot} resamples), between settings equal "
-             f"in every other field; Holm-corrected over all {len(tests)} tests in this table."]
+    rows = [
+        [
+            c.axis,
+            c.name_a,
+            c.name_b,
+            f"{_signed(c.diff)} [{_signed(c.ci[0])}, {_signed(c.ci[1])}]",
+            _p_text(c.p),
+            _p_text(c.p_holm),
+        ]
+        for c in tests
+    ]
+    frame = pd.DataFrame(
+        [
+            {
+                "axis": c.axis,
+                "a": c.name_a,
+                "b": c.name_b,
+                "keys_a": c.a.id,
+                "keys_b": c.b.id,
+                "diff": c.diff,
+                "lo": c.ci[0],
+                "hi": c.ci[1],
+                "p": c.p,
+                "p_holm": c.p_holm,
+            }
+            for c in tests
+        ],
+        columns=["axis", "a", "b", "keys_a", "keys_b", "diff", "lo", "hi", "p", "p_holm"],
+    )
+    notes = [
+        f"Paired bootstrap of mean AUROC over test patients ({ctx.n_boot} resamples), between settings equal "
+        f"in every other field; Holm-corrected over all {len(tests)} tests in this table."
+    ]
     if not ctx.is_nih:
         notes.insert(0, SYNTHETIC_WARNING)
-    return Table("paired_tests", f"Paired comparisons along each axis ({ctx.dataset_title})", columns, rows, frame,
-                 notes=notes)
+    return Table(
+        "paired_tests", f"Paired comparisons along each axis ({ctx.dataset_title})", columns, rows, frame, notes=notes
+    )
 
 
 def conclusions(ctx: Context, tests: list[Comparison]) -> tuple[str, str]:
     """A paragraph of one metrics.summary_sentence per paired test (significant ones first), and how it was tested."""
     ordered = sorted(tests, key=lambda c: (not c.p_holm < ALPHA, -abs(c.diff)))
-    text = " ".join(_sentence(metrics.summary_sentence(c.name_a, c.name_b, c.result(), alpha=ALPHA))
-                    for c in ordered)
+    text = " ".join(_sentence(metrics.summary_sentence(c.name_a, c.name_b, c.result(), alpha=ALPHA)) for c in ordered)
     if not tests:
-        text = ("No paired comparison could be made: the grid has no two settings that differ in one field only "
-                "and share their test images.")
-    method = (f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap ({ctx.n_boot} "
-              f"resamples), Holm-corrected over all {len(tests)} tests in 'Paired comparisons'; a winner is named "
-              f"only where the adjusted p < {ALPHA} and the interval excludes 0.")
+        text = (
+            "No paired comparison could be made: the grid has no two settings that differ in one field only "
+            "and share their test images."
+        )
+    method = (
+        f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap ({ctx.n_boot} "
+        f"resamples), Holm-corrected over all {len(tests)} tests in 'Paired comparisons'; a winner is named "
+        f"only where the adjusted p < {ALPHA} and the interval excludes 0."
+    )
     return text, method
 
 
 # --- figures --------------------------------------------------------------------------------------
+
 
 def _figure(width: float, height: float):
     # The object API with the Agg canvas: no pyplot global state, no GUI backend, any thread.
@@ -676,8 +801,15 @@ def bar_figure(ctx: Context, cells: list[Cell], names: list[str], *, pretrained:
         ax = fig.add_subplot(1, 2, k + 1)
         stats = [c.stat(metric) for c in cells]
         values = [s.value if s.value is not None else np.nan for s in stats]
-        ax.bar(x - (width / 2 if paper else 0), values, width, yerr=_err(stats), capsize=3, label="this run",
-               color="tab:blue")
+        ax.bar(
+            x - (width / 2 if paper else 0),
+            values,
+            width,
+            yerr=_err(stats),
+            capsize=3,
+            label="this run",
+            color="tab:blue",
+        )
         if paper:
             pv = [paper.get(c.arch, {}).get(label) for c in cells]
             ax.bar(x + width / 2, [np.nan if v is None else v for v in pv], width, label="paper", color="0.7")
@@ -707,7 +839,7 @@ def loss_figure(ctx: Context) -> tuple[str | None, list[str]]:
             skipped.append(r.key)
             continue
         name = describe(r.trial, shown) + (f" seed {r.trial.get('seed')}" if "seed" in shown else "")
-        line, = ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=name)
+        (line,) = ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=name)
         if "val_loss" in h:
             ax.plot(h["epoch"], h["val_loss"], ls="--", color=line.get_color(), lw=0.8)
         drawn += 1
@@ -786,16 +918,19 @@ def calibration_figure(ctx: Context, n_bins: int = 10) -> str:
 def heatmap_figure(ctx: Context, table: Table, names: list[str]) -> str:
     """The per-finding AUROC table as a heat map."""
     cols = table.columns[1:]
-    data = np.array([[np.nan if s.value is None else s.value for s in (c.finding_stat(n) for c in ctx.cells)]
-                     for n in names], dtype=float)
+    data = np.array(
+        [[np.nan if s.value is None else s.value for s in (c.finding_stat(n) for c in ctx.cells)] for n in names],
+        dtype=float,
+    )
     fig = _figure(min(24.0, max(5.0, 0.9 * len(cols) + 3)), 0.38 * len(names) + 2.5)
     ax = fig.add_subplot(1, 1, 1)
     lo = min(0.5, float(np.nanmin(data))) if np.isfinite(data).any() else 0.5
     im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto")
     for (i, j), v in np.ndenumerate(data):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if v < (lo + 1.0) / 2 else "black")
+            ax.text(
+                j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < (lo + 1.0) / 2 else "black"
+            )
     ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(im, ax=ax, label="AUROC")
@@ -815,6 +950,7 @@ def _slug(text: str) -> str:
 
 
 # --- the page -------------------------------------------------------------------------------------
+
 
 def _img(name: str, alt: str) -> str:
     alt = html.escape(alt)
@@ -843,15 +979,28 @@ def cam_table(ctx: Context) -> Table | None:
     for r in scored:
         overall = r.metrics["cam"]["overall"]
         name = describe(r.trial, shown) + (f" seed {r.trial.get('seed')}" if "seed" in varied_fields(scored) else "")
-        rows.append([name, str(overall.get("n", 0))] + [
-            f"{overall.get(k, float('nan')):.3f} ({overall.get(k + '_chance', float('nan')):.3f})" for k, _ in CAM_SCORES])
+        rows.append(
+            [name, str(overall.get("n", 0))]
+            + [
+                f"{overall.get(k, float('nan')):.3f} ({overall.get(k + '_chance', float('nan')):.3f})"
+                for k, _ in CAM_SCORES
+            ]
+        )
         records.append({"key": r.key, "model": name, **{k: overall.get(k) for k in overall}})
-    notes = [f"Grad-CAM ({scored[0].metrics['cam'].get('method', 'gradcam')}) on every test image with a box; "
-             "chance: what a map placed at random would score (box area over image area)."]
+    notes = [
+        f"Grad-CAM ({scored[0].metrics['cam'].get('method', 'gradcam')}) on every test image with a box; "
+        "chance: what a map placed at random would score (box area over image area)."
+    ]
     if not ctx.is_nih:
         notes.insert(0, SYNTHETIC_WARNING)
-    return Table("cam_scores", f"Explainability: Grad-CAM against the boxes ({ctx.dataset_title})", columns, rows,
-                 pd.DataFrame(records), notes=notes)
+    return Table(
+        "cam_scores",
+        f"Explainability: Grad-CAM against the boxes ({ctx.dataset_title})",
+        columns,
+        rows,
+        pd.DataFrame(records),
+        notes=notes,
+    )
 
 
 def cam_figures(ctx: Context) -> list[str]:
@@ -869,8 +1018,11 @@ def build_sections(ctx: Context) -> list[Section]:
     """Every part of the report, in page order; tables and figures are written as a side effect."""
     sections: list[Section] = []
     if not ctx.is_nih and ctx.results:
-        sections.append(Section("Warning", f"<p class='warning'>{html.escape(SYNTHETIC_WARNING)}</p>\n",
-                                f"**{SYNTHETIC_WARNING}**\n"))
+        sections.append(
+            Section(
+                "Warning", f"<p class='warning'>{html.escape(SYNTHETIC_WARNING)}</p>\n", f"**{SYNTHETIC_WARNING}**\n"
+            )
+        )
     if ctx.unverified_weights:
         text = WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))
         sections.append(Section("Warning", f"<p class='warning'>{html.escape(text)}</p>\n", f"**{text}**\n"))
@@ -883,17 +1035,33 @@ def build_sections(ctx: Context) -> list[Section]:
                 continue
             table.write(ctx.out_dir)
             cells = [c for c in ctx.cells if bool(c.fields.get("pretrained")) == pretrained]
-            fig = bar_figure(ctx, cells, [row[0] for row in table.rows], pretrained=pretrained, stem=fig_stem,
-                             title=f"Figure {number}. {what}: AUC and F1 ({ctx.dataset_title})")
-            sections.append(Section(f"Table {number}", table.html() + _img(fig, f"Figure {number}: {what}"),
-                                    table.markdown() + f"\n![Figure {number}]({fig})\n"))
+            fig = bar_figure(
+                ctx,
+                cells,
+                [row[0] for row in table.rows],
+                pretrained=pretrained,
+                stem=fig_stem,
+                title=f"Figure {number}. {what}: AUC and F1 ({ctx.dataset_title})",
+            )
+            sections.append(
+                Section(
+                    f"Table {number}",
+                    table.html() + _img(fig, f"Figure {number}: {what}"),
+                    table.markdown() + f"\n![Figure {number}]({fig})\n",
+                )
+            )
 
         names = _finding_names(ctx)
         table = per_finding_table(ctx, names)
         table.write(ctx.out_dir)
         fig = heatmap_figure(ctx, table, names)
-        sections.append(Section("Per-finding AUROC", table.html() + _img(fig, "Per-finding AUROC heat map"),
-                                table.markdown() + f"\n![Per-finding AUROC]({fig})\n"))
+        sections.append(
+            Section(
+                "Per-finding AUROC",
+                table.html() + _img(fig, "Per-finding AUROC heat map"),
+                table.markdown() + f"\n![Per-finding AUROC]({fig})\n",
+            )
+        )
 
         figs_html, figs_md = "", ""
         loss, skipped = loss_figure(ctx)
@@ -904,7 +1072,7 @@ def build_sections(ctx: Context) -> list[Section]:
             msg = f"No readable history.csv for: {', '.join(skipped)}."
             figs_html += f"<p class='note'>{html.escape(msg)}</p>\n"
             figs_md += msg + "\n"
-        for name in roc_figures(ctx) + [calibration_figure(ctx)]:
+        for name in [*roc_figures(ctx), calibration_figure(ctx)]:
             figs_html += _img(name, name[:-4].replace("_", " "))
             figs_md += f"![{name}]({name})\n"
         sections.append(Section("Figures", figs_html, figs_md))
@@ -918,46 +1086,70 @@ def build_sections(ctx: Context) -> list[Section]:
         sections.append(Section("Paired comparisons", table.html(), table.markdown()))
         text, method = conclusions(ctx, tests)
         warning = "" if ctx.is_nih else SYNTHETIC_WARNING
-        sections.append(Section(
-            "What can be concluded",
-            (f"<p class='warning'>{html.escape(warning)}</p>\n" if warning else "")
-            + f"<p>{html.escape(text)}</p>\n<p class='note'>{html.escape(method)}</p>\n",
-            (f"**{warning}**\n\n" if warning else "") + f"{text}\n\n{method}\n"))
+        sections.append(
+            Section(
+                "What can be concluded",
+                (f"<p class='warning'>{html.escape(warning)}</p>\n" if warning else "")
+                + f"<p>{html.escape(text)}</p>\n<p class='note'>{html.escape(method)}</p>\n",
+                (f"**{warning}**\n\n" if warning else "") + f"{text}\n\n{method}\n",
+            )
+        )
 
     cam = cam_table(ctx)
     if cam is not None:
         cam.write(ctx.out_dir)
         figures = cam_figures(ctx)
-        sections.append(Section("Explainability", cam.html() + "".join(_img(f, f) for f in figures),
-                                cam.markdown() + "".join(f"\n![{f}]({f})" for f in figures) + "\n"))
+        sections.append(
+            Section(
+                "Explainability",
+                cam.html() + "".join(_img(f, f) for f in figures),
+                cam.markdown() + "".join(f"\n![{f}]({f})" for f in figures) + "\n",
+            )
+        )
 
     if ctx.failures:
-        items = [f"{f.get('label', '?')} ({f.get('key', '?')}): {f.get('reason', 'no reason recorded')}"
-                 for f in ctx.failures]
-        sections.append(Section(f"Failed trials ({len(items)})",
-                                "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>\n",
-                                "\n".join(f"- {i}" for i in items) + "\n"))
+        items = [
+            f"{f.get('label', '?')} ({f.get('key', '?')}): {f.get('reason', 'no reason recorded')}"
+            for f in ctx.failures
+        ]
+        sections.append(
+            Section(
+                f"Failed trials ({len(items)})",
+                "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>\n",
+                "\n".join(f"- {i}" for i in items) + "\n",
+            )
+        )
     return sections
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:90%}"
-        "th{background:#eee}.note,.files{font-size:85%;color:#444;margin:.2em 0}"
-        ".warning{background:#c00;color:#fff;font-weight:bold;padding:.8em;font-size:110%}"
-        "img{max-width:100%}figure{margin:1em 0}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:90%}"
+    "th{background:#eee}.note,.files{font-size:85%;color:#444;margin:.2em 0}"
+    ".warning{background:#c00;color:#fff;font-weight:bold;padding:.8em;font-size:110%}"
+    "img{max-width:100%}figure{margin:1em 0}"
+)
 
 
 def _header(ctx: Context) -> tuple[str, list[tuple[str, str]]]:
-    commits = sorted({f"{r.metrics.get('git_commit', 'unknown')}{'-dirty' if r.metrics.get('git_dirty') else ''}"
-                      for r in ctx.results}) or ["none"]
+    commits = sorted(
+        {
+            f"{r.metrics.get('git_commit', 'unknown')}{'-dirty' if r.metrics.get('git_dirty') else ''}"
+            for r in ctx.results
+        }
+    ) or ["none"]
     versions = sorted({str(r.metrics.get("harness_version", "?")) for r in ctx.results}) or ["none"]
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{ctx.grid_dir.name}: {ctx.dataset_title if ctx.results else 'no finished trials'}"
-    facts = [("Dataset", ctx.dataset_title if ctx.results else DASH), ("Grid", ctx.grid_dir.name),
-             ("Results", str(ctx.grid_dir)), ("Commit(s)", ", ".join(commits)),
-             ("Harness version(s)", ", ".join(versions)), ("Trials", f"{len(ctx.results)} done, "
-                                                                   f"{len(ctx.failures)} failed"),
-             ("Report date", date)]
+    facts = [
+        ("Dataset", ctx.dataset_title if ctx.results else DASH),
+        ("Grid", ctx.grid_dir.name),
+        ("Results", str(ctx.grid_dir)),
+        ("Commit(s)", ", ".join(commits)),
+        ("Harness version(s)", ", ".join(versions)),
+        ("Trials", f"{len(ctx.results)} done, {len(ctx.failures)} failed"),
+        ("Report date", date),
+    ]
     return title, facts
 
 
@@ -965,9 +1157,11 @@ def render_html(ctx: Context, sections: list[Section]) -> str:
     title, facts = _header(ctx)
     facts_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     body = "".join(f"<section><h2>{html.escape(s.title)}</h2>\n{s.html}</section>\n" for s in sections)
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n<table>{facts_html}</table>\n"
-            f"{body}</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n<table>{facts_html}</table>\n"
+        f"{body}</body></html>\n"
+    )
 
 
 def render_markdown(ctx: Context, sections: list[Section]) -> str:
@@ -978,27 +1172,41 @@ def render_markdown(ctx: Context, sections: list[Section]) -> str:
 
 # --- entry points ---------------------------------------------------------------------------------
 
+
 def recompute_metrics(result: store.Result) -> store.Result:
     """metrics.json rebuilt from predictions.npz with metrics.evaluate and the trial's own seed and n_boot."""
     p = result.predictions()
     kwargs: dict[str, Any] = {"seed": int(result.trial.get("seed", 0))}  # train.py evaluates with the trial seed
     if "n_boot" in result.metrics:
         kwargs["n_boot"] = int(result.metrics["n_boot"])
-    fresh = metrics.evaluate(p["probs"], p["labels"], names=[str(n) for n in p["names"]],
-                             patient_ids=p["patient_id"], val_probs=p.get("val_probs"),
-                             val_labels=p.get("val_labels"), **kwargs)
+    fresh = metrics.evaluate(
+        p["probs"],
+        p["labels"],
+        names=[str(n) for n in p["names"]],
+        patient_ids=p["patient_id"],
+        val_probs=p.get("val_probs"),
+        val_labels=p.get("val_labels"),
+        **kwargs,
+    )
     merged = {**result.metrics, **fresh}  # keep provenance, timings and the dataset actually used
     store.write_json(result.path / store.METRICS_FILE, merged)
     return store.Result(trial=result.trial, metrics=merged, path=result.path)
 
 
-def write_report(grid_dir: Path | str, out_dir: Path | str | None = None, *, recompute: bool = False,
-                 reference: str | None = None, n_boot: int = 1000) -> Path:
+def write_report(
+    grid_dir: Path | str,
+    out_dir: Path | str | None = None,
+    *,
+    recompute: bool = False,
+    reference: str | None = None,
+    n_boot: int = 1000,
+) -> Path:
     """Write tables, figures and index.html for results/<grid>/ into out_dir (default reports/<grid>/)."""
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
-        raise ConfigError(f"{grid_dir}: no such results directory; give results/<grid name> as written by "
-                          "`harness run GRID`")
+        raise ConfigError(
+            f"{grid_dir}: no such results directory; give results/<grid name> as written by `harness run GRID`"
+        )
     results, failures = store.load_results(grid_dir), store.load_failures(grid_dir)
     if not results and not failures:
         raise ConfigError(f"{grid_dir}: no finished or failed trials here; run `harness run GRID` first")
@@ -1012,8 +1220,9 @@ def write_report(grid_dir: Path | str, out_dir: Path | str | None = None, *, rec
 
     out = Path(out_dir) if out_dir is not None else Path("reports") / grid_dir.name
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(grid_dir=grid_dir, out_dir=out, results=results, failures=failures, reference=reference,
-                  n_boot=n_boot)
+    ctx = Context(
+        grid_dir=grid_dir, out_dir=out, results=results, failures=failures, reference=reference, n_boot=n_boot
+    )
     ctx.axes = varied_fields(results)
     ctx.cells = group_cells(results, ctx.axes)
     for cell in (c for c in ctx.cells if len(c.results) > 1):
@@ -1021,8 +1230,10 @@ def write_report(grid_dir: Path | str, out_dir: Path | str | None = None, *, rec
         cell.seeds_differ = seeds is None
         if seeds is not None:
             probs, first = seeds
-            cell.combined = {**metrics.combine_seeds(probs, first["labels"], first["patient_id"], n_boot=n_boot,
-                                                     seed=BOOT_SEED), "names": [str(n) for n in first["names"]]}
+            cell.combined = {
+                **metrics.combine_seeds(probs, first["labels"], first["patient_id"], n_boot=n_boot, seed=BOOT_SEED),
+                "names": [str(n) for n in first["names"]],
+            }
     sections = build_sections(ctx)
     store.write_bytes(out / "report.md", render_markdown(ctx, sections).encode())
     index = out / "index.html"

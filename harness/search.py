@@ -7,30 +7,46 @@ where the study lives. Each invocation adds `samples` NEW trials to the study: t
 again continues it, and a search killed half-way keeps every finished trial. The best configuration is
 exported as a grid file that reruns it with three seeds and evaluates on the test split.
 """
+
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import logging
 import math
 import re
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import optuna
 import yaml
 
-from harness import grid as grid_mod, store as store_mod
+from harness import grid as grid_mod
+from harness import store as store_mod
 from harness.config import TRIAL_FIELDS, ConfigError, Runtime, Trial, coerce, trial_from_dict, unknown_key
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial otherwise; the summary says it all
 
-SEARCH_KEYS = ("name", "description", "base", "profiles", "space", "metric", "direction", "samples",
-               "concurrency", "pruner", "sampler", "storage")
+SEARCH_KEYS = (
+    "name",
+    "description",
+    "base",
+    "profiles",
+    "space",
+    "metric",
+    "direction",
+    "samples",
+    "concurrency",
+    "pruner",
+    "sampler",
+    "storage",
+)
 # What run_trial reports every epoch, and the direction that improves each (all on the validation split).
 METRICS = {"val_auc": "maximize", "val_loss": "minimize", "train_loss": "minimize"}
 DIRECTIONS = {"maximize": "max", "minimize": "min"}  # Optuna's words -> Ray's
@@ -51,6 +67,7 @@ OUTPUT_DIR = "search"  # results/<name>/search/<study>/: best trial, importances
 
 # --- the search space ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Param:
     """One searched Trial field."""
@@ -58,7 +75,7 @@ class Param:
     field: str
 
     @classmethod
-    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> "Param":
+    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> Param:
         raise NotImplementedError
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
@@ -82,8 +99,12 @@ def _check_keys(spec: Mapping[str, Any], allowed: tuple[str, ...], where: str) -
 
 
 # A field's type -> how to say it, and the parameter type that searches it.
-_KINDS = {int: ("integers", "int"), float: ("numbers", "float"), bool: ("true or false", "categorical"),
-          str: ("names", "categorical")}
+_KINDS = {
+    int: ("integers", "int"),
+    float: ("numbers", "float"),
+    bool: ("true or false", "categorical"),
+    str: ("names", "categorical"),
+}
 
 
 def _field_kind(name: str) -> type:
@@ -97,8 +118,9 @@ def _bounds(name: str, spec: Mapping[str, Any], where: str, kind: type) -> tuple
         raise ConfigError(f"{where}: {name} takes {words}; use type: {use}")
     for end in ("low", "high"):
         if end not in spec:
-            raise ConfigError(f"{where}: a {kind.__name__} range needs low and high, "
-                              f"e.g. {{type: {kind.__name__}, low: 1, high: 4}}")
+            raise ConfigError(
+                f"{where}: a {kind.__name__} range needs low and high, e.g. {{type: {kind.__name__}, low: 1, high: 4}}"
+            )
     low, high = (coerce(name, spec[end], f"{where}.{end}") for end in ("low", "high"))
     log_scale = spec.get("log", False)
     if not isinstance(log_scale, bool):
@@ -118,8 +140,9 @@ def _probe(name: str, points: Iterable[Any], where: str) -> None:
         try:
             coerce(name, value, where)
         except ConfigError:
-            raise ConfigError(f"{where}: the range includes {name}={value:g}, which is out of range for {name}; "
-                              "narrow the range") from None
+            raise ConfigError(
+                f"{where}: the range includes {name}={value:g}, which is out of range for {name}; narrow the range"
+            ) from None
 
 
 @PARAMS.register("float")
@@ -130,12 +153,14 @@ class FloatParam(Param):
     log: bool = False
 
     @classmethod
-    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> "FloatParam":
+    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> FloatParam:
         _check_keys(spec, ("type", "low", "high", "log"), where)
         low, high, log_scale = _bounds(name, spec, where, float)
         if log_scale:
-            points = [math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (RANGE_PROBES - 1))
-                      for i in range(RANGE_PROBES)]
+            points = [
+                math.exp(math.log(low) + i * (math.log(high) - math.log(low)) / (RANGE_PROBES - 1))
+                for i in range(RANGE_PROBES)
+            ]
         else:
             points = [low + i * (high - low) / (RANGE_PROBES - 1) for i in range(RANGE_PROBES)]
         _probe(name, points[1:-1], where)
@@ -159,7 +184,7 @@ class IntParam(Param):
     log: bool = False
 
     @classmethod
-    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> "IntParam":
+    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> IntParam:
         _check_keys(spec, ("type", "low", "high", "log"), where)
         low, high, log_scale = _bounds(name, spec, where, int)
         step = max(1, (high - low) // (RANGE_PROBES - 1))
@@ -182,12 +207,13 @@ class CategoricalParam(Param):
     choices: tuple[Any, ...] = ()
 
     @classmethod
-    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> "CategoricalParam":
+    def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> CategoricalParam:
         _check_keys(spec, ("type", "choices"), where)
         raw = spec.get("choices")
         if not isinstance(raw, list) or not raw:
-            raise ConfigError(f"{where}: a categorical needs a non-empty list of choices, "
-                              f"e.g. {{type: categorical, choices: [a, b]}}")
+            raise ConfigError(
+                f"{where}: a categorical needs a non-empty list of choices, e.g. {{type: categorical, choices: [a, b]}}"
+            )
         choices = tuple(coerce(name, v, f"{where}.choices[{i}]") for i, v in enumerate(raw))
         if len(set(choices)) != len(choices):
             raise ConfigError(f"{where}: choices {list(choices)} repeat a value")
@@ -218,8 +244,9 @@ def parse_space(spec: Any, where: str) -> dict[str, Param]:
         if name in FIXED:
             raise ConfigError(f"{here}: {name} cannot be searched: {FIXED[name]}")
         if not isinstance(param, Mapping):
-            raise ConfigError(f"{here}: expected a mapping like {{type: float, low: 1e-5, high: 1e-3, log: true}}, "
-                              f"got {param!r}")
+            raise ConfigError(
+                f"{here}: expected a mapping like {{type: float, low: 1e-5, high: 1e-3, log: true}}, got {param!r}"
+            )
         kind = param.get("type")
         if kind not in PARAMS:
             raise ConfigError(f"{here}.type: {PARAMS.unknown(kind)}")
@@ -228,6 +255,7 @@ def parse_space(spec: Any, where: str) -> dict[str, Param]:
 
 
 # --- the search file ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pruner:
@@ -265,12 +293,18 @@ class Search:
         return trial_from_dict({**self.base.to_dict(), **params}, where=f"{self.path}: trial")
 
     def describe(self) -> list[str]:
-        pruning = (f"ASHA grace {self.pruner.grace_period}, reduction {self.pruner.reduction_factor:g}, "
-                   f"max_t {self.base.epochs}" if self.pruner else "off")
-        return [f"# {self.study_name}: {self.samples} new trials, {self.metric} ({self.direction}), "
-                f"concurrency {self.concurrency}, pruning {pruning}, TPE seed {self.seed}",
-                f"base {self.base.label} ({self.base.epochs} epochs, image_size {self.base.image_size})",
-                *(f"  {p.describe()}" for p in self.space.values())]
+        pruning = (
+            f"ASHA grace {self.pruner.grace_period}, reduction {self.pruner.reduction_factor:g}, "
+            f"max_t {self.base.epochs}"
+            if self.pruner
+            else "off"
+        )
+        return [
+            f"# {self.study_name}: {self.samples} new trials, {self.metric} ({self.direction}), "
+            f"concurrency {self.concurrency}, pruning {pruning}, TPE seed {self.seed}",
+            f"base {self.base.label} ({self.base.epochs} epochs, image_size {self.base.image_size})",
+            *(f"  {p.describe()}" for p in self.space.values()),
+        ]
 
 
 def _int(value: Any, where: str, *, low: int) -> int:
@@ -289,21 +323,23 @@ def _parse_pruner(spec: Any, *, epochs: int, declared: int, where: str) -> Prune
     grace = _int(spec.get("grace_period", 1), f"{where}.grace_period", low=1)
     rf = spec.get("reduction_factor", 3)
     if isinstance(rf, str):
-        try:
+        with contextlib.suppress(ValueError):
             rf = float(rf)
-        except ValueError:
-            pass
     if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not rf > 1:
         raise ConfigError(f"{where}.reduction_factor: expected a number > 1, got {rf!r}")
     # ASHA runs to the end of training: a profile that changes epochs moves max_t with it.
     if "max_t" in spec and spec["max_t"] != declared:
-        raise ConfigError(f"{where}.max_t={spec['max_t']!r} must equal base epochs ({declared}): "
-                          "ASHA's last rung is the end of training")
+        raise ConfigError(
+            f"{where}.max_t={spec['max_t']!r} must equal base epochs ({declared}): "
+            "ASHA's last rung is the end of training"
+        )
     if grace >= epochs and "grace_period" not in spec:
         return None  # a one-epoch trial has no epoch to stop at: the default pruner steps aside
     if grace >= epochs:
-        raise ConfigError(f"{where}.grace_period={grace} leaves no epoch to stop at before the last ({epochs}); "
-                          f"valid: 1..{epochs - 1}, or pruner: none")
+        raise ConfigError(
+            f"{where}.grace_period={grace} leaves no epoch to stop at before the last ({epochs}); "
+            f"valid: 1..{epochs - 1}, or pruner: none"
+        )
     return Pruner(grace_period=grace, reduction_factor=float(rf))
 
 
@@ -317,8 +353,9 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
             raise unknown_key(str(key), SEARCH_KEYS, where)
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(f"{where}: name={name!r} must be letters, digits, '-' or '_' "
-                          "(it names the results directory)")
+        raise ConfigError(
+            f"{where}: name={name!r} must be letters, digits, '-' or '_' (it names the results directory)"
+        )
     # The base and its profile are a grid's: the same keys, types, ranges and messages.
     trial_spec = {k: spec[k] for k in ("base", "profiles") if k in spec}
     base = grid_mod.expand(trial_spec, where=where, profile=profile)[0][0]
@@ -333,17 +370,23 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
 
     metric = spec.get("metric", "val_auc")
     if not isinstance(metric, str) or metric not in METRICS:
-        raise ConfigError(f"{where}: metric={metric!r} is not reported by trials; valid: {', '.join(METRICS)} "
-                          "(validation only: a search never sees the test split)")
+        raise ConfigError(
+            f"{where}: metric={metric!r} is not reported by trials; valid: {', '.join(METRICS)} "
+            "(validation only: a search never sees the test split)"
+        )
     direction = spec.get("direction", METRICS[metric])
     if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise ConfigError(f"{where}: direction={direction!r}; valid: {', '.join(DIRECTIONS)}")
     if direction != METRICS[metric]:
-        raise ConfigError(f"{where}: direction={direction} would favour the worst {metric}; "
-                          f"{metric} improves by {METRICS[metric]}")
+        raise ConfigError(
+            f"{where}: direction={direction} would favour the worst {metric}; {metric} improves by {METRICS[metric]}"
+        )
 
-    samples = _int(samples if samples is not None else spec.get("samples", 20),
-                   "--samples" if samples is not None else f"{where}: samples", low=1)
+    samples = _int(
+        samples if samples is not None else spec.get("samples", 20),
+        "--samples" if samples is not None else f"{where}: samples",
+        low=1,
+    )
     concurrency = _int(spec.get("concurrency", 1), f"{where}: concurrency", low=1)
     pruner = _parse_pruner(spec.get("pruner", {}), epochs=base.epochs, declared=declared, where=f"{where}: pruner")
 
@@ -356,12 +399,26 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
 
     storage = spec.get("storage")
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
-        raise ConfigError(f"{where}: storage={storage!r}: expected a database URL such as "
-                          "sqlite:///path/study.db or postgresql://user@host/db, or leave it out "
-                          f"for results/{name}/{STUDY_FILE}")
-    return Search(name=name, path=path, profile=profile, base=base, space=space, metric=metric,
-                  direction=direction, samples=samples, concurrency=concurrency, pruner=pruner, seed=seed,
-                  startup_trials=startup, storage=storage)
+        raise ConfigError(
+            f"{where}: storage={storage!r}: expected a database URL such as "
+            "sqlite:///path/study.db or postgresql://user@host/db, or leave it out "
+            f"for results/{name}/{STUDY_FILE}"
+        )
+    return Search(
+        name=name,
+        path=path,
+        profile=profile,
+        base=base,
+        space=space,
+        metric=metric,
+        direction=direction,
+        samples=samples,
+        concurrency=concurrency,
+        pruner=pruner,
+        seed=seed,
+        startup_trials=startup,
+        storage=storage,
+    )
 
 
 def load_search(path: Path | str, *, profile: str | None = None, samples: int | None = None) -> Search:
@@ -386,12 +443,16 @@ def check_search(search: Search) -> None:
 
 # --- the study ------------------------------------------------------------------------------------------
 
-_STATES = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED,
-           "failed": optuna.trial.TrialState.FAIL}
+_STATES = {
+    "complete": optuna.trial.TrialState.COMPLETE,
+    "pruned": optuna.trial.TrialState.PRUNED,
+    "failed": optuna.trial.TrialState.FAIL,
+}
 
 
-def finish(study: optuna.Study, trial: optuna.Trial, *, outcome: str, value: float | None,
-           attrs: Mapping[str, Any]) -> None:
+def finish(
+    study: optuna.Study, trial: optuna.Trial, *, outcome: str, value: float | None, attrs: Mapping[str, Any]
+) -> None:
     """Tell the study how a trial ended. Called by tune's searcher, in the driver.
 
     pruned: PRUNED, and Optuna takes the last reported epoch's value as the trial's value.
@@ -418,8 +479,9 @@ def _storage(search: Search, grid_dir: Path) -> optuna.storages.BaseStorage:
 
 def _open_study(search: Search, storage: optuna.storages.BaseStorage, base: Trial) -> optuna.Study:
     """Create or load the study; refuse one that was run with another metric or base trial."""
-    study = optuna.create_study(storage=storage, study_name=search.study_name, direction=search.direction,
-                                load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=search.study_name, direction=search.direction, load_if_exists=True
+    )
     fixed = {k: v for k, v in base.to_dict().items() if k not in search.space}
     attrs = study.user_attrs
     if "metric" not in attrs:
@@ -427,18 +489,27 @@ def _open_study(search: Search, storage: optuna.storages.BaseStorage, base: Tria
         study.set_user_attr("base", fixed)
         study.set_user_attr("search_file", str(search.path))
     elif attrs["metric"] != search.metric:
-        raise ConfigError(f"{search.path}: study {search.study_name} was run with metric {attrs['metric']}, "
-                          f"not {search.metric}; rename the search (name:) to start a new study")
+        raise ConfigError(
+            f"{search.path}: study {search.study_name} was run with metric {attrs['metric']}, "
+            f"not {search.metric}; rename the search (name:) to start a new study"
+        )
     if study.direction.name.lower() != search.direction:
-        raise ConfigError(f"{search.path}: study {search.study_name} was run to {study.direction.name.lower()}; "
-                          "rename the search (name:) to start a new study")
+        raise ConfigError(
+            f"{search.path}: study {search.study_name} was run to {study.direction.name.lower()}; "
+            "rename the search (name:) to start a new study"
+        )
     if attrs.get("base", fixed) != fixed:
         before = attrs["base"]
-        changed = ", ".join(f"{k}: {before.get(k)!r} -> {fixed.get(k)!r}"
-                            for k in sorted(fixed.keys() | before.keys()) if fixed.get(k) != before.get(k))
-        raise ConfigError(f"{search.path}: study {search.study_name} was run with other fixed settings "
-                          f"({changed}); "
-                          "trials would not be comparable; rename the search (name:) to start a new study")
+        changed = ", ".join(
+            f"{k}: {before.get(k)!r} -> {fixed.get(k)!r}"
+            for k in sorted(fixed.keys() | before.keys())
+            if fixed.get(k) != before.get(k)
+        )
+        raise ConfigError(
+            f"{search.path}: study {search.study_name} was run with other fixed settings "
+            f"({changed}); "
+            "trials would not be comparable; rename the search (name:) to start a new study"
+        )
     return study
 
 
@@ -458,6 +529,7 @@ def _prior(study: optuna.Study) -> list[dict[int, float]]:
 
 
 # --- outputs --------------------------------------------------------------------------------------------
+
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -551,16 +623,26 @@ def export(search: Search, study: optuna.Study, runtime: Runtime) -> dict[str, A
     out = Path(runtime.results_dir) / search.name / OUTPUT_DIR / search.study_name
     out.mkdir(parents=True, exist_ok=True)
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
-    summary: dict[str, Any] = {"study": search.study_name, "metric": search.metric, "direction": search.direction,
-                               "trials": counts, "out": str(out)}
+    summary: dict[str, Any] = {
+        "study": search.study_name,
+        "metric": search.metric,
+        "direction": search.direction,
+        "trials": counts,
+        "out": str(out),
+    }
     ranked, why = importances(study)
     summary["importance"] = ranked or {"skipped": why}
     store_mod.write_json(out / "importance.json", summary["importance"])
     if _finished(study):
         best = study.best_trial
         trial = trial_from_dict({**study.user_attrs["base"], **best.params}, where=f"study {search.study_name}")
-        summary["best"] = {"number": best.number, "value": best.value, "params": best.params,
-                           "key": trial.key, "trial": trial.to_dict()}
+        summary["best"] = {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "key": trial.key,
+            "trial": trial.to_dict(),
+        }
         store_mod.write_json(out / "best.json", summary["best"])
         grid_path = out / "best.yaml"
         store_mod.write_bytes(grid_path, best_grid(search, study, trial, runtime, grid_path).encode())
@@ -577,6 +659,7 @@ def export(search: Search, study: optuna.Study, runtime: Runtime) -> dict[str, A
 
 # --- running --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     """One invocation: what its new trials did, and the study as it stands after it."""
@@ -592,13 +675,16 @@ class Outcome:
 
     def lines(self) -> list[str]:
         s, counts = self.summary, self.summary["trials"]
-        out = [f"{self.search.study_name}: {sum(self.new.values())} new trials: {self.new['complete']} complete, "
-               f"{self.new['pruned']} pruned, {self.new['failed']} failed; the study now holds "
-               f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"]
+        out = [
+            f"{self.search.study_name}: {sum(self.new.values())} new trials: {self.new['complete']} complete, "
+            f"{self.new['pruned']} pruned, {self.new['failed']} failed; the study now holds "
+            f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+        ]
         out += [f"  FAILED {line}" for line in self.failures]
         if s["best"]:
-            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in s["best"]["params"].items())
+            params = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["best"]["params"].items()
+            )
             out.append(f"best: trial #{s['best']['number']} {self.search.metric} {s['best']['value']:.4f} ({params})")
             out.append(f"rerun it with 3 seeds on the test split: python -m harness run {s['grid']}")
         if "skipped" in s["importance"]:
@@ -612,8 +698,10 @@ class Outcome:
 def _cache_trials(search: Search, base: Trial) -> list[Trial]:
     """The base and every combination of the categorical choices that shape the image cache."""
     shaping = [p for p in search.space.values() if p.field in CACHE_FIELDS and isinstance(p, CategoricalParam)]
-    return [base.replace(**{p.field: v for p, v in zip(shaping, combo)})
-            for combo in itertools.product(*(p.choices for p in shaping))]
+    return [
+        base.replace(**{p.field: v for p, v in zip(shaping, combo)})
+        for combo in itertools.product(*(p.choices for p in shaping))
+    ]
 
 
 def run(search: Search, runtime: Runtime) -> Outcome:
@@ -631,29 +719,42 @@ def run(search: Search, runtime: Runtime) -> Outcome:
         study = _open_study(search, storage, base)
         stale = fail_stale(study)
         if stale:
-            log.warning("%s: %d trial(s) of an interrupted run marked failed; their finished trials are kept",
-                        search.study_name, stale)
+            log.warning(
+                "%s: %d trial(s) of an interrupted run marked failed; their finished trials are kept",
+                search.study_name,
+                stale,
+            )
         train.prepare_all(_cache_trials(search, base), runtime)
         already = len(study.trials)
         # Offset by the trials so far: a rerun with the seed alone would draw the first run's startup points again.
-        sampler = optuna.samplers.TPESampler(seed=search.seed + already, n_startup_trials=search.startup_trials,
-                                             constant_liar=search.concurrency > 1)
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed + already, n_startup_trials=search.startup_trials, constant_liar=search.concurrency > 1
+        )
         plan = tune.SearchPlan(
-            name=search.name, study_name=search.study_name, base=base,
-            space={k: p.distribution() for k, p in search.space.items()}, sampler=sampler, storage=storage,
-            finish=finish, metric=search.metric, mode=DIRECTIONS[search.direction], samples=search.samples,
+            name=search.name,
+            study_name=search.study_name,
+            base=base,
+            space={k: p.distribution() for k, p in search.space.items()},
+            sampler=sampler,
+            storage=storage,
+            finish=finish,
+            metric=search.metric,
+            mode=DIRECTIONS[search.direction],
+            samples=search.samples,
             concurrency=search.concurrency,
             grace_period=search.pruner.grace_period if search.pruner else None,
             reduction_factor=search.pruner.reduction_factor if search.pruner else 3.0,
-            prior=_prior(study))
+            prior=_prior(study),
+        )
         result = tune.run_search(plan, runtime)
         fail_stale(study)  # trials an interruption left unfinished
         summary = export(search, study, runtime)
     return Outcome(search=search, new=result.counts(), failures=result.failure_lines(), summary=summary)
 
 
-def main_search(path: Path | str, *, profile: str | None = None, samples: int | None = None,
-                runtime: Runtime, dry_run: bool = False) -> int:
+def main_search(
+    path: Path | str, *, profile: str | None = None, samples: int | None = None, runtime: Runtime, dry_run: bool = False
+) -> int:
     """`harness search SEARCH_YAML`: run the search, print its summary; the exit code is the CLI's."""
     search = load_search(path, profile=profile, samples=samples)
     if dry_run:

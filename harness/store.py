@@ -1,4 +1,5 @@
 """The results store: the only code that knows the layout of results/<grid>/<key>/; every write is atomic."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,10 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -108,10 +110,17 @@ def _git_commit() -> tuple[str, bool]:
     """The commit of the harness source tree and whether it has uncommitted changes."""
     src = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
         return commit, dirty
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("HARNESS_GIT_COMMIT", "unknown"), False
@@ -125,9 +134,14 @@ def provenance() -> dict[str, Any]:
     global _PROVENANCE
     if _PROVENANCE is None:
         commit, dirty = _git_commit()
-        _PROVENANCE = {"harness_version": __version__, "git_commit": commit, "git_dirty": dirty,
-                       "python": platform.python_version(), "host": platform.node()}
-    return dict(_PROVENANCE, written=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        _PROVENANCE = {
+            "harness_version": __version__,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "python": platform.python_version(),
+            "host": platform.node(),
+        }
+    return dict(_PROVENANCE, written=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
 
 @dataclass
@@ -177,22 +191,25 @@ class Store:
             (self.root / ".write-test").unlink()
         except OSError as exc:
             reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-            raise StoreError(f"results directory {self.root} is not writable ({reason}); "
-                             "choose another with --results DIR") from None
+            raise StoreError(
+                f"results directory {self.root} is not writable ({reason}); choose another with --results DIR"
+            ) from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the grid's lock for a whole run, so two runs never write the same results."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.root / LOCK_FILE, "a+")
+        fh = open(self.root / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run, closed below
         try:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
-                raise StoreError(f"{self.root} is in use by another run ({holder}); wait for it to finish "
-                                 "or use another --results directory") from None
+                raise StoreError(
+                    f"{self.root} is in use by another run ({holder}); wait for it to finish "
+                    "or use another --results directory"
+                ) from None
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()} on {platform.node()}")
@@ -218,8 +235,10 @@ class Store:
     def mark_failed(self, trial: Trial, reason: str, *, detail: str = "") -> None:
         d = self.trial_dir(trial)
         d.mkdir(parents=True, exist_ok=True)
-        write_json(d / FAILED_FILE, {"key": trial.key, "label": trial.label, "reason": reason,
-                                     "detail": detail[-4000:], **provenance()})
+        write_json(
+            d / FAILED_FILE,
+            {"key": trial.key, "label": trial.label, "reason": reason, "detail": detail[-4000:], **provenance()},
+        )
 
     def results(self) -> list[Result]:
         return load_results(self.root)
@@ -240,5 +259,8 @@ def load_failures(grid_dir: Path | str) -> list[dict[str, Any]]:
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
         return []
-    return [read_json(d / FAILED_FILE) for d in sorted(grid_dir.iterdir())
-            if (d / FAILED_FILE).is_file() and not (d / DONE_FILE).is_file()]
+    return [
+        read_json(d / FAILED_FILE)
+        for d in sorted(grid_dir.iterdir())
+        if (d / FAILED_FILE).is_file() and not (d / DONE_FILE).is_file()
+    ]

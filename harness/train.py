@@ -1,15 +1,18 @@
 """One trial, top to bottom: data, model, the epoch loop, the best checkpoint, test metrics, files."""
+
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import math
 import random
 import resource
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -103,10 +106,16 @@ class TrialData:
 
     def batches(self, split: str, trial: Trial, *, device: torch.device, train: bool) -> loader.Batches:
         return loader.Batches(
-            self.images[split], self.labels[split],
+            self.images[split],
+            self.labels[split],
             batch_size=trial.batch_size if train else eval_batch_size(trial, device),
-            crop=models.image_size(trial), train=train, augment=trial.augment and train,
-            device=device, seed=trial.seed, drop_last=train and len(self.labels[split]) > trial.batch_size)
+            crop=models.image_size(trial),
+            train=train,
+            augment=trial.augment and train,
+            device=device,
+            seed=trial.seed,
+            drop_last=train and len(self.labels[split]) > trial.batch_size,
+        )
 
 
 def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
@@ -115,14 +124,22 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
         raise ConfigError("no data root resolved for the trial")
     data = nih.load(runtime.data_root)
     if data.dataset != trial.dataset:
-        raise ConfigError(f"{trial.label}: trial says dataset={trial.dataset} but {data.root} holds {data.dataset} data")
-    splits = nih.split(data, val_fraction=trial.val_fraction, seed=trial.seed,
-                       subset_fraction=trial.subset_fraction, subset_test=trial.subset_test)
+        raise ConfigError(
+            f"{trial.label}: trial says dataset={trial.dataset} but {data.root} holds {data.dataset} data"
+        )
+    splits = nih.split(
+        data,
+        val_fraction=trial.val_fraction,
+        seed=trial.seed,
+        subset_fraction=trial.subset_fraction,
+        subset_test=trial.subset_test,
+    )
     size = loader.load_size(models.image_size(trial))
     out = TrialData(data=data, labels={}, images={}, rows={}, skipped=0)
     for name, rows in splits.items():
-        cached = cache.build(data, rows, size=size, cache_dir=runtime.cache_dir, workers=runtime.workers,
-                             progress=runtime.progress)
+        cached = cache.build(
+            data, rows, size=size, cache_dir=runtime.cache_dir, workers=runtime.workers, progress=runtime.progress
+        )
         out.images[name] = cached.images
         out.rows[name] = cached.rows
         out.labels[name] = data.labels[cached.rows].astype(np.float32)
@@ -130,8 +147,9 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
     return out
 
 
-def training_setup(trial: Trial, device: torch.device, *, prevalence: np.ndarray, compile: bool = False
-                   ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+def training_setup(
+    trial: Trial, device: torch.device, *, prevalence: np.ndarray, compile: bool = False
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
     """The model on the device, the module that steps (the model, or its torch.compile), the loss and the
     optimiser over the trainable parameters: as every trial, and every step benchmark, sets them up."""
     model = models.build(trial).to(device)
@@ -143,8 +161,15 @@ def training_setup(trial: Trial, device: torch.device, *, prevalence: np.ndarray
     return model, torch.compile(model) if compile else model, loss_fn, optimizer
 
 
-def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: torch.nn.Module,
-               optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+def train_step(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> torch.Tensor:
     """One optimiser step on a batch (bf16 autocast on CUDA); returns the detached loss."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits, aux = models.forward(model, x)
@@ -157,8 +182,16 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss
     return loss.detach()
 
 
-def train_one_epoch(model: torch.nn.Module, batches: loader.Batches, *, trial: Trial, loss_fn: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, device: torch.device, epoch: int) -> tuple[float, int]:
+def train_one_epoch(
+    model: torch.nn.Module,
+    batches: loader.Batches,
+    *,
+    trial: Trial,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+) -> tuple[float, int]:
     """One pass over the training split; returns the mean loss and the number of images seen."""
     models.train_mode(model, trial)
     batches.set_epoch(epoch)
@@ -195,10 +228,9 @@ def _val_auc(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def reset_peak_memory(device: torch.device) -> None:
     """Start counting this trial's peak memory afresh: a reused worker process ran other trials before."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the process's peak resident set (VmHWM)
-    except OSError:
-        pass  # elsewhere the host figure is the process's peak so far
+    # Linux: resets the process's peak resident set (VmHWM); elsewhere the host figure is the peak so far.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -222,8 +254,15 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return peak
 
 
-def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report | None = None,
-              test: bool = True, context: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_trial(
+    trial: Trial,
+    runtime: Runtime,
+    *,
+    out_dir: Path,
+    report: Report | None = None,
+    test: bool = True,
+    context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train one trial, keep the best-validation-AUROC weights, and write its result files into out_dir.
 
     test=False (searches) never touches the test split: metrics.json then holds validation metrics.
@@ -240,8 +279,9 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     td = prepare_data(trial, runtime)
     prevalence = td.labels["train"].mean(axis=0)
 
-    model, step_model, loss_fn, optimizer = training_setup(trial, device, prevalence=prevalence,
-                                                          compile=runtime.compile)
+    model, step_model, loss_fn, optimizer = training_setup(
+        trial, device, prevalence=prevalence, compile=runtime.compile
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=trial.lr_step, gamma=trial.lr_gamma)
 
     history: list[dict[str, Any]] = []
@@ -261,15 +301,22 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     t_start = time.perf_counter()
     for epoch in range(start, trial.epochs):
         t0 = time.perf_counter()
-        train_loss, seen = train_one_epoch(step_model, train_b, trial=trial, loss_fn=loss_fn,
-                                           optimizer=optimizer, device=device, epoch=epoch)
+        train_loss, seen = train_one_epoch(
+            step_model, train_b, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=epoch
+        )
         t_train = time.perf_counter() - t0
         val_probs = predict(step_model, val_b, device=device)
         val_loss = metrics.bce_loss(val_probs, td.labels["val"])
         val_auc = _val_auc(val_probs, td.labels["val"])
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc,
-               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-               "train_images_per_s": seen / max(t_train, 1e-9)}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_auc": val_auc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+            "train_images_per_s": seen / max(t_train, 1e-9),
+        }
         history.append(row)
         if val_auc > best_auc or (math.isnan(val_auc) and not (out_dir / store.WEIGHTS_FILE).exists()):
             best_auc = val_auc if not math.isnan(val_auc) else best_auc
@@ -277,9 +324,18 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
                 torch.save(model.state_dict(), tmp)
         scheduler.step()
         with store.atomic_path(resume) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "history": history, "best_auc": best_auc,
-                        "epoch": epoch, "rng": torch.get_rng_state()}, tmp)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "best_auc": best_auc,
+                    "epoch": epoch,
+                    "rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
         report(row)
     train_seconds = time.perf_counter() - t_start
 
@@ -287,18 +343,34 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     val_probs = predict(model, val_b, device=device)
     ids = td.data.table["patient_id"].to_numpy().astype(np.int64)
     names = td.data.table["image_index"].to_numpy().astype(str)
-    arrays = {"val_probs": val_probs.astype(np.float32), "val_labels": td.labels["val"].astype(np.uint8),
-              "val_patient_id": ids[td.rows["val"]], "names": np.array(nih.FINDINGS)}
+    arrays = {
+        "val_probs": val_probs.astype(np.float32),
+        "val_labels": td.labels["val"].astype(np.uint8),
+        "val_patient_id": ids[td.rows["val"]],
+        "names": np.array(nih.FINDINGS),
+    }
     if test:
         test_rows = td.rows["test"]
         test_probs = predict(model, td.batches("test", trial, device=device, train=False), device=device)
-        arrays.update(probs=test_probs.astype(np.float32), labels=td.labels["test"].astype(np.uint8),
-                      image_index=names[test_rows], patient_id=ids[test_rows])
-        result = metrics.evaluate(test_probs, td.labels["test"], names=nih.FINDINGS, patient_ids=ids[test_rows],
-                                  val_probs=val_probs, val_labels=td.labels["val"], seed=trial.seed)
+        arrays.update(
+            probs=test_probs.astype(np.float32),
+            labels=td.labels["test"].astype(np.uint8),
+            image_index=names[test_rows],
+            patient_id=ids[test_rows],
+        )
+        result = metrics.evaluate(
+            test_probs,
+            td.labels["test"],
+            names=nih.FINDINGS,
+            patient_ids=ids[test_rows],
+            val_probs=val_probs,
+            val_labels=td.labels["val"],
+            seed=trial.seed,
+        )
     else:
-        result = metrics.evaluate(val_probs, td.labels["val"], names=nih.FINDINGS, patient_ids=ids[td.rows["val"]],
-                                  seed=trial.seed)
+        result = metrics.evaluate(
+            val_probs, td.labels["val"], names=nih.FINDINGS, patient_ids=ids[td.rows["val"]], seed=trial.seed
+        )
     if trial.cam and test:
         from harness import cam  # only trials that ask for it pay for the CAM code
 
@@ -306,18 +378,28 @@ def run_trial(trial: Trial, runtime: Runtime, *, out_dir: Path, report: Report |
     store.write_npz(out_dir / store.PREDICTIONS_FILE, **arrays)
     with store.atomic_path(out_dir / store.HISTORY_FILE) as tmp:
         pd.DataFrame(history).to_csv(tmp, index=False)
-    result.update({
-        "key": trial.key, "label": trial.label, "trial": trial.to_dict(),
-        "dataset": td.data.dataset, "data_root": str(td.data.root), "split": "official" if test else "validation",
-        "n_train": int(len(td.rows["train"])), "n_val": int(len(td.rows["val"])),
-        "n_test": int(len(td.rows["test"])) if test else 0,
-        "skipped_images": td.skipped, "best_val_auc": best_auc, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "train_seconds": train_seconds,
-        "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
-        "epochs_run": len(history),
-        **peak_memory(device), **store.provenance(),
-    })
+    result.update(
+        {
+            "key": trial.key,
+            "label": trial.label,
+            "trial": trial.to_dict(),
+            "dataset": td.data.dataset,
+            "data_root": str(td.data.root),
+            "split": "official" if test else "validation",
+            "n_train": len(td.rows["train"]),
+            "n_val": len(td.rows["val"]),
+            "n_test": len(td.rows["test"]) if test else 0,
+            "skipped_images": td.skipped,
+            "best_val_auc": best_auc,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "train_seconds": train_seconds,
+            "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
+            "epochs_run": len(history),
+            **peak_memory(device),
+            **store.provenance(),
+        }
+    )
     if trial.pretrained:
         result["weights"] = models.weights_provenance(trial.arch)
     result.update(context or {})
@@ -332,14 +414,18 @@ def resolve_dataset(trials: list[Trial], runtime: Runtime) -> tuple[list[Trial],
     root = nih.locate(runtime.data_root)
     if root is None:
         root = synthetic.default_root(runtime.cache_dir)
-        log.warning("no NIH data root (--data-root or HARNESS_DATA_ROOT): using the embedded SYNTHETIC "
-                    "dataset at %s; every result is labelled dataset=synthetic and is not an NIH number", root)
+        log.warning(
+            "no NIH data root (--data-root or HARNESS_DATA_ROOT): using the embedded SYNTHETIC "
+            "dataset at %s; every result is labelled dataset=synthetic and is not an NIH number",
+            root,
+        )
     dataset = nih.load(root).dataset
     out = []
     for t in trials:
         if t.dataset == "synthetic" and dataset == "nih":
-            raise ConfigError(f"{t.label}: dataset=synthetic but {root} holds the real NIH data; "
-                              "drop --data-root or set dataset: nih")
+            raise ConfigError(
+                f"{t.label}: dataset=synthetic but {root} holds the real NIH data; drop --data-root or set dataset: nih"
+            )
         out.append(t.replace(dataset=dataset))
     if dataset == "synthetic" and any(t.dataset == "nih" for t in trials):
         log.warning("dataset=nih trials run on SYNTHETIC data at %s and are recorded as dataset=synthetic", root)

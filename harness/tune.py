@@ -1,4 +1,5 @@
 """The only module that imports ray: trials -> a Ray Tune experiment, resources, resume, cluster address."""
+
 from __future__ import annotations
 
 import csv
@@ -9,9 +10,10 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import ray
 from ray import tune
@@ -19,15 +21,22 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
-from harness import packing, store as store_mod, train
+from harness import packing, train
+from harness import store as store_mod
 from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 
 log = logging.getLogger(__name__)
 
 # Share of one GPU a trial of each arch asks for with --gpus-per-trial auto when the measurement (below,
 # and harness.packing) could not be made: a guess from single-trial step throughput on an H200.
-GPU_SHARE = {"alexnet": 0.25, "efficientnet_b0": 0.5, "resnet50": 0.5, "densenet121": 0.5,
-             "inception_v3": 0.5, "resnet152": 1.0}
+GPU_SHARE = {
+    "alexnet": 0.25,
+    "efficientnet_b0": 0.5,
+    "resnet50": 0.5,
+    "densenet121": 0.5,
+    "inception_v3": 0.5,
+    "resnet152": 1.0,
+}
 
 
 @dataclass
@@ -46,8 +55,10 @@ class Summary:
         return 0 if not self.failed and not self.pending else 1
 
     def lines(self) -> list[str]:
-        out = [f"{self.grid}: {len(self.done)}/{self.total} trials done "
-               f"({self.skipped} already done before this run), {len(self.failed)} failed, {len(self.pending)} not run"]
+        out = [
+            f"{self.grid}: {len(self.done)}/{self.total} trials done "
+            f"({self.skipped} already done before this run), {len(self.failed)} failed, {len(self.pending)} not run"
+        ]
         out += [f"  FAILED {f['label']} ({f['key']}): {f['reason']}" for f in self.failed]
         out += [f"  NOT RUN {k}" for k in self.pending]
         return out
@@ -113,20 +124,22 @@ class Progress(tune.Callback):
     """A live view: trials done / running / failed and each running trial's epoch."""
 
     def __init__(self, total: int, already: int) -> None:
-        self.bar = tqdm(total=total, initial=already, desc="trials", unit="trial", dynamic_ncols=True,
-                        file=sys.stderr)
+        self.bar = tqdm(total=total, initial=already, desc="trials", unit="trial", dynamic_ncols=True, file=sys.stderr)
         self.running: dict[str, str] = {}
         self.failed = 0
 
     def _show(self) -> None:
-        self.bar.set_postfix_str(f"running {len(self.running)}, failed {self.failed} | "
-                                 + "; ".join(sorted(self.running.values()))[:160])
+        self.bar.set_postfix_str(
+            f"running {len(self.running)}, failed {self.failed} | " + "; ".join(sorted(self.running.values()))[:160]
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         t = trial.config["trial"]
         if "epoch" in result:
-            self.running[trial.trial_id] = (f"{t['arch']}{'/pt' if t['pretrained'] else ''}/{t['loss']} "
-                                            f"ep {result['epoch']}/{t['epochs']} auc {result['val_auc']:.3f}")
+            self.running[trial.trial_id] = (
+                f"{t['arch']}{'/pt' if t['pretrained'] else ''}/{t['loss']} "
+                f"ep {result['epoch']}/{t['epochs']} auc {result['val_auc']:.3f}"
+            )
         if result.get("failed"):
             self.failed += 1
         self._show()
@@ -156,8 +169,9 @@ def _uses_gpus(runtime: Runtime, node: dict[str, float]) -> bool:
     return runtime.device != "cpu" and node.get("GPU", 0.0) > 0
 
 
-def _resources(trial: Trial, runtime: Runtime, node: dict[str, float],
-               per_gpu: dict[str, int] | None = None) -> dict[str, float]:
+def _resources(
+    trial: Trial, runtime: Runtime, node: dict[str, float], per_gpu: dict[str, int] | None = None
+) -> dict[str, float]:
     """A trial's CPUs and GPU share: measured trials per GPU for its shape (per_gpu), else GPU_SHARE."""
     gpus = node.get("GPU", 0.0)
     cpus = node.get("CPU", 1.0) or 1.0
@@ -176,6 +190,7 @@ def _resources(trial: Trial, runtime: Runtime, node: dict[str, float],
 
 
 # --- measured packing: how many trials of a shape share one GPU (harness.packing decides) ---
+
 
 @ray.remote(num_cpus=0)
 class _Release:
@@ -224,12 +239,16 @@ def _side_by_side(trial: Trial, copies: int, cpus: float, device: str) -> packin
     release = _Release.remote(copies)
     # max_calls=1: each copy's process exits when done, so no idle worker keeps GPU memory during the grid.
     task = ray.remote(max_calls=1)(_measure_copy).options(
-        num_gpus=1 / copies, num_cpus=1, max_retries=0,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0))
+        num_gpus=1 / copies,
+        num_cpus=1,
+        max_retries=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0),
+    )
     try:
         ray.get(group.ready(), timeout=300)  # a GPU held by another job: give up, use the fixed shares
-        windows = ray.get([task.remote(trial.to_dict(), packing.WINDOW_S, release, device) for _ in range(copies)],
-                          timeout=600)  # a copy that never arrives: the others would wait for it forever
+        windows = ray.get(
+            [task.remote(trial.to_dict(), packing.WINDOW_S, release, device) for _ in range(copies)], timeout=600
+        )  # a copy that never arrives: the others would wait for it forever
     except ray.exceptions.RayTaskError as exc:
         if "OutOfMemoryError" in str(exc) or "out of memory" in str(exc):
             return None
@@ -240,8 +259,7 @@ def _side_by_side(trial: Trial, copies: int, cpus: float, device: str) -> packin
     return packing.Probe.from_windows(windows)
 
 
-def _measured_per_gpu(trials: Sequence[Trial], runtime: Runtime, cpus: float,
-                      device: str = "cuda") -> dict[str, int]:
+def _measured_per_gpu(trials: Sequence[Trial], runtime: Runtime, cpus: float, device: str = "cuda") -> dict[str, int]:
     """Trials per GPU for each trial shape: remembered from an earlier run on this GPU model, else measured now."""
     table = packing.Packing(Path(runtime.cache_dir) / packing.PACKING_FILE)
     gpu = ray.get(ray.remote(num_gpus=1, num_cpus=0, max_calls=1)(_gpu_info).remote(device), timeout=300)
@@ -249,9 +267,12 @@ def _measured_per_gpu(trials: Sequence[Trial], runtime: Runtime, cpus: float,
     for trial in {packing.shape_key(t): t for t in trials}.values():
         copies = table.copies(gpu, trial)
         if copies is None:
-            log.warning("measuring how many %s trials share one %s (once per GPU model)...",
-                        packing.shape_key(trial), gpu["name"])
-            probes = packing.measure(lambda n: _side_by_side(trial, n, cpus, device), gpu["memory_mb"])
+            log.warning(
+                "measuring how many %s trials share one %s (once per GPU model)...",
+                packing.shape_key(trial),
+                gpu["name"],
+            )
+            probes = packing.measure(lambda n, trial=trial: _side_by_side(trial, n, cpus, device), gpu["memory_mb"])
             if not probes:
                 continue  # not even one copy fit: the trial itself will say so
             copies = table.record(gpu, trial, probes)
@@ -266,8 +287,7 @@ def _per_gpu(trials: Sequence[Trial], runtime: Runtime, node: dict[str, float]) 
     try:
         return _measured_per_gpu(trials, runtime, node.get("CPU", 1.0))
     except Exception as exc:  # any failure here only costs packing quality
-        log.warning("could not measure GPU packing (%s: %s); using the fixed per-arch shares",
-                    type(exc).__name__, exc)
+        log.warning("could not measure GPU packing (%s: %s); using the fixed per-arch shares", type(exc).__name__, exc)
         return {}
 
 
@@ -279,8 +299,10 @@ def _probe(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
-                          "`ray start --head` there, or leave out --address to run locally") from None
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+            "`ray start --head` there, or leave out --address to run locally"
+        ) from None
 
 
 def start_ray(runtime: Runtime) -> None:
@@ -295,14 +317,20 @@ def start_ray(runtime: Runtime) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
     if os.environ.get("TORCH_HOME"):  # local workers inherit the environment; a relative path would move
         os.environ["TORCH_HOME"] = os.path.abspath(os.environ["TORCH_HOME"])
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                              "logging_level": logging.WARNING, "configure_logging": True}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+    }
     _probe(address)
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}; start it with `ray start --head` "
-                          "or leave out --address to run locally") from None
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {exc}; start it with `ray start --head` "
+            "or leave out --address to run locally"
+        ) from None
 
 
 def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
@@ -322,20 +350,36 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
                 for t in pending:
                     st.begin(t, grid)
                 # Resources per trial from its shape, so an AlexNet trial can share a GPU with a ResNet152 one.
-                trainable = tune.with_resources(_trainable, lambda config: tune.PlacementGroupFactory(
-                    [{k.upper(): v for k, v in
-                      _resources(Trial(**config["trial"]), runtime, node, per_gpu).items()}]))
+                trainable = tune.with_resources(
+                    _trainable,
+                    lambda config: tune.PlacementGroupFactory(
+                        [
+                            {
+                                k.upper(): v
+                                for k, v in _resources(Trial(**config["trial"]), runtime, node, per_gpu).items()
+                            }
+                        ]
+                    ),
+                )
                 tuner = tune.Tuner(
                     trainable,
-                    param_space={"trial": tune.grid_search([t.to_dict() for t in pending]),
-                                 "runtime": runtime, "grid_dir": str(grid_dir.resolve())},
+                    param_space={
+                        "trial": tune.grid_search([t.to_dict() for t in pending]),
+                        "runtime": runtime,
+                        "grid_dir": str(grid_dir.resolve()),
+                    },
                     # A finished trial's worker process runs the next trial of the same resources: no new
                     # process, no second import of torch; run_trial resets seeds and peak-memory counts.
                     tune_config=tune.TuneConfig(reuse_actors=runtime.reuse_workers),
                     run_config=tune.RunConfig(
-                        name=grid, storage_path=str((grid_dir / ".tune").resolve()),
+                        name=grid,
+                        storage_path=str((grid_dir / ".tune").resolve()),
                         failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
-                        verbose=0, callbacks=[progress] if progress else None, log_to_file=True))
+                        verbose=0,
+                        callbacks=[progress] if progress else None,
+                        log_to_file=True,
+                    ),
+                )
                 tuner.fit()
             finally:
                 if progress:
@@ -505,9 +549,18 @@ class _StudySearch(OptunaSearch):
         values = [v for v in self._curves.get(trial_id, {}).values() if math.isfinite(v)]
         best = (max if self._mode == "max" else min)(values) if values else None
         try:
-            self._finish(self._ot_study, self._ot_trials[trial_id], outcome=outcome, value=best,
-                         attrs={"key": result.get("key"), "outcome": outcome, "ray_trial_id": trial_id,
-                                "epochs_run": len(self._curves.get(trial_id, {}))})
+            self._finish(
+                self._ot_study,
+                self._ot_trials[trial_id],
+                outcome=outcome,
+                value=best,
+                attrs={
+                    "key": result.get("key"),
+                    "outcome": outcome,
+                    "ray_trial_id": trial_id,
+                    "epochs_run": len(self._curves.get(trial_id, {})),
+                },
+            )
         except Exception:  # the study must not take the whole search down; the trial stays RUNNING, then FAIL
             log.exception("could not tell the study how trial %s ended", trial_id)
         self._completed_trials.add(trial_id)
@@ -537,10 +590,13 @@ class _SearchProgress(Progress):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch" in result:
-            params = " ".join(f"{f}={trial.config[f]:.3g}" if isinstance(trial.config[f], float)
-                              else f"{f}={trial.config[f]}" for f in self.fields)
-            self.running[trial.trial_id] = (f"{params} ep {result['epoch']}/{self.epochs} "
-                                            f"{self.metric} {result[self.metric]:.3f}")
+            params = " ".join(
+                f"{f}={trial.config[f]:.3g}" if isinstance(trial.config[f], float) else f"{f}={trial.config[f]}"
+                for f in self.fields
+            )
+            self.running[trial.trial_id] = (
+                f"{params} ep {result['epoch']}/{self.epochs} {self.metric} {result[self.metric]:.3f}"
+            )
         if result.get("failed"):
             self.failed += 1
         self._show()
@@ -565,29 +621,63 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
     start_ray(runtime)
     res = _search_resources(plan, runtime, ray.cluster_resources())
     epochs = plan.base.epochs
-    searcher = _StudySearch(space=plan.space, metric=plan.metric, mode=plan.mode, sampler=plan.sampler,
-                            study_name=plan.study_name, storage=plan.storage, finish=plan.finish, epochs=epochs)
+    searcher = _StudySearch(
+        space=plan.space,
+        metric=plan.metric,
+        mode=plan.mode,
+        sampler=plan.sampler,
+        study_name=plan.study_name,
+        storage=plan.storage,
+        finish=plan.finish,
+        epochs=epochs,
+    )
     scheduler = None
     if plan.grace_period is not None and epochs > plan.grace_period:
         # Rungs end before the last epoch: a trial stopped at its final report would lose the files run_trial
         # writes after it, and stopping work that is done saves nothing.
-        scheduler = _ResumedASHA(prior=plan.prior, time_attr="epoch", metric=plan.metric, mode=plan.mode,
-                                 max_t=epochs - 1, grace_period=plan.grace_period,
-                                 reduction_factor=plan.reduction_factor, stop_last_trials=False)
-    progress = (_SearchProgress(plan.samples, metric=plan.metric, epochs=epochs, fields=list(plan.space))
-                if runtime.progress else None)
+        scheduler = _ResumedASHA(
+            prior=plan.prior,
+            time_attr="epoch",
+            metric=plan.metric,
+            mode=plan.mode,
+            max_t=epochs - 1,
+            grace_period=plan.grace_period,
+            reduction_factor=plan.reduction_factor,
+            stop_last_trials=False,
+        )
+    progress = (
+        _SearchProgress(plan.samples, metric=plan.metric, epochs=epochs, fields=list(plan.space))
+        if runtime.progress
+        else None
+    )
     tuner = tune.Tuner(
         tune.with_resources(_search_trainable, res),
-        param_space={"base": plan.base.to_dict(), "fields": list(plan.space), "runtime": runtime,
-                     "grid_dir": str(grid_dir.resolve()), "grid": plan.name, "metric": plan.metric},
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.samples,
-                                    max_concurrent_trials=plan.concurrency, reuse_actors=False,
-                                    trial_name_creator=_short_name, trial_dirname_creator=_short_name),
+        param_space={
+            "base": plan.base.to_dict(),
+            "fields": list(plan.space),
+            "runtime": runtime,
+            "grid_dir": str(grid_dir.resolve()),
+            "grid": plan.name,
+            "metric": plan.metric,
+        },
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=plan.samples,
+            max_concurrent_trials=plan.concurrency,
+            reuse_actors=False,
+            trial_name_creator=_short_name,
+            trial_dirname_creator=_short_name,
+        ),
         run_config=tune.RunConfig(
             name=f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str((grid_dir / ".tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
-            verbose=0, callbacks=[progress] if progress else None, log_to_file=True))
+            verbose=0,
+            callbacks=[progress] if progress else None,
+            log_to_file=True,
+        ),
+    )
     # Results come from the trials' last reports; Ray's per-trial result files are off (the store holds them).
     quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = quiet.level
@@ -619,11 +709,23 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
             # Weights of a trial stopped early are not a result; its curve (history.csv) is.
             for name in (store_mod.RESUME_FILE, store_mod.WEIGHTS_FILE):
                 (d / name).unlink(missing_ok=True)
-        row = {"key": trial.key, "label": trial.label, "outcome": outcome,
-               "epochs_run": int(metrics.get("epoch", 0) or 0), "reason": reason}
+        row = {
+            "key": trial.key,
+            "label": trial.label,
+            "outcome": outcome,
+            "epochs_run": int(metrics.get("epoch", 0) or 0),
+            "reason": reason,
+        }
         if d.is_dir():
-            store_mod.write_json(d / SEARCH_FILE, {**row, "study": plan.study_name, "metric": plan.metric,
-                                                   "last_value": metrics.get(plan.metric),
-                                                   "ray_trial_id": metrics.get("trial_id")})
+            store_mod.write_json(
+                d / SEARCH_FILE,
+                {
+                    **row,
+                    "study": plan.study_name,
+                    "metric": plan.metric,
+                    "last_value": metrics.get(plan.metric),
+                    "ray_trial_id": metrics.get("trial_id"),
+                },
+            )
         trials.append(row)
     return SearchRun(trials=trials)

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny hand-written NIH-layout tree, and the default deselection of benchmarks."""
+
 from __future__ import annotations
 
 import zlib
@@ -9,8 +10,10 @@ import pytest
 from PIL import Image
 
 # Kaggle's Data_Entry_2017.csv: the header ends with a comma (pandas sees a 12th, unnamed column).
-ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
 # name, findings, follow-up, patient, age, sex, view. Patients 1-7 are train_val, 8-10 test.
 ENTRIES = """\
 00000001_000.png,Cardiomegaly,0,1,58,M,PA

@@ -1,4 +1,5 @@
 """The decode-once cache: every PNG mode, unreadable files, reuse, staleness, killed builds, locking."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pixels
 from PIL import Image
 
-from conftest import pixels
 from harness import store
 from harness.data import cache, nih
 from harness.data.nih import DataWarning
@@ -70,7 +71,7 @@ def test_truncated_png_raises(tmp_path):
     path = tmp_path / "x.png"
     Image.fromarray(pixels("t", 64)).save(path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(Exception):
+    with pytest.raises(OSError, match="truncated"):
         cache.read_gray(str(path), 32)
 
 
@@ -185,8 +186,7 @@ def _build_in_child(root: str, cache_dir: str, queue) -> None:
 def test_two_processes_build_once(nih_tree, tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    children = [context.Process(target=_build_in_child, args=(str(nih_tree), str(tmp_path), queue))
-                for _ in range(2)]
+    children = [context.Process(target=_build_in_child, args=(str(nih_tree), str(tmp_path), queue)) for _ in range(2)]
     for child in children:
         child.start()
     for child in children:
@@ -205,8 +205,11 @@ def test_build_waits_for_the_lock_holder(nih_tree, tmp_path):
     stem = cache._stem(data.root, data.dataset, names, 24)
     done = []
     with store.exclusive(tmp_path / f"{stem}.lock"):  # another process building the same cache
-        worker = threading.Thread(target=lambda: done.append(
-            cache.build(data, np.arange(4), size=24, cache_dir=tmp_path, workers=1, progress=False)))
+        worker = threading.Thread(
+            target=lambda: done.append(
+                cache.build(data, np.arange(4), size=24, cache_dir=tmp_path, workers=1, progress=False)
+            )
+        )
         worker.start()
         time.sleep(0.5)
         assert worker.is_alive() and not list(tmp_path.glob("*.npy*"))  # waiting, has written nothing

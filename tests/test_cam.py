@@ -1,4 +1,5 @@
 """Tests for harness.cam: Grad-CAM per image and per finding, box geometry, scores against chance, run_cam."""
+
 from __future__ import annotations
 
 import json
@@ -46,6 +47,7 @@ def hooks(model: nn.Module) -> int:
 
 
 # --- the maps ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cam_every_arch_shape_range_and_no_side_effects(arch, built):
@@ -140,6 +142,7 @@ def test_load_model_of_a_pretrained_trial_needs_no_imagenet_file(built, tmp_path
 
 # --- box geometry --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("size", [64, 80, 224, 299])
 def test_box_geometry_matches_the_eval_path(size, tmp_path):
     """A white box drawn on a 1024 px PNG, decoded by the cache and centre-cropped as the loader does."""
@@ -153,7 +156,7 @@ def test_box_geometry_matches_the_eval_path(size, tmp_path):
     canvas = np.zeros((1024, 1024), np.uint8)
     canvas[180:600, 300:550] = 255
     Image.fromarray(canvas).save(tmp_path / "box.png")
-    decoded = cache.read_gray(str(tmp_path / "box.png"), load)[offset:offset + size, offset:offset + size]
+    decoded = cache.read_gray(str(tmp_path / "box.png"), load)[offset : offset + size, offset : offset + size]
     mask = cam.box_mask(box, size=size)
     drawn = decoded >= 128
     assert mask.shape == (size, size)
@@ -185,6 +188,7 @@ def test_box_edges_crop_and_tolerance(size):
 
 # --- scores --------------------------------------------------------------------------------------
 
+
 def test_score_map_rules_and_chance():
     size = 64
     box = (256, 256, 256, 256)  # a quarter of the side each way
@@ -206,9 +210,13 @@ def test_score_map_rules_and_chance():
         for metric in cam.METRICS:
             assert s[metric] == pytest.approx(s[f"{metric}_chance"])
     assert cam.score_map(np.zeros((size, size)), box)["flat"]
-    summary = cam.summarise([{"finding": "Mass", "image_index": "a.png", **perfect},
-                             {"finding": "Mass", "image_index": "b.png", **missed},
-                             {"finding": "Effusion", "image_index": "a.png", **perfect}])
+    summary = cam.summarise(
+        [
+            {"finding": "Mass", "image_index": "a.png", **perfect},
+            {"finding": "Mass", "image_index": "b.png", **missed},
+            {"finding": "Effusion", "image_index": "a.png", **perfect},
+        ]
+    )
     assert summary["per_finding"]["Mass"]["n"] == 2 and summary["per_finding"]["Mass"]["pointing"] == 0.5
     assert summary["overall"]["n"] == 3 and summary["overall"]["n_images"] == 2
     assert summary["overall"]["pointing"] == pytest.approx(2 / 3)
@@ -241,20 +249,42 @@ class RegionNet(nn.Module):
 
 
 # Four findings, each with a fixed box (1024 px coordinates) in every image.
-REGIONS = {"Atelectasis": (150, 200, 250, 200), "Effusion": (600, 650, 300, 220),
-           "Mass": (620, 150, 180, 180), "Nodule": (200, 620, 120, 120)}
+REGIONS = {
+    "Atelectasis": (150, 200, 250, 200),
+    "Effusion": (600, 650, 300, 220),
+    "Mass": (620, 150, 180, 180),
+    "Nodule": (200, 620, 120, 120),
+}
 
 
 def region_data(n: int, size: int, tmp_path: Path) -> tuple[nih.NIHData, np.ndarray, np.ndarray]:
     """Pure-noise images whose every (image, finding) has its REGIONS box; an in-memory NIHData."""
     names = [f"{i:08d}_000.png" for i in range(n)]
-    table = pd.DataFrame({"image_index": names, "patient_id": np.arange(n), "follow_up": 0, "age": 50,
-                          "sex": "F", "view": "PA", "path": ""})
-    boxes = pd.DataFrame([(name, f, *REGIONS[f]) for name in names for f in REGIONS],
-                         columns=["image_index", "finding", "x", "y", "w", "h"])
-    data = nih.NIHData(root=tmp_path, dataset="synthetic", table=table,
-                       labels=np.zeros((n, len(nih.FINDINGS)), np.uint8), train_val=frozenset(),
-                       test=frozenset(names), boxes=boxes, missing=())
+    table = pd.DataFrame(
+        {
+            "image_index": names,
+            "patient_id": np.arange(n),
+            "follow_up": 0,
+            "age": 50,
+            "sex": "F",
+            "view": "PA",
+            "path": "",
+        }
+    )
+    boxes = pd.DataFrame(
+        [(name, f, *REGIONS[f]) for name in names for f in REGIONS],
+        columns=["image_index", "finding", "x", "y", "w", "h"],
+    )
+    data = nih.NIHData(
+        root=tmp_path,
+        dataset="synthetic",
+        table=table,
+        labels=np.zeros((n, len(nih.FINDINGS)), np.uint8),
+        train_val=frozenset(),
+        test=frozenset(names),
+        boxes=boxes,
+        missing=(),
+    )
     load = loader.load_size(size)
     pixels = np.random.default_rng(0).integers(0, 256, (n, load, load), dtype=np.uint8)
     return data, np.arange(n), pixels
@@ -298,12 +328,14 @@ def test_scores_follow_the_evidence_and_random_weights_score_chance(method, tmp_
 
 # --- run_cam on a trained trial ------------------------------------------------------------------
 
+
 def train_trial(root: Path, work: Path, trial: Trial, *, device: str = "cpu", workers: int = 1) -> Path:
     """Train `trial` on the tree at root as `harness run` would, and return its result directory."""
     from harness import train
 
-    runtime = Runtime(data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers,
-                      progress=False)
+    runtime = Runtime(
+        data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers, progress=False
+    )
     results = store.Store(work / "results")
     out = results.begin(trial, "cam-test")
     train.run_trial(trial, runtime, out_dir=out)
@@ -339,7 +371,7 @@ def test_run_cam_writes_figures_and_scores(tiny_trial):
         boxed = set(boxes.loc[boxes["finding"] == f, "image_index"])
         overlays = [p.name for p in figures if p.name.startswith(f"{f}_")]
         assert len(overlays) == min(2, len(boxed)) > 0
-        assert {n[len(f) + 1:-4] + ".png" for n in overlays} <= boxed
+        assert {n[len(f) + 1 : -4] + ".png" for n in overlays} <= boxed
     saved = json.loads((out / cam.SCORES_FILE).read_text())
     assert saved == json.loads(json.dumps(got["scores"]))
     assert saved["method"] == "gradcam" and saved["layer"] == "features.11" and saved["size"] == 64
@@ -356,8 +388,9 @@ def test_run_cam_named_images_and_out_dir(tiny_trial, tmp_path):
     runtime = Runtime(cache_dir=str(cache_dir), device="cpu", workers=1, progress=False)
     data = nih.load(json.loads((trial_dir / store.METRICS_FILE).read_text())["data_root"])
     named = sorted(data.test)[:2]
-    got = cam.run_cam(trial_dir, findings=["Mass"], images=named, out_dir=tmp_path / "out", runtime=runtime,
-                      method="gradcam++")
+    got = cam.run_cam(
+        trial_dir, findings=["Mass"], images=named, out_dir=tmp_path / "out", runtime=runtime, method="gradcam++"
+    )
     names = {Path(p).name for p in got["figures"]}
     assert {f"Mass_{Path(n).stem}.png" for n in named} <= names and "grid.png" in names
     assert (tmp_path / "out" / cam.SCORES_FILE).is_file() and got["scores"]["method"] == "gradcam++"
@@ -412,14 +445,16 @@ def trained_and_random(work: Path, *, device: str = "auto", workers: int = 0) ->
 
     root = synthetic.generate(work / "synthetic", seed=0, workers=workers, progress=False, **LEARNED)
     trial_dir = train_trial(root, work, LEARNER, device=device, workers=workers)
-    runtime = Runtime(data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers,
-                      progress=False)
+    runtime = Runtime(
+        data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers, progress=False
+    )
     td = train.prepare_data(LEARNER, runtime)
     where = train.pick_device(runtime)
 
     def score(model: nn.Module) -> dict:
-        return cam.score_trial(model, LEARNER, td.data, td.rows["test"], td.images["test"], device=where,
-                               layer=LEARNER_LAYER)
+        return cam.score_trial(
+            model, LEARNER, td.data, td.rows["test"], td.images["test"], device=where, layer=LEARNER_LAYER
+        )
 
     randoms = []
     for seed in RANDOM_SEEDS:

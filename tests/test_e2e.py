@@ -1,4 +1,5 @@
 """The main job end to end: a grid through the command line and Ray Tune into the store, then the report."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def harness(*args, env, timeout=600):
-    return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +36,20 @@ def tree(tmp_path_factory):
 def env(tmp_path_factory):
     home = tmp_path_factory.mktemp("env")
     env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_ROOT", "RAY_ADDRESS")}
-    return {**env, "HARNESS_CACHE_DIR": str(home / "cache"), "TORCH_HOME": str(home / "torch"),
-            "PYTHONUNBUFFERED": "1"}
+    return {**env, "HARNESS_CACHE_DIR": str(home / "cache"), "TORCH_HOME": str(home / "torch"), "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     path = tmp_path_factory.mktemp("grids") / "tiny.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         name: tiny
         base: {dataset: nih, arch: alexnet, image_size: 64, epochs: 2, batch_size: 32, lr: 1e-3, lr_step: 1}
         axes: {pretrained: [false, true], loss: [bce, focal]}
         exclude: [{pretrained: true, loss: focal}]
-    """))
+    """)
+    )
     return path
 
 
@@ -75,7 +83,7 @@ def test_run_trains_stores_and_reports_failures(first_run):
 
 
 def test_rerun_skips_done_trials(first_run, tree, env, grid):
-    proc, grid_dir = first_run
+    _proc, grid_dir = first_run
     before = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in grid_dir.iterdir() if (d / "DONE").exists()}
     again = harness("run", grid, "--data-root", tree, "--results", grid_dir.parent, env=env)
     assert again.returncode == 1
@@ -103,13 +111,16 @@ def test_bad_grid_is_exit_2_and_writes_nothing(env, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("arch=alexnett", "unknown arch 'alexnett' (did you mean 'alexnet'?)"),
-    ("loss=focall", "unknown loss 'focall'"),
-    ("optimizer=adamm", "unknown optimizer 'adamm'"),
-    ("freeze=9", "freeze=9 is deeper than alexnet"),
-    ("image_size=32", "below alexnet's minimum"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("arch=alexnett", "unknown arch 'alexnett' (did you mean 'alexnet'?)"),
+        ("loss=focall", "unknown loss 'focall'"),
+        ("optimizer=adamm", "unknown optimizer 'adamm'"),
+        ("freeze=9", "freeze=9 is deeper than alexnet"),
+        ("image_size=32", "below alexnet's minimum"),
+    ],
+)
 def test_unknown_names_and_impossible_sizes_refused_before_ray(grid, tmp_path, capsys, override, message):
     # In process (the exit-2 path of a real process is covered above): nothing may start Ray or write results.
     from harness import cli
@@ -122,6 +133,5 @@ def test_unknown_names_and_impossible_sizes_refused_before_ray(grid, tmp_path, c
 
 
 def test_missing_data_root_is_one_clear_line(env, grid, tmp_path):
-    proc = harness("run", grid, "--data-root", tmp_path / "nowhere", "--results", tmp_path / "r", env=env,
-                   timeout=120)
+    proc = harness("run", grid, "--data-root", tmp_path / "nowhere", "--results", tmp_path / "r", env=env, timeout=120)
     assert proc.returncode == 2 and "Data_Entry_2017.csv" in proc.stderr and "Traceback" not in proc.stderr

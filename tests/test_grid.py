@@ -1,4 +1,5 @@
 """Grid expansion, validation messages and stable trial keys."""
+
 import subprocess
 import sys
 import textwrap
@@ -16,13 +17,19 @@ def write(tmp_path, text, name="g.yaml"):
 
 
 def test_cartesian_axes_seeds_and_profile(tmp_path):
-    g = load_grid(write(tmp_path, """
+    g = load_grid(
+        write(
+            tmp_path,
+            """
         name: g
         base: {epochs: 20, lr: 1e-4}
         axes: {arch: [alexnet, resnet50], pretrained: [false, true], loss: [bce, focal]}
         seeds: [0, 1]
         profiles: {smoke: {epochs: 2, image_size: 64}}
-    """), profile="smoke")
+    """,
+        ),
+        profile="smoke",
+    )
     assert len(g.trials) == 2 * 2 * 2 * 2
     assert {t.epochs for t in g.trials} == {2} and {t.image_size for t in g.trials} == {64}
     assert all(t.lr == 1e-4 and isinstance(t.lr, float) for t in g.trials)  # YAML's 1e-4 is a string
@@ -31,11 +38,14 @@ def test_cartesian_axes_seeds_and_profile(tmp_path):
 
 
 def test_include_exclude_and_set(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         axes: {arch: [alexnet, resnet50], loss: [bce, focal]}
         include: [{arch: densenet121, loss: asl}]
         exclude: [{arch: alexnet, loss: focal}]
-    """)
+    """,
+    )
     g = load_grid(p, overrides=["epochs=3"])
     cells = {(t.arch, t.loss) for t in g.trials}
     assert cells == {("alexnet", "bce"), ("resnet50", "bce"), ("resnet50", "focal"), ("densenet121", "asl")}
@@ -43,24 +53,27 @@ def test_include_exclude_and_set(tmp_path):
     assert g.name == "g"  # defaults to the file name
 
 
-@pytest.mark.parametrize("text, message", [
-    ("base: {epochs: 2, lerning_rate: 0.1}", "unknown key 'lerning_rate'"),
-    ("base: {lr: 1e-4x}", "lr='1e-4x' is not a valid float"),
-    ("base: {epochs: two}", "epochs='two' is not a valid int"),
-    ("base: {epochs: 2.0}", "must be written as an integer"),
-    ("base: {epochs: -1}", "out of range"),
-    ("base: {subset_fraction: 0}", "out of range; valid: a number in (0, 1]"),
-    ("base: {subset_fraction: 1.5}", "out of range"),
-    ("base: {pretrained: yes please}", "not a valid bool"),
-    ("axes: {arch: []}", "axes.arch is empty"),
-    ("axes: {arch: alexnet}", "expected a list"),
-    ("axes: {arch: [alexnet, alexnet]}", "duplicate trial"),
-    ("axes: {loss: [bce]}\nexclude: [{loss: bce}]", "the grid is empty"),
-    ("axis: {loss: [bce]}", "unknown key 'axis' (did you mean 'axes'?)"),
-    ("base: [1, 2]", "expected a mapping"),
-    ("seeds: []", "seeds"),
-    ("base: {epochs: 2\n", "YAML syntax error"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("base: {epochs: 2, lerning_rate: 0.1}", "unknown key 'lerning_rate'"),
+        ("base: {lr: 1e-4x}", "lr='1e-4x' is not a valid float"),
+        ("base: {epochs: two}", "epochs='two' is not a valid int"),
+        ("base: {epochs: 2.0}", "must be written as an integer"),
+        ("base: {epochs: -1}", "out of range"),
+        ("base: {subset_fraction: 0}", "out of range; valid: a number in (0, 1]"),
+        ("base: {subset_fraction: 1.5}", "out of range"),
+        ("base: {pretrained: yes please}", "not a valid bool"),
+        ("axes: {arch: []}", "axes.arch is empty"),
+        ("axes: {arch: alexnet}", "expected a list"),
+        ("axes: {arch: [alexnet, alexnet]}", "duplicate trial"),
+        ("axes: {loss: [bce]}\nexclude: [{loss: bce}]", "the grid is empty"),
+        ("axis: {loss: [bce]}", "unknown key 'axis' (did you mean 'axes'?)"),
+        ("base: [1, 2]", "expected a mapping"),
+        ("seeds: []", "seeds"),
+        ("base: {epochs: 2\n", "YAML syntax error"),
+    ],
+)
 def test_bad_grids_are_one_clear_line(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_grid(write(tmp_path, text))
@@ -76,7 +89,11 @@ def test_unknown_key_hint():
 
 def test_set_parses_yaml_scalars():
     assert parse_set(["lr=1e-3", "pretrained=true", "arch=resnet50", "epochs=4"]) == {
-        "lr": 1e-3, "pretrained": True, "arch": "resnet50", "epochs": 4}
+        "lr": 1e-3,
+        "pretrained": True,
+        "arch": "resnet50",
+        "epochs": 4,
+    }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["epochs"])
 

@@ -1,4 +1,5 @@
 """Batches: shapes, normalisation, exact crops and flips, seeded shuffles, eval order, and the CUDA paths."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,7 +67,7 @@ def test_eval_is_the_center_crop_in_order(images, labels):
     y = torch.cat([b[1] for b in out])
     np.testing.assert_array_equal(source_index(y), np.arange(N))
     start = (S - CROP) // 2
-    np.testing.assert_allclose(pixels_of(x), images[:, start:start + CROP, start:start + CROP], atol=1e-3)
+    np.testing.assert_allclose(pixels_of(x), images[:, start : start + CROP, start : start + CROP], atol=1e-3)
 
 
 def test_train_without_augment_is_center_crop_shuffled(images, labels):
@@ -81,9 +82,15 @@ def test_augmented_samples_are_crops_or_mirrored_crops(images, labels):
     seen_offsets, flips = set(), []
     for x, y in batches:
         for got, i in zip(pixels_of(x), source_index(y)):
-            matches = [(r, c, f) for r in range(S - CROP + 1) for c in range(S - CROP + 1) for f in (0, 1)
-                       if np.allclose(got, (lambda w: w[:, ::-1] if f else w)(
-                           images[i, r:r + CROP, c:c + CROP]), atol=1e-3)]
+            matches = [
+                (r, c, f)
+                for r in range(S - CROP + 1)
+                for c in range(S - CROP + 1)
+                for f in (0, 1)
+                if np.allclose(
+                    got, (lambda w: w[:, ::-1] if f else w)(images[i, r : r + CROP, c : c + CROP]), atol=1e-3
+                )
+            ]
             assert len(matches) == 1, f"sample of image {i} is no crop of it"
             seen_offsets.add(matches[0][:2])
             flips.append(matches[0][2])
@@ -92,7 +99,7 @@ def test_augmented_samples_are_crops_or_mirrored_crops(images, labels):
 
 def test_flip_mirrors_columns(labels):
     ramp = np.tile(np.arange(S, dtype=np.uint8) * 10, (N, S, 1))  # (N, S, S), rising left to right
-    x, y = next(iter(Batches(ramp, labels, batch_size=N, crop=S, train=True, seed=2)))
+    x, _y = next(iter(Batches(ramp, labels, batch_size=N, crop=S, train=True, seed=2)))
     rows = pixels_of(x)[:, 0, :]
     rising = np.allclose(rows, ramp[0, 0], atol=1e-3, rtol=0)
     per_sample = [np.allclose(r, ramp[0, 0], atol=1e-3) for r in rows]
@@ -140,9 +147,13 @@ def test_stopping_early_and_empty(images, labels):
     assert epoch(Batches(images[:0], labels[:0], batch_size=4, crop=CROP, train=True)) == []
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"crop": S + 1}, "does not fit"), ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"crop": S + 1}, "does not fit"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_arguments(images, labels, kwargs, message):
     args = {"batch_size": 4, "crop": CROP, "train": True, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -152,8 +163,9 @@ def test_bad_arguments(images, labels, kwargs, message):
 def test_reads_a_memory_mapped_cache(nih_tree, tmp_path):
     with pytest.warns(DataWarning):
         data = nih.load(nih_tree)
-    built = cache.build(data, np.arange(len(data.table)), size=loader.load_size(28), cache_dir=tmp_path,
-                        workers=1, progress=False)
+    built = cache.build(
+        data, np.arange(len(data.table)), size=loader.load_size(28), cache_dir=tmp_path, workers=1, progress=False
+    )
     batches = Batches(built.images, data.labels[built.rows], batch_size=16, crop=28, train=True)
     out = epoch(batches)
     assert sum(len(x) for x, _ in out) == len(data.table)

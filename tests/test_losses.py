@@ -1,4 +1,5 @@
 """Tests for harness.losses: hand-computed values, limiting cases, extreme logits, every registered loss."""
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ def test_asl_by_hand(gamma_neg, gamma_pos, clip):
         if y:
             return -((1 - p) ** gamma_pos) * math.log(p)
         pm = max(p - clip, 0.0)
-        return -(pm ** gamma_neg) * math.log(1 - pm)
+        return -(pm**gamma_neg) * math.log(1 - pm)
 
     expected = mean(one(z, y) for z, y in zip(Z, Y))
     got = losses.asl(logits=LOGITS, targets=TARGETS, gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip)

@@ -1,4 +1,5 @@
 """harness.metrics against scikit-learn, hand-worked answers and slow reference implementations."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as sps
-from sklearn.metrics import (average_precision_score, f1_score, log_loss, recall_score, roc_auc_score,
-                             roc_curve)
+from sklearn.metrics import average_precision_score, f1_score, log_loss, recall_score, roc_auc_score, roc_curve
 
 from harness import metrics as M
 from harness.config import ConfigError
@@ -424,7 +424,12 @@ def test_evaluate_is_json_able_complete_and_deterministic():
     assert json.loads(json.dumps(ev, allow_nan=False)) == ev
     assert ev == M.evaluate(p, y, names=names, patient_ids=pid, val_probs=vp, val_labels=vy, n_boot=100, seed=3)
     assert (ev["n"], ev["n_patients"], ev["n_boot"], ev["ci_level"], ev["ci_unit"]) == (
-        len(p), len(np.unique(pid)), 100, 0.95, "patient")
+        len(p),
+        len(np.unique(pid)),
+        100,
+        0.95,
+        "patient",
+    )
     assert ev["auc_macro"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
     assert ev["f1_macro"] == pytest.approx(f1_score(y, p >= 0.5, average="macro"), abs=1e-9)
     assert ev["bce"] == pytest.approx(log_loss(y.ravel(), p.ravel().astype(float)), abs=1e-6)
@@ -436,7 +441,8 @@ def test_evaluate_is_json_able_complete_and_deterministic():
     t = M.choose_thresholds(vp, vy, rule="max_f1")
     assert th["val_max_f1"]["per_finding"] == dict(zip(names, t.tolist()))
     assert th["val_max_f1"]["f1_macro"] == pytest.approx(
-        np.mean([f1_score(y[:, f], p[:, f] >= t[f]) for f in range(4)]), abs=1e-9)
+        np.mean([f1_score(y[:, f], p[:, f] >= t[f]) for f in range(4)]), abs=1e-9
+    )
     no_val = M.evaluate(p, y, names=names, patient_ids=pid, n_boot=100, seed=3)
     assert set(no_val["thresholds"]) == {"fixed"}
     with pytest.raises(ConfigError, match="together"):

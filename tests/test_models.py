@@ -1,4 +1,5 @@
 """Tests for harness.models, driven by the MODELS registry so a new arch is covered by adding it."""
+
 from __future__ import annotations
 
 import copy
@@ -55,11 +56,16 @@ def stage_params(model: nn.Module, arch: str) -> list[dict[str, nn.Parameter]]:
 
 
 def batchnorms(model: nn.Module, group: str) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for name in group.split("+") for m in model.get_submodule(name).modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [
+        m
+        for name in group.split("+")
+        for m in model.get_submodule(name).modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 # --- the table itself ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_table_names_real_modules(arch, built):
@@ -86,6 +92,7 @@ def test_image_size():
 
 
 # --- forward, backward, heads, Grad-CAM layer -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_backward_and_cam_layer(arch, built):
@@ -153,6 +160,7 @@ def test_inception_below_299_builds_without_aux_head(caplog):
 
 # --- freezing --------------------------------------------------------------------------------------------
 
+
 def frozen_and_trainable(model: nn.Module, arch: str, depth: int) -> tuple[dict, dict]:
     """Parameters by name: those in the first `depth` stages of the table, and all the others."""
     frozen = {n: p for params in stage_params(model, arch)[:depth] for n, p in params.items()}
@@ -170,8 +178,12 @@ def test_freeze_every_depth_marks_exactly_its_stages(arch, built):
         models.train_mode(model, t)
         frozen, trainable = frozen_and_trainable(model, arch, depth)
         assert all(not p.requires_grad for p in frozen.values()) and all(p.requires_grad for p in trainable.values())
-        asleep = {id(m) for group in s.stages[:depth] for name in group.split("+")
-                  for m in model.get_submodule(name).modules()}
+        asleep = {
+            id(m)
+            for group in s.stages[:depth]
+            for name in group.split("+")
+            for m in model.get_submodule(name).modules()
+        }
         for name, m in model.named_modules():
             assert m.training == (id(m) not in asleep), f"depth {depth}: {name or arch} training={m.training}"
     models.freeze(model, trial(arch))
@@ -181,7 +193,7 @@ def step_and_check(model: nn.Module, arch: str, depth: int) -> None:
     """One training step at a freeze depth: frozen weights and BatchNorm statistics stay, the rest move."""
     s, t = models.spec(arch), trial(arch, freeze=depth)
     models.freeze(model, t)
-    frozen, trainable = frozen_and_trainable(model, arch, depth)
+    _frozen, trainable = frozen_and_trainable(model, arch, depth)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     frozen_bn = [copy.deepcopy(bn.state_dict()) for g in s.stages[:depth] for bn in batchnorms(model, g)]
     live = batchnorms(model, s.stages[depth]) if depth < len(s.stages) else []
@@ -234,6 +246,7 @@ def test_build_applies_freeze_and_train_mode_sees_through_compile():
 
 # --- check() ---------------------------------------------------------------------------------------------
 
+
 def test_check_unknown_arch_lists_valid_with_hint():
     with pytest.raises(ConfigError, match=r"unknown arch 'resnet153' \(did you mean 'resnet152'\?\); valid: .*alexnet"):
         models.check(Trial(arch="resnet153"))
@@ -267,6 +280,7 @@ def test_check_image_too_small(arch):
 
 
 # --- pretrained weights ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):

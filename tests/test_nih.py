@@ -1,4 +1,5 @@
 """The NIH reader: CSV quirks, boxes, missing images, locate() errors, patient-level and stratified splits."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,19 +11,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ENTRIES, NOT_LISTED, NOT_ON_DISK, pixels
 from PIL import Image
 
-from conftest import ENTRIES, NOT_LISTED, NOT_ON_DISK, pixels
 from harness.config import ConfigError
 from harness.data import nih
 from harness.data.nih import FINDINGS, DataError, DataWarning
 
 TXV_DATA = Path(importlib.util.find_spec("torchxrayvision").submodule_search_locations[0]) / "data"
-HEADER_2020 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
-ROWS = ["00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143",
-        "00000001_001.png,Cardiomegaly|Emphysema,1,1,058Y,M,PA,2894,2729,0.143,0.143",
-        "00000002_000.png,No Finding,0,2,81,F,AP,2500,2048,0.168,0.168"]
+HEADER_2020 = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+ROWS = [
+    "00000001_000.png,Cardiomegaly,0,1,58,M,PA,2682,2749,0.143,0.143",
+    "00000001_001.png,Cardiomegaly|Emphysema,1,1,058Y,M,PA,2894,2729,0.143,0.143",
+    "00000002_000.png,No Finding,0,2,81,F,AP,2500,2048,0.168,0.168",
+]
 
 
 BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
@@ -58,7 +63,13 @@ def test_load_reads_the_tree(nih_tree):
         assert {f for f, v in zip(FINDINGS, row) if v} == expected
     first = data.table.iloc[1]
     assert (first.image_index, first.patient_id, first.follow_up, first.age, first.sex, first.view) == (
-        "00000001_001.png", 1, 1, 58, "M", "PA")
+        "00000001_001.png",
+        1,
+        1,
+        58,
+        "M",
+        "PA",
+    )
     assert data.table["patient_id"].dtype.kind == "i"
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in data.table["path"])
     assert len(data.train_val) == 24 and len(data.test) == 12
@@ -97,7 +108,8 @@ def test_real_torchxrayvision_files_parse(tmp_path):
     assert len(data.table) == 40 and data.labels.shape == (40, 14)
     assert len(data.boxes) == 984
     assert sorted(data.boxes["finding"].unique()) == sorted(
-        ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"])
+        ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax"]
+    )
     assert data.boxes[["x", "y", "w", "h"]].notna().all().all()
 
 
@@ -115,11 +127,14 @@ def test_flat_images_folder_and_synthetic_marker(tmp_path):
     assert data.dataset == "synthetic" and len(data.table) == 3
 
 
-@pytest.mark.parametrize("text, message", [
-    (HEADER_2020 + "\n00000001_000.png,Pneumonitis,0,1,58,M,PA,1,1,1,1\n", "unknown finding 'Pneumonitis'"),
-    ("Image,Labels\n00000001_000.png,Hernia\n", "should start with the columns Image Index"),
-    (HEADER_2020 + "\n00000001_000.png,Hernia,0,one,58,M,PA,1,1,1,1\n", "'Patient ID' has non-numeric"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (HEADER_2020 + "\n00000001_000.png,Pneumonitis,0,1,58,M,PA,1,1,1,1\n", "unknown finding 'Pneumonitis'"),
+        ("Image,Labels\n00000001_000.png,Hernia\n", "should start with the columns Image Index"),
+        (HEADER_2020 + "\n00000001_000.png,Hernia,0,one,58,M,PA,1,1,1,1\n", "'Patient ID' has non-numeric"),
+    ],
+)
 def test_bad_label_table(tmp_path, text, message):
     root = small_root(tmp_path, text, names=["00000001_000.png"])
     with pytest.raises(DataError, match=message):
@@ -150,6 +165,7 @@ def test_locate(tmp_path, monkeypatch, nih_tree):
 
 
 # --- splits --------------------------------------------------------------------------------------
+
 
 def patients_of(data, rows):
     return set(data.table["patient_id"].to_numpy()[rows].tolist())
@@ -199,9 +215,15 @@ def real():
     test = (raw["patient_id"] % 4 == 0).to_numpy()
     names = raw["image_index"]
     return nih.NIHData(
-        root=Path("/real"), dataset="nih", table=raw[["image_index", "patient_id"]],
-        labels=nih._labels(raw["findings"], Path("real")), train_val=frozenset(names[~test]),
-        test=frozenset(names[test]), boxes=pd.DataFrame(), missing=())
+        root=Path("/real"),
+        dataset="nih",
+        table=raw[["image_index", "patient_id"]],
+        labels=nih._labels(raw["findings"], Path("real")),
+        train_val=frozenset(names[~test]),
+        test=frozenset(names[test]),
+        boxes=pd.DataFrame(),
+        missing=(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -264,8 +286,9 @@ def test_split_is_deterministic_per_seed(real, real_split):
         assert not np.array_equal(a[name], c[name])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"val_fraction": 0.0}, "val_fraction"), ({"subset_fraction": 1.5}, "subset_fraction")])
+@pytest.mark.parametrize(
+    "kwargs, message", [({"val_fraction": 0.0}, "val_fraction"), ({"subset_fraction": 1.5}, "subset_fraction")]
+)
 def test_split_refuses_bad_fractions(tree, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         nih.split(tree, **kwargs)

@@ -1,4 +1,5 @@
 """Trials per GPU from measurement: combining copies' windows, the decision, remembering it, and its use by tune."""
+
 import json
 
 import pytest
@@ -16,21 +17,28 @@ def probe(copies, rate, mb=10_000.0, overlap=1.0):
 
 
 def test_windows_of_copies_add_up_and_say_how_much_they_overlapped():
-    together = Probe.from_windows([{"start": 0.0, "end": 5.0, "images_per_s": 900.0, "peak_gpu_mb": 8000.0},
-                                   {"start": 1.0, "end": 5.5, "images_per_s": 700.0, "peak_gpu_mb": 9000.0}])
+    together = Probe.from_windows(
+        [
+            {"start": 0.0, "end": 5.0, "images_per_s": 900.0, "peak_gpu_mb": 8000.0},
+            {"start": 1.0, "end": 5.5, "images_per_s": 700.0, "peak_gpu_mb": 9000.0},
+        ]
+    )
     assert together.copies == 2 and together.images_per_s == 1600.0 and together.peak_gpu_mb == 9000.0
     assert together.overlap == pytest.approx(4.0 / 5.5)
 
 
-@pytest.mark.parametrize("probes, copies", [
-    ([probe(1, 1000)], 1),
-    ([probe(1, 1000), probe(2, 1800), probe(4, 2600)], 4),  # each doubling paid off
-    ([probe(1, 1000), probe(2, 1100)], 1),  # time-slicing gave nothing: one trial per GPU
-    ([probe(1, 1000), probe(2, 1800), probe(4, 1900)], 2),  # four no better than two
-    ([probe(1, 1000), probe(2, 1100), probe(4, 3000)], 1),  # no skipping past a step that did not pay
-    ([probe(1, 1000, mb=60_000), probe(2, 1900, mb=60_000)], 1),  # two would not fit in 85% of 140 GB
-    ([probe(1, 1000), probe(2, 1900, overlap=0.5)], 1),  # the copies barely ran together: no evidence
-])
+@pytest.mark.parametrize(
+    "probes, copies",
+    [
+        ([probe(1, 1000)], 1),
+        ([probe(1, 1000), probe(2, 1800), probe(4, 2600)], 4),  # each doubling paid off
+        ([probe(1, 1000), probe(2, 1100)], 1),  # time-slicing gave nothing: one trial per GPU
+        ([probe(1, 1000), probe(2, 1800), probe(4, 1900)], 2),  # four no better than two
+        ([probe(1, 1000), probe(2, 1100), probe(4, 3000)], 1),  # no skipping past a step that did not pay
+        ([probe(1, 1000, mb=60_000), probe(2, 1900, mb=60_000)], 1),  # two would not fit in 85% of 140 GB
+        ([probe(1, 1000), probe(2, 1900, overlap=0.5)], 1),  # the copies barely ran together: no evidence
+    ],
+)
 def test_choose_copies(probes, copies):
     assert packing.choose_copies(probes, H200["memory_mb"]) == copies
 
@@ -44,6 +52,7 @@ def test_measure_stops_at_the_first_step_that_does_not_pay_or_does_not_fit():
         def side_by_side(n):
             asked.append(n)
             return None if rates[n] is None else probe(n, rates[n])
+
         return [p.copies for p in packing.measure(side_by_side, H200["memory_mb"])]
 
     assert run({1: 1000, 2: 1800, 4: 2600}) == [1, 2, 4] and asked == [1, 2, 4]
@@ -105,8 +114,9 @@ def test_copies_are_released_together_on_one_logical_gpu(tmp_path, monkeypatch):
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
     try:
         trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
-        per_gpu = tune._measured_per_gpu([trial, trial.replace(seed=1)], Runtime(cache_dir=str(tmp_path)),
-                                         cpus=2, device="cpu")
+        per_gpu = tune._measured_per_gpu(
+            [trial, trial.replace(seed=1)], Runtime(cache_dir=str(tmp_path)), cpus=2, device="cpu"
+        )
     finally:
         ray.shutdown()
     assert list(per_gpu) == [packing.shape_key(trial)] and per_gpu[packing.shape_key(trial)] in (1, 2)

@@ -1,4 +1,5 @@
 """Faults for real: a run killed with SIGKILL resumes without loss or double counting; a two-node Ray cluster."""
+
 import json
 import os
 import signal
@@ -26,17 +27,24 @@ def tree(tmp_path_factory):
 @pytest.fixture
 def env(tmp_path):
     base = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_ROOT", "RAY_ADDRESS")}
-    return {**base, "HARNESS_CACHE_DIR": str(tmp_path / "cache"), "TORCH_HOME": str(tmp_path / "torch"),
-            "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    return {
+        **base,
+        "HARNESS_CACHE_DIR": str(tmp_path / "cache"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "PYTHONUNBUFFERED": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
 
 
 def grid_file(tmp_path, name, epochs, seeds):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         name: {name}
         base: {{arch: alexnet, image_size: 64, epochs: {epochs}, batch_size: 32, lr: 1e-3}}
         seeds: {seeds}
-    """))
+    """)
+    )
     return path
 
 
@@ -48,8 +56,9 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env,
     grid = grid_file(tmp_path, "killed", epochs=3, seeds=[0, 1, 2])
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "harness", "run", grid, "--data-root", tree, "--results", results]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     grid_dir = results / "killed"
     try:
         deadline = time.time() + 600
@@ -86,8 +95,9 @@ def _free_port():
 
 
 def _alive_nodes(address, env):
-    code = f"import ray; ray.init(address={address!r}, logging_level='ERROR'); " \
-           "print(sum(n['Alive'] for n in ray.nodes()))"
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); print(sum(n['Alive'] for n in ray.nodes()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
@@ -114,24 +124,56 @@ def test_grid_on_a_two_node_ray_cluster(tree, env, tmp_path):
     common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats", "--block"]
     nodes = []
     try:
-        nodes.append(subprocess.Popen([ray, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                                       *common], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))
+        nodes.append(
+            subprocess.Popen(
+                [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         deadline = time.time() + 120
         while _alive_nodes(address, env) < 1 and time.time() < deadline:
             time.sleep(2)
-        nodes.append(subprocess.Popen([ray, "start", "--address", address, *common], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        nodes.append(
+            subprocess.Popen(
+                [ray, "start", "--address", address, *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         while _alive_nodes(address, env) < 2 and time.time() < deadline:
             time.sleep(2)
         assert _alive_nodes(address, env) == 2, "the two-node cluster did not come up"
         grid = grid_file(tmp_path, "cluster", epochs=1, seeds=[0, 1, 2, 3])
-        proc = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--data-root", tree,
-                               "--results", tmp_path / "results", "--address", address],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness",
+                "run",
+                grid,
+                "--data-root",
+                tree,
+                "--results",
+                tmp_path / "results",
+                "--address",
+                address,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-        ran_on = {json.loads((d / "metrics.json").read_text())["ray_node_id"]
-                  for d in done_dirs(tmp_path / "results" / "cluster")}
+        ran_on = {
+            json.loads((d / "metrics.json").read_text())["ray_node_id"]
+            for d in done_dirs(tmp_path / "results" / "cluster")
+        }
         assert len(ran_on) == 2, f"trials ran on {len(ran_on)} node(s)"
     finally:
         for node in reversed(nodes):
@@ -140,9 +182,25 @@ def test_grid_on_a_two_node_ray_cluster(tree, env, tmp_path):
 
 def test_unreachable_cluster_is_one_clear_line(env, tmp_path, tree):
     grid = grid_file(tmp_path, "nowhere", epochs=1, seeds=[0])
-    proc = subprocess.run([sys.executable, "-m", "harness", "run", grid, "--data-root", tree, "--results",
-                           tmp_path / "r", "--address", f"127.0.0.1:{_free_port()}"],
-                          cwd=REPO, env={**env, "RAY_gcs_rpc_server_connect_timeout_s": "5"},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            grid,
+            "--data-root",
+            tree,
+            "--results",
+            tmp_path / "r",
+            "--address",
+            f"127.0.0.1:{_free_port()}",
+        ],
+        cwd=REPO,
+        env={**env, "RAY_gcs_rpc_server_connect_timeout_s": "5"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot reach the Ray cluster" in proc.stderr and "Traceback" not in proc.stderr

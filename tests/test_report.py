@@ -1,4 +1,5 @@
 """harness.report on a small fake results directory written in the store's layout."""
+
 from __future__ import annotations
 
 import html
@@ -14,8 +15,22 @@ import pytest
 from harness import metrics, report, store
 from harness.config import ConfigError, Trial
 
-FINDINGS = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-            "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"]
+FINDINGS = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+]
 N_IMAGES, N_PATIENTS = 240, 80
 EVAL_BOOT = 200  # the intervals in metrics.json
 REPORT_BOOT = 500  # paired tests: enough resamples that p survives Holm over the grid's 9 comparisons
@@ -40,8 +55,9 @@ def _probs(labels: np.ndarray, strength: float, noise_seed: int) -> np.ndarray:
     return (1 / (1 + np.exp(-(strength * (2.0 * labels - 1) + noise)))).astype(np.float32)
 
 
-def write_trial(grid_dir, trial: Trial, *, dataset: str, strength: float, noise_seed: int,
-                other_images: bool = False) -> None:
+def write_trial(
+    grid_dir, trial: Trial, *, dataset: str, strength: float, noise_seed: int, other_images: bool = False
+) -> None:
     """One finished trial exactly as train.py leaves it: trial.json, predictions, metrics, history, DONE."""
     st = store.Store(grid_dir)
     d = st.begin(trial, grid_dir.name)
@@ -51,17 +67,51 @@ def write_trial(grid_dir, trial: Trial, *, dataset: str, strength: float, noise_
     probs = _probs(labels, strength, noise_seed)
     val_labels = labels[:60]
     val_probs = _probs(val_labels, strength, noise_seed + 100)
-    store.write_npz(d / store.PREDICTIONS_FILE, probs=probs, labels=labels, image_index=image_index,
-                    patient_id=patient.astype(np.int64), val_probs=val_probs, val_labels=val_labels,
-                    val_patient_id=patient[:60].astype(np.int64), names=np.array(FINDINGS))
-    m = metrics.evaluate(probs, labels, names=FINDINGS, patient_ids=patient, val_probs=val_probs,
-                         val_labels=val_labels, n_boot=EVAL_BOOT, seed=trial.seed)
-    m.update({"key": trial.key, "label": trial.label, "dataset": dataset, "split": "official",
-              "harness_version": "0.1.0", "git_commit": "0123abcd", "seconds": 12.0, "images_per_s": 100.0})
+    store.write_npz(
+        d / store.PREDICTIONS_FILE,
+        probs=probs,
+        labels=labels,
+        image_index=image_index,
+        patient_id=patient.astype(np.int64),
+        val_probs=val_probs,
+        val_labels=val_labels,
+        val_patient_id=patient[:60].astype(np.int64),
+        names=np.array(FINDINGS),
+    )
+    m = metrics.evaluate(
+        probs,
+        labels,
+        names=FINDINGS,
+        patient_ids=patient,
+        val_probs=val_probs,
+        val_labels=val_labels,
+        n_boot=EVAL_BOOT,
+        seed=trial.seed,
+    )
+    m.update(
+        {
+            "key": trial.key,
+            "label": trial.label,
+            "dataset": dataset,
+            "split": "official",
+            "harness_version": "0.1.0",
+            "git_commit": "0123abcd",
+            "seconds": 12.0,
+            "images_per_s": 100.0,
+        }
+    )
     store.write_json(d / store.METRICS_FILE, m)
     epochs = np.arange(1, trial.epochs + 1)
-    pd.DataFrame({"epoch": epochs, "train_loss": 0.7 / epochs, "val_loss": 0.8 / epochs, "val_auc": 0.5 + 0.01 * epochs,
-                  "lr": 1e-4, "seconds": 1.0}).to_csv(d / store.HISTORY_FILE, index=False)
+    pd.DataFrame(
+        {
+            "epoch": epochs,
+            "train_loss": 0.7 / epochs,
+            "val_loss": 0.8 / epochs,
+            "val_auc": 0.5 + 0.01 * epochs,
+            "lr": 1e-4,
+            "seconds": 1.0,
+        }
+    ).to_csv(d / store.HISTORY_FILE, index=False)
     st.mark_done(trial)
 
 
@@ -72,8 +122,9 @@ def make_paper_grid(root, *, dataset: str, archs=ARCHS, name: str = "paper"):
             strength, noise = SIGNAL[(pretrained, arch)]
             trial = Trial(dataset=dataset, arch=arch, pretrained=pretrained, subset_fraction=0.1, epochs=3)
             write_trial(grid_dir, trial, dataset=dataset, strength=strength, noise_seed=noise)
-    store.Store(grid_dir).mark_failed(Trial(dataset=dataset, arch="resnet50", pretrained=True, epochs=3),
-                                      "CUDA out of memory at batch 64")
+    store.Store(grid_dir).mark_failed(
+        Trial(dataset=dataset, arch="resnet50", pretrained=True, epochs=3), "CUDA out of memory at batch 64"
+    )
     return grid_dir
 
 
@@ -106,6 +157,7 @@ def _results(grid_dir, *, pretrained: bool) -> dict[str, store.Result]:
 
 
 # --- Tables 1-2 --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stem,pretrained", [("table1_scratch", False), ("table2_pretrained", True)])
 def test_paper_tables_hold_every_arch_with_the_metrics_and_intervals(built, stem, pretrained):
@@ -193,10 +245,11 @@ def test_published_values_only_on_nih(built):
 
 # --- the other tables ---------------------------------------------------------------------------------
 
+
 def test_per_finding_table_rows_are_findings_with_intervals(built):
     grid_dir, out_dir, _ = built["synthetic"]
     csv = pd.read_csv(out_dir / "per_finding_auroc.csv")
-    assert list(csv["finding"]) == FINDINGS + ["Mean (macro)"]
+    assert list(csv["finding"]) == [*FINDINGS, "Mean (macro)"]
     md = _read(out_dir, "per_finding_auroc.md")
     r = _results(grid_dir, pretrained=True)["resnet152"]
     f = r.metrics["per_finding"]["Effusion"]
@@ -219,7 +272,7 @@ def test_comparison_table_has_the_varied_axes_and_paired_tests(built):
 
 
 def test_conclusions_claim_only_what_the_tests_support(built):
-    _, out_dir, index = built["synthetic"]
+    _, out_dir, _index = built["synthetic"]
     text = _read(out_dir, "report.md").split("## What can be concluded")[1].split("\n## ")[0]
     for arch in ARCHS:
         name = report.ARCH_NAMES[arch]
@@ -235,17 +288,23 @@ def test_conclusions_claim_only_what_the_tests_support(built):
 
 
 def test_failed_trials_are_listed_with_reasons(built):
-    _, out_dir, index = built["synthetic"]
+    _, _out_dir, index = built["synthetic"]
     page = index.read_text()
     assert "Failed trials (1)" in page and "CUDA out of memory at batch 64" in page
 
 
 # --- figures and the page -----------------------------------------------------------------------------
 
+
 def test_figures_are_pngs_and_all_on_the_page(built):
     _, out_dir, index = built["synthetic"]
-    expected = {"fig1_scratch.png", "fig2_pretrained.png", "fig3_training_loss.png", "per_finding_auroc.png",
-                "calibration.png"} | {f"roc_{a}.png" for a in ARCHS}
+    expected = {
+        "fig1_scratch.png",
+        "fig2_pretrained.png",
+        "fig3_training_loss.png",
+        "per_finding_auroc.png",
+        "calibration.png",
+    } | {f"roc_{a}.png" for a in ARCHS}
     pngs = {p.name for p in out_dir.glob("*.png")}
     assert expected <= pngs
     page = index.read_text()
@@ -265,6 +324,7 @@ def test_index_is_headed_by_dataset_grid_commit_and_date(built):
 
 
 # --- recompute, seeds, errors -------------------------------------------------------------------------
+
 
 def test_recompute_gives_the_same_numbers(tmp_path, built):
     src, out_dir, _ = built["nih"]
@@ -332,8 +392,13 @@ def test_unverified_pretrained_weights_are_flagged(tmp_path):
     """Pretrained rows made with a file that is not torchvision's ImageNet checkpoint say so, loudly."""
     grid = tmp_path / "weights"
     for pretrained in (False, True):
-        write_trial(grid, Trial(dataset="nih", arch="alexnet", pretrained=pretrained, epochs=3), dataset="nih",
-                    strength=2.0, noise_seed=1)
+        write_trial(
+            grid,
+            Trial(dataset="nih", arch="alexnet", pretrained=pretrained, epochs=3),
+            dataset="nih",
+            strength=2.0,
+            noise_seed=1,
+        )
     index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT)
     page = index.read_text()
     assert "UNVERIFIED WEIGHTS" in page
@@ -350,12 +415,24 @@ def test_cam_scores_and_figures_are_in_the_report(tmp_path):
     """Trials scored with cam: true get an explainability table; `harness cam` figures are embedded."""
     grid = tmp_path / "cam"
     for arch in ("alexnet", "resnet50"):
-        write_trial(grid, Trial(dataset="synthetic", arch=arch, epochs=3, cam=True), dataset="synthetic",
-                    strength=2.0, noise_seed=3)
+        write_trial(
+            grid,
+            Trial(dataset="synthetic", arch=arch, epochs=3, cam=True),
+            dataset="synthetic",
+            strength=2.0,
+            noise_seed=3,
+        )
     results = store.load_results(grid)
     for i, r in enumerate(results):
-        overall = {"n": 40, "pointing": 0.5 + 0.1 * i, "pointing_chance": 0.12, "energy": 0.3,
-                   "energy_chance": 0.1, "iou": 0.2, "iou_chance": 0.1}
+        overall = {
+            "n": 40,
+            "pointing": 0.5 + 0.1 * i,
+            "pointing_chance": 0.12,
+            "energy": 0.3,
+            "energy_chance": 0.1,
+            "iou": 0.2,
+            "iou_chance": 0.1,
+        }
         store.write_json(r.path / "metrics.json", dict(r.metrics, cam={"method": "gradcam", "overall": overall}))
     (results[0].path / "cam").mkdir()
     import matplotlib.pyplot as plt

@@ -1,4 +1,5 @@
 """Hyperparameter search: the search file and its errors, telling the study, ASHA, resume, and the exported grid."""
+
 import json
 import math
 import os
@@ -26,8 +27,11 @@ def write(tmp_path, text, name="s.yaml"):
 
 # --- the search file ----------------------------------------------------------------------------------------
 
+
 def test_space_types_profile_and_defaults(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         name: hp
         base: {dataset: nih, arch: resnet50, epochs: 10}
         space:
@@ -39,7 +43,8 @@ def test_space_types_profile_and_defaults(tmp_path):
           arch: {type: categorical, choices: [resnet50, densenet121]}
         pruner: {grace_period: 2, reduction_factor: 2, max_t: 10}
         profiles: {smoke: {arch: alexnet, image_size: 64, epochs: 3}}
-    """)
+    """,
+    )
     s = search.load_search(p)
     lr = s.space["lr"]
     assert isinstance(lr, search.FloatParam) and (lr.low, lr.high, lr.log) == (1e-5, 1e-3, True)  # YAML strings
@@ -48,8 +53,13 @@ def test_space_types_profile_and_defaults(tmp_path):
     assert (s.metric, s.direction, s.samples, s.concurrency) == ("val_auc", "maximize", 20, 1)
     assert s.pruner == search.Pruner(grace_period=2, reduction_factor=2.0)
     assert s.study_name == "hp" and s.storage is None
-    one_epoch = search.load_search(write(tmp_path, BASE.replace("epochs: 3", "epochs: 1")
-                                         + "space: {lr: {type: float, low: 1e-5, high: 1e-3}}\n", "one.yaml"))
+    one_epoch = search.load_search(
+        write(
+            tmp_path,
+            BASE.replace("epochs: 3", "epochs: 1") + "space: {lr: {type: float, low: 1e-5, high: 1e-3}}\n",
+            "one.yaml",
+        )
+    )
     assert one_epoch.pruner is None  # nothing to stop early
 
     smoke = search.load_search(p, profile="smoke", samples=3)
@@ -60,42 +70,48 @@ def test_space_types_profile_and_defaults(tmp_path):
     assert (t.arch, t.lr, t.freeze, t.loss, t.augment, t.epochs) == ("alexnet", 3e-4, 2, "focal", False, 3)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("space: {focal_gama: {type: float, low: 0, high: 5}}", "unknown key 'focal_gama' (did you mean 'focal_gamma'?)"),
-    ("space: {lr: {type: float, low: 1e-4, high: 1e-4}}", "range [0.0001, 0.0001] is empty"),
-    ("space: {lr: {type: float, low: 1e-3, high: 1e-5}}", "inverted (low 0.001 > high 1e-05)"),
-    ("space: {freeze: {type: int, low: 3, high: 1}}", "inverted"),
-    ("space: {weight_decay: {type: float, low: 0, high: 1e-2, log: true}}", "log-scale range needs low > 0"),
-    ("space: {lr: {type: float, low: 0, high: 1e-3}}", "lr=0 is out of range"),
-    ("space: {focal_alpha: {type: float, low: -1, high: 1}}", "out of range for focal_alpha; narrow the range"),
-    ("space: {lr: {type: float, high: 1e-3}}", "needs low and high"),
-    ("space: {loss: {type: categorical, choices: []}}", "non-empty list of choices"),
-    ("space: {loss: {type: categorical}}", "non-empty list of choices"),
-    ("space: {loss: {type: categorical, choices: [bce]}}", "only one choice"),
-    ("space: {loss: {type: categorical, choices: [bce, bce]}}", "repeat a value"),
-    ("space: {batch_size: {type: categorical, choices: [32, big]}}", "batch_size='big' is not a valid int"),
-    ("space: {augment: {type: categorical, choices: [true, 2]}}", "augment=2 is not a valid bool"),
-    ("space: {loss: {type: categorical, choice: [bce, focal]}}", "unknown key 'choice' (did you mean 'choices'?)"),
-    ("space: {lr: {type: uniform, low: 1e-5, high: 1e-3}}", "unknown parameter type 'uniform'"),
-    ("space: {freeze: {type: float, low: 0, high: 4}}", "freeze takes integers; use type: int"),
-    ("space: {lr: [1e-5, 1e-3]}", "expected a mapping like"),
-    ("space: {seed: {type: int, low: 0, high: 9}}", "seed cannot be searched"),
-    ("space: {epochs: {type: int, low: 2, high: 9}}", "epochs cannot be searched"),
-    ("space: {}", "space: expected a non-empty mapping"),
-    ("spaces: {}", "unknown key 'spaces' (did you mean 'space'?)"),
-    ("metric: test_auc", "metric='test_auc' is not reported by trials; valid: val_auc, val_loss, train_loss"),
-    ("metric: val_loss\ndirection: maximize", "would favour the worst val_loss"),
-    ("direction: up", "direction='up'"),
-    ("samples: 0", "samples: expected an integer >= 1"),
-    ("concurrency: two", "concurrency: expected an integer >= 1"),
-    ("pruner: {grace_period: 3}", "grace_period=3 leaves no epoch to stop at"),
-    ("pruner: {reduction_factor: 1}", "reduction_factor: expected a number > 1"),
-    ("pruner: {max_t: 20}", "max_t=20 must equal base epochs (3)"),
-    ("pruner: {grace_perod: 1}", "did you mean 'grace_period'?"),
-    ("storage: study.db", "expected a database URL"),
-    ("sampler: {sed: 1}", "did you mean 'seed'?"),
-    ("name: 'a b'", "name='a b' must be letters"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "space: {focal_gama: {type: float, low: 0, high: 5}}",
+            "unknown key 'focal_gama' (did you mean 'focal_gamma'?)",
+        ),
+        ("space: {lr: {type: float, low: 1e-4, high: 1e-4}}", "range [0.0001, 0.0001] is empty"),
+        ("space: {lr: {type: float, low: 1e-3, high: 1e-5}}", "inverted (low 0.001 > high 1e-05)"),
+        ("space: {freeze: {type: int, low: 3, high: 1}}", "inverted"),
+        ("space: {weight_decay: {type: float, low: 0, high: 1e-2, log: true}}", "log-scale range needs low > 0"),
+        ("space: {lr: {type: float, low: 0, high: 1e-3}}", "lr=0 is out of range"),
+        ("space: {focal_alpha: {type: float, low: -1, high: 1}}", "out of range for focal_alpha; narrow the range"),
+        ("space: {lr: {type: float, high: 1e-3}}", "needs low and high"),
+        ("space: {loss: {type: categorical, choices: []}}", "non-empty list of choices"),
+        ("space: {loss: {type: categorical}}", "non-empty list of choices"),
+        ("space: {loss: {type: categorical, choices: [bce]}}", "only one choice"),
+        ("space: {loss: {type: categorical, choices: [bce, bce]}}", "repeat a value"),
+        ("space: {batch_size: {type: categorical, choices: [32, big]}}", "batch_size='big' is not a valid int"),
+        ("space: {augment: {type: categorical, choices: [true, 2]}}", "augment=2 is not a valid bool"),
+        ("space: {loss: {type: categorical, choice: [bce, focal]}}", "unknown key 'choice' (did you mean 'choices'?)"),
+        ("space: {lr: {type: uniform, low: 1e-5, high: 1e-3}}", "unknown parameter type 'uniform'"),
+        ("space: {freeze: {type: float, low: 0, high: 4}}", "freeze takes integers; use type: int"),
+        ("space: {lr: [1e-5, 1e-3]}", "expected a mapping like"),
+        ("space: {seed: {type: int, low: 0, high: 9}}", "seed cannot be searched"),
+        ("space: {epochs: {type: int, low: 2, high: 9}}", "epochs cannot be searched"),
+        ("space: {}", "space: expected a non-empty mapping"),
+        ("spaces: {}", "unknown key 'spaces' (did you mean 'space'?)"),
+        ("metric: test_auc", "metric='test_auc' is not reported by trials; valid: val_auc, val_loss, train_loss"),
+        ("metric: val_loss\ndirection: maximize", "would favour the worst val_loss"),
+        ("direction: up", "direction='up'"),
+        ("samples: 0", "samples: expected an integer >= 1"),
+        ("concurrency: two", "concurrency: expected an integer >= 1"),
+        ("pruner: {grace_period: 3}", "grace_period=3 leaves no epoch to stop at"),
+        ("pruner: {reduction_factor: 1}", "reduction_factor: expected a number > 1"),
+        ("pruner: {max_t: 20}", "max_t=20 must equal base epochs (3)"),
+        ("pruner: {grace_perod: 1}", "did you mean 'grace_period'?"),
+        ("storage: study.db", "expected a database URL"),
+        ("sampler: {sed: 1}", "did you mean 'seed'?"),
+        ("name: 'a b'", "name='a b' must be letters"),
+    ],
+)
 def test_bad_search_files_are_one_clear_line(tmp_path, text, message):
     space = "" if text.startswith("space") else "space: {lr: {type: float, low: 1e-5, high: 1e-3}}\n"
     body = BASE + space
@@ -106,12 +122,15 @@ def test_bad_search_files_are_one_clear_line(tmp_path, text, message):
     assert str(tmp_path) in str(err.value)
 
 
-@pytest.mark.parametrize("space, message", [
-    ("arch: {type: categorical, choices: [alexnet, resnet5]}", "unknown arch 'resnet5' (did you mean 'resnet50'?)"),
-    ("loss: {type: categorical, choices: [bce, focall]}", "unknown loss 'focall'"),
-    ("freeze: {type: int, low: 0, high: 12}", "freeze=12 is deeper than"),
-    ("image_size: {type: int, low: 32, high: 128}", "below alexnet's minimum input"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("arch: {type: categorical, choices: [alexnet, resnet5]}", "unknown arch 'resnet5' (did you mean 'resnet50'?)"),
+        ("loss: {type: categorical, choices: [bce, focall]}", "unknown loss 'focall'"),
+        ("freeze: {type: int, low: 0, high: 12}", "freeze=12 is deeper than"),
+        ("image_size: {type: int, low: 32, high: 128}", "below alexnet's minimum input"),
+    ],
+)
 def test_space_checked_against_registries_before_anything_starts(tmp_path, space, message):
     p = write(tmp_path, f"base: {{arch: alexnet, epochs: 3}}\nspace: {{{space}}}\n")
     s = search.load_search(p)
@@ -142,13 +161,21 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
 
 # --- telling the study (Ray's searcher and scheduler, driven by hand: no Ray cluster) --------------------------
 
+
 @pytest.fixture
 def searcher():
     from harness import tune
 
     space = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
-    return tune._StudySearch(space=space, metric="val_loss", mode="min", sampler=optuna.samplers.RandomSampler(0),
-                             study_name="s", finish=search.finish, epochs=3)
+    return tune._StudySearch(
+        space=space,
+        metric="val_loss",
+        mode="min",
+        sampler=optuna.samplers.RandomSampler(0),
+        study_name="s",
+        finish=search.finish,
+        epochs=3,
+    )
 
 
 def row(epoch, value, **extra):
@@ -170,8 +197,13 @@ def test_searcher_tells_pruned_complete_and_failed_trials(searcher):
     searcher.on_trial_complete("d", result=row(1, 0.5), error=True)
     searcher.on_trial_complete("e", result=None)  # stopped before it ever ran
     trials = searcher._ot_study.get_trials()
-    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL,
-                                         TrialState.FAIL]
+    assert [t.state for t in trials] == [
+        TrialState.PRUNED,
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.FAIL,
+    ]
     pruned, complete = trials[0], trials[1]
     assert pruned.value == 0.65 and pruned.intermediate_values == {1: 0.7, 2: 0.65}
     assert complete.value == 0.4 and complete.intermediate_values == {1: 0.6, 2: 0.4, 3: 0.45}
@@ -195,8 +227,16 @@ def test_asha_rungs_start_from_the_studys_earlier_curves():
     from harness import tune
 
     def asha(prior):
-        s = tune._ResumedASHA(prior=prior, time_attr="epoch", metric="val_loss", mode="min", max_t=2,
-                              grace_period=1, reduction_factor=2, stop_last_trials=False)
+        s = tune._ResumedASHA(
+            prior=prior,
+            time_attr="epoch",
+            metric="val_loss",
+            mode="min",
+            max_t=2,
+            grace_period=1,
+            reduction_factor=2,
+            stop_last_trials=False,
+        )
         t = SimpleNamespace(trial_id="new")
         s.on_trial_add(None, t)
         return s.on_trial_result(None, t, {"epoch": 1, "val_loss": 0.6})
@@ -217,9 +257,11 @@ def test_outcome_of_a_result():
 
 # --- the study: persistence guards, stale trials, outputs -------------------------------------------------------
 
+
 def _search(tmp_path, extra=""):
-    return search.load_search(write(tmp_path, BASE + "space: {lr: {type: float, low: 1e-5, high: 1e-2, log: true}}\n"
-                                    + extra))
+    return search.load_search(
+        write(tmp_path, BASE + "space: {lr: {type: float, low: 1e-5, high: 1e-2, log: true}}\n" + extra)
+    )
 
 
 def test_study_refuses_another_metric_or_base_and_fails_stale_trials(tmp_path):
@@ -241,9 +283,15 @@ def test_study_refuses_another_metric_or_base_and_fails_stale_trials(tmp_path):
 
 def _add(study, lr, value, state=TrialState.COMPLETE):
     dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
-    study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions=dist, state=state,
-                                              value=value if state == TrialState.COMPLETE else None,
-                                              intermediate_values={1: value}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": lr},
+            distributions=dist,
+            state=state,
+            value=value if state == TrialState.COMPLETE else None,
+            intermediate_values={1: value},
+        )
+    )
 
 
 def test_export_with_too_few_trials_is_graceful(tmp_path):
@@ -305,8 +353,13 @@ def env(tmp_path_factory):
     tree = synthetic.generate(home / "nih", n=120, size=64, seed=1, progress=False)
     path = home / "tiny.yaml"
     path.write_text(SEARCH)
-    runtime = Runtime(data_root=str(tree), cache_dir=str(home / "cache"), results_dir=str(home / "results"),
-                      device="cpu", progress=False)
+    runtime = Runtime(
+        data_root=str(tree),
+        cache_dir=str(home / "cache"),
+        results_dir=str(home / "results"),
+        device="cpu",
+        progress=False,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("RAY_ADDRESS", raising=False)
         yield SimpleNamespace(path=path, runtime=runtime, grid_dir=home / "results" / "tiny")
@@ -363,6 +416,7 @@ def test_rerun_continues_the_study(first, env):
 
 # --- the trainable, driven by hand: what reaches Ray and the store when a trial replays, fails or is stopped ------
 
+
 @pytest.fixture
 def trainable(tmp_path, monkeypatch):
     """Calls tune._search_trainable for one point, with Ray's report() and run_trial replaced."""
@@ -374,8 +428,15 @@ def trainable(tmp_path, monkeypatch):
     monkeypatch.setattr("ray.get_runtime_context", lambda: SimpleNamespace(get_assigned_resources=lambda: cpus))
     base = Trial(dataset="synthetic", arch="efficientnet_b0", image_size=32, epochs=3)
     trial = base.replace(lr=1e-3)
-    config = {"base": base.to_dict(), "fields": ["lr"], "lr": 1e-3, "runtime": Runtime(device="cpu"),
-              "grid_dir": str(tmp_path), "grid": "g", "metric": "val_loss"}
+    config = {
+        "base": base.to_dict(),
+        "fields": ["lr"],
+        "lr": 1e-3,
+        "runtime": Runtime(device="cpu"),
+        "grid_dir": str(tmp_path),
+        "grid": "g",
+        "metric": "val_loss",
+    }
     st = search.store_mod.Store(tmp_path)
 
     def run(fake_run_trial):
@@ -385,8 +446,10 @@ def trainable(tmp_path, monkeypatch):
     return SimpleNamespace(run=run, reported=reported, trial=trial, store=st, dir=st.trial_dir(trial))
 
 
-ROWS = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.7, "val_auc": 0.55},
-        {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_auc": 0.6}]
+ROWS = [
+    {"epoch": 1, "train_loss": 0.9, "val_loss": 0.7, "val_auc": 0.55},
+    {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_auc": 0.6},
+]
 
 
 def _history(t):

@@ -1,4 +1,5 @@
 """The results store: atomic writes, DONE as the commit point, failures, locking."""
+
 import json
 import os
 import subprocess
@@ -14,20 +15,21 @@ from harness.config import Trial
 def test_atomic_write_leaves_old_file_on_error(tmp_path):
     target = tmp_path / "m.json"
     store.write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError):
-        with store.atomic_path(target) as tmp:
-            tmp.write_text('{"a": 2, "partial')
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), store.atomic_path(target) as tmp:
+        tmp.write_text('{"a": 2, "partial')
+        raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
 
 
 def test_kill_during_write_never_exposes_partial_file(tmp_path):
     target = tmp_path / "big.npz"
-    code = (f"import numpy as np, os, signal\nfrom harness import store\n"
-            f"a = np.random.rand(2_000_000)\n"
-            f"with store.atomic_path({str(target)!r}) as tmp:\n"
-            f"    np.save(open(tmp, 'wb'), a)\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        f"import numpy as np, os, signal\nfrom harness import store\n"
+        f"a = np.random.rand(2_000_000)\n"
+        f"with store.atomic_path({str(target)!r}) as tmp:\n"
+        f"    np.save(open(tmp, 'wb'), a)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode != 0
     assert not target.exists()
@@ -63,14 +65,15 @@ def test_provenance_names_version_and_commit():
 
 def test_second_run_is_refused_by_the_lock(tmp_path):
     st = store.Store(tmp_path / "grid")
-    code = ("import time\nfrom harness import store\n"
-            f"with store.Store({str(st.root)!r}).lock():\n    print('locked', flush=True)\n    time.sleep(30)\n")
+    code = (
+        "import time\nfrom harness import store\n"
+        f"with store.Store({str(st.root)!r}).lock():\n    print('locked', flush=True)\n    time.sleep(30)\n"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(store.StoreError, match="in use by another run"):
-            with st.lock():
-                pass
+        with pytest.raises(store.StoreError, match="in use by another run"), st.lock():
+            pass
     finally:
         holder.kill()
         holder.wait()

@@ -1,4 +1,5 @@
 """The synthetic NIH-layout generator: layout, determinism, splits, boxes, findings, noise, atomicity, statistics."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ from harness.config import ConfigError
 from harness.data import nih
 from harness.data import synthetic as sy
 
-ENTRY_HEADER_2017 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-                     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+ENTRY_HEADER_2017 = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -43,7 +46,7 @@ def test_tree_has_the_kaggle_layout_and_the_reader_reads_it(tree):
     assert entry[0] == ENTRY_HEADER_2017  # with the 2017 file's trailing comma
     # The real table's columns, plus the 2017 file's empty twelfth one.
     real = pd.read_csv(sy.source_table_path(), nrows=0).columns.tolist()
-    assert pd.read_csv(tree / nih.ENTRY_FILE, nrows=0).columns.tolist() == real + ["Unnamed: 11"]
+    assert pd.read_csv(tree / nih.ENTRY_FILE, nrows=0).columns.tolist() == [*real, "Unnamed: 11"]
     assert all(line.count(",") == 11 for line in entry[1:])
     assert (tree / nih.BBOX_FILE).read_text().splitlines()[0] == "Image Index,Finding Label,Bbox [x,y,w,h],,,,,,"
     pngs = sorted((tree / "images_001" / "images").glob("*.png"))
@@ -61,8 +64,13 @@ def test_tree_has_the_kaggle_layout_and_the_reader_reads_it(tree):
         assert rows["follow_up"].tolist() == list(range(len(rows)))
     meta = json.loads((tree / nih.SYNTHETIC_MARKER).read_text())
     assert {k: meta[k] for k in ("generator_version", "n", "size", "seed", "difficulty", "label_noise")} == {
-        "generator_version": sy.GENERATOR_VERSION, "n": 120, "size": 64, "seed": 3, "difficulty": 0.5,
-        "label_noise": 0.0}
+        "generator_version": sy.GENERATOR_VERSION,
+        "n": 120,
+        "size": 64,
+        "seed": 3,
+        "difficulty": 0.5,
+        "label_noise": 0.0,
+    }
     assert meta["source_table"]["file"].endswith("Data_Entry_2017_v2020.csv.gz")
 
 
@@ -127,13 +135,13 @@ def test_a_round_lesion_box_sits_over_the_lesion(finding):
         without, none = sy.render([], size=128, rng=np.random.default_rng(seed), difficulty=0.5)
         assert none == {}
         x, y, w, h = boxes[finding]
-        assert 0 <= x and 0 <= y and x + w <= 128 and y + h <= 128
+        assert x >= 0 and y >= 0 and x + w <= 128 and y + h <= 128
         inside = (slice(int(y), int(np.ceil(y + h))), slice(int(x), int(np.ceil(x + w))))
         lift = with_it[inside].astype(float).mean() - without[inside].astype(float).mean()
         assert lift > 3, f"{finding} seed {seed}: the box is not over a visible opacity (lift {lift:.1f})"
         # Outside the box the two films agree (up to the lesion's soft edge).
         outside = np.ones_like(with_it, bool)
-        outside[max(int(y) - 2, 0): int(y + h) + 3, max(int(x) - 2, 0): int(x + w) + 3] = False
+        outside[max(int(y) - 2, 0) : int(y + h) + 3, max(int(x) - 2, 0) : int(x + w) + 3] = False
         assert np.abs(with_it.astype(int) - without.astype(int))[outside].max() <= 2
 
 
@@ -144,9 +152,9 @@ def test_each_finding_changes_the_film_inside_its_box_and_fades_with_difficulty(
         with_it, boxes = sy.render([finding], size=96, rng=np.random.default_rng(11), difficulty=difficulty)
         without, _ = sy.render([], size=96, rng=np.random.default_rng(11), difficulty=difficulty)
         x, y, w, h = boxes[finding]
-        assert 0 <= x and 0 <= y and w >= 1 and h >= 1 and x + w <= 96 and y + h <= 96
+        assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= 96 and y + h <= 96
         diff = np.abs(with_it.astype(float) - without.astype(float))
-        inside = diff[int(y): int(np.ceil(y + h)), int(x): int(np.ceil(x + w))]
+        inside = diff[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))]
         changes.append(inside.mean())
         assert inside.sum() >= 0.5 * diff.sum(), f"{finding}: most of the change falls outside its box"
     easy, hard = changes
@@ -202,10 +210,19 @@ def test_refuses_to_write_over_a_non_empty_folder(tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"n": 0}, {"n": 2.5}, {"size": 31}, {"difficulty": 1.5}, {"difficulty": -0.1}, {"label_noise": 0.6},
-    {"workers": -1}, {"n": 200_000},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n": 0},
+        {"n": 2.5},
+        {"size": 31},
+        {"difficulty": 1.5},
+        {"difficulty": -0.1},
+        {"label_noise": 0.6},
+        {"workers": -1},
+        {"n": 200_000},
+    ],
+)
 def test_bad_arguments_are_one_line_config_errors(tmp_path, kwargs):
     with pytest.raises(ConfigError) as err:
         sy.generate(tmp_path / "out", **{"n": 10, "size": 32, "progress": False, **kwargs})
@@ -223,8 +240,10 @@ def test_default_root_generates_once_even_when_asked_twice_at_once(tmp_path, mon
 
     monkeypatch.setattr(sy, "generate", counted)
     roots: list[Path] = []
-    threads = [threading.Thread(target=lambda: roots.append(sy.default_root(tmp_path, n=30, size=32, seed=2)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: roots.append(sy.default_root(tmp_path, n=30, size=32, seed=2)))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -280,7 +299,7 @@ def test_sampling_takes_whole_patients_with_follow_ups_in_order():
     assert len(table) == 500
     real = sy._real_table()
     assert set(table.columns) == set(real.columns)
-    for pid, rows in table.groupby("Patient ID"):
+    for _pid, rows in table.groupby("Patient ID"):
         assert rows["Follow-up #"].tolist() == list(range(len(rows)))
     # Every patient but the last is whole: its image count is one the real table has for some patient.
     counts = table.groupby("Patient ID", sort=False).size().to_numpy()

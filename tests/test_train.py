@@ -1,4 +1,5 @@
 """train.py's process-level helpers: per-trial peak memory in a reused worker, and reuse of freed host memory."""
+
 import mmap
 import resource
 import sys
@@ -64,5 +65,7 @@ def test_a_worker_that_ran_other_trials_gives_the_same_numbers_as_a_fresh_one(tm
     run(other, "other")
     again = run(probe, "again")
     assert again["auc_macro"] == fresh["auc_macro"]
-    np.testing.assert_array_equal(np.load(tmp_path / "again" / "predictions.npz")["probs"],
-                                  np.load(tmp_path / "fresh" / "predictions.npz")["probs"])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "again" / "predictions.npz")["probs"],
+        np.load(tmp_path / "fresh" / "predictions.npz")["probs"],
+    )

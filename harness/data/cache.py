@@ -1,4 +1,5 @@
 """Decode once: PNGs -> one memory-mapped uint8 array per (data root, images, size), built in parallel."""
+
 from __future__ import annotations
 
 import concurrent.futures as futures
@@ -78,6 +79,7 @@ def _to_gray(image: Image.Image) -> Image.Image:
 
 # --- building ------------------------------------------------------------------------------------
 
+
 def _fingerprint(names: list[str], paths: list[str]) -> str:
     """Hash of every source file's name, size and mtime: a changed or replaced PNG makes the cache stale."""
     digest = hashlib.sha256()
@@ -121,10 +123,14 @@ def _decode_all(target: Path, paths: list[str], size: int, workers: int, progres
     # decode as fast as 16 processes (measured on an H200 host: ~1,070 images/s each, 9.4x one core),
     # with no process start-up, no pickling, and no re-import of the caller's __main__ (which
     # spawn and forkserver do, breaking unguarded scripts) and no fork of a CUDA/Ray process.
-    with tqdm(total=n, unit="img", desc=f"decode {size}px", disable=not progress, leave=False) as bar, \
-            futures.ThreadPoolExecutor(workers) as pool:
-        jobs = {pool.submit(_decode_into, out, s, paths[s:s + chunk], size): len(paths[s:s + chunk])
-                for s in range(0, n, chunk)}
+    with (
+        tqdm(total=n, unit="img", desc=f"decode {size}px", disable=not progress, leave=False) as bar,
+        futures.ThreadPoolExecutor(workers) as pool,
+    ):
+        jobs = {
+            pool.submit(_decode_into, out, s, paths[s : s + chunk], size): len(paths[s : s + chunk])
+            for s in range(0, n, chunk)
+        }
         for job in futures.as_completed(jobs):
             failed.update(job.result())
             bar.update(jobs[job])
@@ -139,7 +145,7 @@ def _compact(source: Path, keep: np.ndarray, size: int) -> Path:
     full = np.load(source, mmap_mode="r")
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(keep), size, size))
     for s in range(0, len(keep), 1024):
-        out[s:s + 1024] = full[keep[s:s + 1024]]
+        out[s : s + 1024] = full[keep[s : s + 1024]]
     out.flush()
     del out, full
     source.unlink()
@@ -162,8 +168,9 @@ def _reuse(npy: Path, manifest: Path, expect: dict) -> dict | None:
     return meta
 
 
-def build(data: NIHData, rows: np.ndarray, *, size: int, cache_dir: Path | str, workers: int = 0,
-          progress: bool = True) -> Cached:
+def build(
+    data: NIHData, rows: np.ndarray, *, size: int, cache_dir: Path | str, workers: int = 0, progress: bool = True
+) -> Cached:
     """Decode the given table rows at size x size into cache_dir, or reuse a matching earlier build."""
     if size < 1:
         raise ValueError(f"cache size must be a positive number of pixels, got {size}")
@@ -176,8 +183,13 @@ def build(data: NIHData, rows: np.ndarray, *, size: int, cache_dir: Path | str, 
     cache_dir.mkdir(parents=True, exist_ok=True)
     stem = _stem(data.root, data.dataset, names, size)
     npy, manifest = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
-    expect = {"version": CACHE_VERSION, "root": str(data.root), "size": size, "count": len(names),
-              "sources": _fingerprint(names, paths)}
+    expect = {
+        "version": CACHE_VERSION,
+        "root": str(data.root),
+        "size": size,
+        "count": len(names),
+        "sources": _fingerprint(names, paths),
+    }
     with store.exclusive(cache_dir / f"{stem}.lock"):
         meta = _reuse(npy, manifest, expect)
         if meta is not None:
@@ -199,16 +211,25 @@ def build(data: NIHData, rows: np.ndarray, *, size: int, cache_dir: Path | str, 
             raise
         store.fsync(cache_dir)
         rate = len(names) / seconds if seconds > 0 else 0.0
-        store.write_json(manifest, {**expect, "skipped": list(skipped), "seconds": round(seconds, 3),
-                               "rate": round(rate, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        store.write_json(
+            manifest,
+            {
+                **expect,
+                "skipped": list(skipped),
+                "seconds": round(seconds, 3),
+                "rate": round(rate, 1),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         images = np.load(npy, mmap_mode="r")
     data.skipped.update(skipped)
     log.info("cached %d images at %dpx in %.1f s (%.0f images/s) -> %s", len(names), size, seconds, rate, npy)
     return Cached(images, _kept(rows, names, skipped), skipped, npy, seconds, rate)
 
 
-def _decode_to(tmp: Path, names: list[str], paths: list[str], size: int, workers: int,
-               progress: bool) -> tuple[float, tuple[str, ...], Path]:
+def _decode_to(
+    tmp: Path, names: list[str], paths: list[str], size: int, workers: int, progress: bool
+) -> tuple[float, tuple[str, ...], Path]:
     """Decode into a new .npy at tmp; returns (seconds, skipped names, the finished file)."""
     np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(names), size, size)).flush()
     start = time.perf_counter()
@@ -217,8 +238,12 @@ def _decode_to(tmp: Path, names: list[str], paths: list[str], size: int, workers
     if not failed:
         return seconds, (), tmp
     shown = "; ".join(f"{names[i]} ({failed[i]})" for i in sorted(failed)[:10])
-    warnings.warn(f"{len(failed)} of {len(names)} images could not be decoded and are left out: {shown}"
-                  + (" ..." if len(failed) > 10 else ""), DataWarning, stacklevel=3)
+    warnings.warn(
+        f"{len(failed)} of {len(names)} images could not be decoded and are left out: {shown}"
+        + (" ..." if len(failed) > 10 else ""),
+        DataWarning,
+        stacklevel=3,
+    )
     compact = _compact(tmp, np.setdiff1d(np.arange(len(names)), sorted(failed)), size)
     return seconds, tuple(names[i] for i in sorted(failed)), compact
 

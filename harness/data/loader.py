@@ -1,10 +1,11 @@
 """Batches from the decoded-image cache: random crop, flip and normalisation, on the GPU when there is one."""
+
 from __future__ import annotations
 
 import collections
 import concurrent.futures as futures
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -38,16 +39,30 @@ class Batches:
     (on the CPU it runs in those threads too, overlapping the model's step).
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, crop: int, train: bool,
-                 augment: bool = True, device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
-                 resident: bool | None = None, channels_last: bool | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        crop: int,
+        train: bool,
+        augment: bool = True,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        drop_last: bool = False,
+        resident: bool | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
         if images.ndim != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
             raise ValueError(f"images must be a uint8 (n, size, size) array, got {images.dtype} {images.shape}")
         if labels.ndim != 2 or len(labels) != len(images):
             raise ValueError(f"labels must be (n, findings) with n = {len(images)} images, got {labels.shape}")
         if not 1 <= crop <= images.shape[1]:
-            raise ValueError(f"crop {crop} does not fit the cached {images.shape[1]}px images; "
-                             f"build the cache at load_size({crop}) = {load_size(crop)}")
+            raise ValueError(
+                f"crop {crop} does not fit the cached {images.shape[1]}px images; "
+                f"build the cache at load_size({crop}) = {load_size(crop)}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.images, self.labels = images, labels
@@ -96,13 +111,20 @@ class Batches:
         order = torch.randperm(n, generator=g).numpy() if self.train else np.arange(n)
         stop = len(self) * self.batch_size if self.drop_last else n
         # Sorted indices read the memory map front to back; order within a batch does not matter.
-        batches = [np.sort(order[s:s + self.batch_size]) if self.train else order[s:s + self.batch_size]
-                   for s in range(0, stop, self.batch_size)]
+        batches = [
+            np.sort(order[s : s + self.batch_size]) if self.train else order[s : s + self.batch_size]
+            for s in range(0, stop, self.batch_size)
+        ]
         draws = None
         if self.augment:
             room = self.images.shape[1] - self.crop + 1
-            draws = torch.stack([torch.randint(0, room, (n,), generator=g), torch.randint(0, room, (n,), generator=g),
-                                 (torch.rand(n, generator=g) < 0.5).long()]).numpy()
+            draws = torch.stack(
+                [
+                    torch.randint(0, room, (n,), generator=g),
+                    torch.randint(0, room, (n,), generator=g),
+                    (torch.rand(n, generator=g) < 0.5).long(),
+                ]
+            ).numpy()
         return batches, draws
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -121,14 +143,15 @@ class Batches:
 
     # --- resident: the whole array on the device -------------------------------------------------
 
-    def _resident_batches(self, batches: list[np.ndarray],
-                          draws: np.ndarray | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _resident_batches(
+        self, batches: list[np.ndarray], draws: np.ndarray | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self._upload()
         order = torch.from_numpy(np.concatenate(batches)).to(self.device)  # one copy per epoch
         on_device = None if draws is None else torch.from_numpy(draws).to(self.device)
         position = 0
         for idx in batches:
-            index = order[position:position + len(idx)]
+            index = order[position : position + len(idx)]
             yield self._normalise(self._gather(images, index, on_device, position)), labels[index]
             position += len(idx)
 
@@ -138,20 +161,21 @@ class Batches:
             images = torch.empty((n, size, size), dtype=torch.uint8, device=self.device)
             step = max(1, _UPLOAD_BYTES // (size * size))
             for s in range(0, n, step):
-                images[s:s + step].copy_(torch.from_numpy(np.array(self.images[s:s + step])))  # writable copy
+                images[s : s + step].copy_(torch.from_numpy(np.array(self.images[s : s + step])))  # writable copy
             labels = torch.from_numpy(np.asarray(self.labels, dtype=np.float32)).to(self.device)
             self._resident = (images, labels)
             log.info("%d images (%.0f MB) resident on %s", n, self.images.nbytes / 2**20, self.device)
         return self._resident
 
-    def _gather(self, source: torch.Tensor, index: torch.Tensor, draws: torch.Tensor | None,
-                position: int) -> torch.Tensor:
+    def _gather(
+        self, source: torch.Tensor, index: torch.Tensor, draws: torch.Tensor | None, position: int
+    ) -> torch.Tensor:
         """uint8 crops (and flips) of source[index], on source's device."""
         if draws is None:
             start = (source.shape[1] - self.crop) // 2
             window = slice(start, start + self.crop)
             return source[index, window, window]
-        rows, cols, flip = draws[:, position:position + len(index)]
+        rows, cols, flip = draws[:, position : position + len(index)]
         steps = torch.arange(self.crop, device=source.device)
         # One gather with per-sample offsets; the flip reverses the column index instead of the image.
         row_index = rows[:, None] + steps
@@ -160,15 +184,16 @@ class Batches:
 
     # --- streamed: crops cut on the host, ahead of use -------------------------------------------
 
-    def _prefetched(self, batches: list[np.ndarray], draws: np.ndarray | None, *,
-                    normalise: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _prefetched(
+        self, batches: list[np.ndarray], draws: np.ndarray | None, *, normalise: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x, y) host batches prepared PREFETCH ahead in threads, in order, so the disk and the cutting
         overlap the model (numpy's copies and torch's kernels release the GIL)."""
         starts = np.cumsum([0] + [len(b) for b in batches[:-1]])
 
         def prepare(k: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = batches[k]
-            x = torch.from_numpy(self._cut(idx, None if draws is None else draws[:, starts[k]:starts[k] + len(idx)]))
+            x = torch.from_numpy(self._cut(idx, None if draws is None else draws[:, starts[k] : starts[k] + len(idx)]))
             y = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.float32))
             if normalise:
                 return self._normalise(x), y
@@ -187,10 +212,10 @@ class Batches:
         c = self.crop
         if draws is None:
             start = (self.images.shape[1] - c) // 2
-            return np.ascontiguousarray(self.images[idx, start:start + c, start:start + c])
+            return np.ascontiguousarray(self.images[idx, start : start + c, start : start + c])
         out = np.empty((len(idx), c, c), dtype=np.uint8)
         for k, (i, r, col, flip) in enumerate(zip(idx, *draws)):
-            window = self.images[i, r:r + c, col:col + c]
+            window = self.images[i, r : r + c, col : col + c]
             out[k] = window[:, ::-1] if flip else window
         return out
 

@@ -1,4 +1,5 @@
 """NIH ChestX-ray14 Kaggle layout: label table, official split, patient-level val, stratified subsets, boxes."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,20 @@ import pandas as pd
 from harness.config import ConfigError
 
 FINDINGS: tuple[str, ...] = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 )
 NO_FINDING = "No Finding"
 ENTRY_FILE = "Data_Entry_2017.csv"
@@ -26,8 +39,15 @@ ROOT_ENV = "HARNESS_DATA_ROOT"
 
 # Columns read by position, because the headers split on the commas inside "OriginalImage[Width,Height]"
 # and "Bbox [x,y,w,h]" and the Kaggle files add empty trailing columns.
-_ENTRY_COLUMNS = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-                  "Patient Gender", "View Position")
+_ENTRY_COLUMNS = (
+    "Image Index",
+    "Finding Labels",
+    "Follow-up #",
+    "Patient ID",
+    "Patient Age",
+    "Patient Gender",
+    "View Position",
+)
 _BOX_COLUMNS = ("Image Index", "Finding Label", "Bbox [x")
 _BOX_SPELLINGS = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's own spelling
 
@@ -66,11 +86,14 @@ def locate(data_root: str | os.PathLike | None) -> Path | None:
             return None
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise DataError(f"{where} {str(root)!r} is not a directory; "
-                        f"expected the NIH Kaggle folder holding {ENTRY_FILE}")
+        raise DataError(
+            f"{where} {str(root)!r} is not a directory; expected the NIH Kaggle folder holding {ENTRY_FILE}"
+        )
     if not (root / ENTRY_FILE).is_file():
-        raise DataError(f"{where} {str(root)!r} has no {ENTRY_FILE}; expected the NIH Kaggle layout "
-                        f"({ENTRY_FILE}, {TRAIN_VAL_FILE}, {TEST_FILE}, images_*/images/*.png)")
+        raise DataError(
+            f"{where} {str(root)!r} has no {ENTRY_FILE}; expected the NIH Kaggle layout "
+            f"({ENTRY_FILE}, {TRAIN_VAL_FILE}, {TEST_FILE}, images_*/images/*.png)"
+        )
     return root.resolve()
 
 
@@ -109,8 +132,10 @@ def _read_csv(path: Path, names: tuple[str, ...], what: str) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read the {what}: {err}") from None
     head = [str(c).strip().lower() for c in frame.columns[: len(names)]]
     if head != [n.lower() for n in names]:
-        raise DataError(f"{path}: the {what} should start with the columns {', '.join(names)}; "
-                        f"found {', '.join(map(str, frame.columns[: len(names)]))}")
+        raise DataError(
+            f"{path}: the {what} should start with the columns {', '.join(names)}; "
+            f"found {', '.join(map(str, frame.columns[: len(names)]))}"
+        )
     return frame
 
 
@@ -132,21 +157,28 @@ def _labels(findings: pd.Series, path: Path) -> np.ndarray:
     dummies = findings.str.get_dummies(sep="|")
     unknown = sorted(set(dummies.columns) - set(FINDINGS) - {NO_FINDING})
     if unknown:
-        raise DataError(f"{path}: unknown finding {unknown[0]!r} in 'Finding Labels'; "
-                        f"valid: {', '.join(FINDINGS)}, {NO_FINDING}")
+        raise DataError(
+            f"{path}: unknown finding {unknown[0]!r} in 'Finding Labels'; valid: {', '.join(FINDINGS)}, {NO_FINDING}"
+        )
     return dummies.reindex(columns=list(FINDINGS), fill_value=0).to_numpy(dtype=np.uint8)
 
 
 def _read_list(path: Path) -> frozenset[str]:
     if not path.is_file():
-        raise DataError(f"{path} is missing; the official split needs {TRAIN_VAL_FILE} and {TEST_FILE} "
-                        f"(one image name per line)")
+        raise DataError(
+            f"{path} is missing; the official split needs {TRAIN_VAL_FILE} and {TEST_FILE} (one image name per line)"
+        )
     return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
 
 
 def _read_boxes(path: Path) -> pd.DataFrame:
-    empty = pd.DataFrame({"image_index": pd.Series(dtype=str), "finding": pd.Series(dtype=str),
-                          **{k: pd.Series(dtype=np.float64) for k in "xywh"}})
+    empty = pd.DataFrame(
+        {
+            "image_index": pd.Series(dtype=str),
+            "finding": pd.Series(dtype=str),
+            **{k: pd.Series(dtype=np.float64) for k in "xywh"},
+        }
+    )
     if not path.is_file():
         warnings.warn(f"{path} is missing: no boxes for Grad-CAM scoring", DataWarning, stacklevel=3)
         return empty
@@ -182,19 +214,25 @@ def load(root: Path | str) -> NIHData:
     present = _member(names, on_disk)
     missing = tuple(names[~present])
     if missing:
-        warnings.warn(f"{root}: {len(missing)} of {len(names)} images in {ENTRY_FILE} are not on disk "
-                      f"(first: {', '.join(missing[:5])}); they are left out", DataWarning, stacklevel=2)
+        warnings.warn(
+            f"{root}: {len(missing)} of {len(names)} images in {ENTRY_FILE} are not on disk "
+            f"(first: {', '.join(missing[:5])}); they are left out",
+            DataWarning,
+            stacklevel=2,
+        )
     kept = entries[present].reset_index(drop=True)
     kept_names = names[present].reset_index(drop=True)
-    table = pd.DataFrame({
-        "image_index": kept_names,
-        "patient_id": _ints(kept.iloc[:, 3], entry_path, "Patient ID"),
-        "follow_up": _ints(kept.iloc[:, 2], entry_path, "Follow-up #"),
-        "age": _ints(kept.iloc[:, 4], entry_path, "Patient Age"),
-        "sex": kept.iloc[:, 5].str.strip(),
-        "view": kept.iloc[:, 6].str.strip(),
-        "path": kept_names.map(on_disk),
-    })
+    table = pd.DataFrame(
+        {
+            "image_index": kept_names,
+            "patient_id": _ints(kept.iloc[:, 3], entry_path, "Patient ID"),
+            "follow_up": _ints(kept.iloc[:, 2], entry_path, "Follow-up #"),
+            "age": _ints(kept.iloc[:, 4], entry_path, "Patient Age"),
+            "sex": kept.iloc[:, 5].str.strip(),
+            "view": kept.iloc[:, 6].str.strip(),
+            "path": kept_names.map(on_disk),
+        }
+    )
     return NIHData(
         root=root,
         dataset="synthetic" if (root / SYNTHETIC_MARKER).is_file() else "nih",
@@ -209,6 +247,7 @@ def load(root: Path | str) -> NIHData:
 
 # --- splits ---------------------------------------------------------------------------------------
 
+
 def _rng(seed: int, purpose: str) -> np.random.Generator:
     """An independent stream per purpose, so changing one draw does not shift another."""
     return np.random.default_rng([seed, *purpose.encode()])
@@ -219,8 +258,9 @@ def _patients(data: NIHData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(data.table["patient_id"].to_numpy()[rows], return_inverse=True)
 
 
-def _stratified_patients(counts: np.ndarray, sizes: np.ndarray, fraction: float,
-                         rng: np.random.Generator) -> np.ndarray:
+def _stratified_patients(
+    counts: np.ndarray, sizes: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """Choose patients holding about `fraction` of the images with each label's share kept.
 
     Iterative stratification (Sechidis et al. 2011) over patients, with two sides (chosen and
@@ -241,8 +281,12 @@ def _stratified_patients(counts: np.ndarray, sizes: np.ndarray, fraction: float,
     # Per patient, only its non-zero labels change anything: (label, share of side 0's, side 1's target).
     who, what = np.nonzero(counts)
     filled: list[list[tuple[int, float, float]]] = [[] for _ in range(len(counts))]
-    for p, j, a, b in zip(who.tolist(), what.tolist(), (counts[who, what] / target[0, what]).tolist(),
-                          (counts[who, what] / target[1, what]).tolist()):
+    for p, j, a, b in zip(
+        who.tolist(),
+        what.tolist(),
+        (counts[who, what] / target[0, what]).tolist(),
+        (counts[who, what] / target[1, what]).tolist(),
+    ):
         filled[p].append((j, a, b))
     wanted = [[1.0] * counts.shape[1], [1.0] * counts.shape[1]]  # share of each target still wanted, per side
     side = np.full(len(counts), -1, dtype=np.int8)
@@ -269,8 +313,9 @@ def _stratified_patients(counts: np.ndarray, sizes: np.ndarray, fraction: float,
     return _polish(side == 0, filled, 1.0 - np.array(wanted[0]), rng)
 
 
-def _polish(chosen: np.ndarray, filled: list, have: np.ndarray, rng: np.random.Generator,
-            tries: int = 64) -> np.ndarray:
+def _polish(
+    chosen: np.ndarray, filled: list, have: np.ndarray, rng: np.random.Generator, tries: int = 64
+) -> np.ndarray:
     """Local search after the greedy pass: move single patients in or out of the chosen side while
     that lowers the summed squared relative error. Fixes the overshoot a patient with many
     follow-ups leaves in a small subset. have: filled share of each side-0 target (1 = on target)."""
@@ -327,8 +372,9 @@ def _subset(data: NIHData, rows: np.ndarray, fraction: float, rng: np.random.Gen
     return rows[chosen[patient_of]]
 
 
-def split(data: NIHData, *, val_fraction: float = 0.1, seed: int = 0, subset_fraction: float = 1.0,
-          subset_test: bool = False) -> dict[str, np.ndarray]:
+def split(
+    data: NIHData, *, val_fraction: float = 0.1, seed: int = 0, subset_fraction: float = 1.0, subset_test: bool = False
+) -> dict[str, np.ndarray]:
     """{"train", "val", "test"} -> sorted row indices into data.table; no patient is in two splits.
 
     test is the official test list; val is a seeded patient-level slice of train_val holding
@@ -345,8 +391,10 @@ def split(data: NIHData, *, val_fraction: float = 0.1, seed: int = 0, subset_fra
     test = np.flatnonzero(_member(names, data.test))
     shared = np.intersect1d(patients[train_val], patients[test])
     if len(shared):
-        raise DataError(f"{data.root}: {len(shared)} patients are in both {TRAIN_VAL_FILE} and {TEST_FILE} "
-                        f"(e.g. patient {shared[0]}); the official split must be patient-wise")
+        raise DataError(
+            f"{data.root}: {len(shared)} patients are in both {TRAIN_VAL_FILE} and {TEST_FILE} "
+            f"(e.g. patient {shared[0]}); the official split must be patient-wise"
+        )
     ids, patient_of = _patients(data, train_val)
     sizes = np.bincount(patient_of, minlength=len(ids))
     order = _rng(seed, "val").permutation(len(ids))
@@ -381,12 +429,12 @@ def stats(data: NIHData, *, val_fraction: float = 0.1, seed: int = 0) -> dict:
     return {
         "root": str(data.root),
         "dataset": data.dataset,
-        "images": int(len(data.table)),
-        "patients": int(len(np.unique(patients))),
-        "splits": {name: int(len(rows)) for name, rows in parts.items()},
+        "images": len(data.table),
+        "patients": len(np.unique(patients)),
+        "splits": {name: len(rows) for name, rows in parts.items()},
         "patient_overlap": sum(1 for n in seen.values() if n > 1),
         "prevalence": prevalence,
-        "boxes": int(len(data.boxes)),
+        "boxes": len(data.boxes),
         "skipped": len(data.skipped),
         "missing": len(data.missing),
     }

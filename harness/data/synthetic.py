@@ -1,4 +1,5 @@
 """Writes an NIH-layout tree of rendered chest phantoms whose labels are sampled from the real NIH table."""
+
 from __future__ import annotations
 
 import functools
@@ -12,10 +13,10 @@ import multiprocessing
 import numbers
 import os
 import shutil
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,8 +36,10 @@ IMAGES_PER_FOLDER = 10_000  # NIH's images_NNN/images/ folders hold about 10,000
 POOL_MIN_PIXELS = 4_000_000  # less work than this (~1.5 s on one core) renders in-process: starting workers costs more
 TEST_SHARE = 0.2  # Kaggle's official split is patient-wise, about 80/20 by images
 BOX_SPELLING = {"Infiltration": "Infiltrate"}  # BBox_List_2017.csv's own spelling
-ENTRY_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
-                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")  # the 2017 file's trailing comma
+ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+)  # the 2017 file's trailing comma
 BOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,,,,"  # x,y,w,h spill into unnamed columns
 
 # Independent random streams, so that changing one draw (say the label noise) leaves the others alone.
@@ -45,16 +48,21 @@ _SAMPLE, _SPLIT, _NOISE, _IMAGE, _PATIENT = range(5)
 
 # --- the real NIH label table ------------------------------------------------------------------------
 
+
 def source_table_path() -> Path:
     """The real NIH label table shipped inside torchxrayvision (found without importing it: that costs seconds)."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the synthetic dataset samples labels from torchxrayvision's copy of the NIH table; "
-                          "install torchxrayvision (pip install torchxrayvision)")
+        raise ConfigError(
+            "the synthetic dataset samples labels from torchxrayvision's copy of the NIH table; "
+            "install torchxrayvision (pip install torchxrayvision)"
+        )
     path = Path(spec.submodule_search_locations[0]) / SOURCE_TABLE
     if not path.is_file():
-        raise ConfigError(f"{path} is missing; reinstall torchxrayvision, whose copy of the NIH table "
-                          f"the synthetic dataset samples from")
+        raise ConfigError(
+            f"{path} is missing; reinstall torchxrayvision, whose copy of the NIH table "
+            f"the synthetic dataset samples from"
+        )
     return path
 
 
@@ -74,8 +82,9 @@ def sample_table(n: int, *, seed: int) -> pd.DataFrame:
     """
     real = _real_table()
     if n > len(real):
-        raise ConfigError(f"synthetic dataset: n={n} is more than the {len(real)} images of the NIH table "
-                          f"it is sampled from")
+        raise ConfigError(
+            f"synthetic dataset: n={n} is more than the {len(real)} images of the NIH table it is sampled from"
+        )
     pid = real["Patient ID"].to_numpy()
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
     sizes = np.diff(np.r_[starts, len(pid)])
@@ -135,6 +144,7 @@ def _test_patients(patient_ids: np.ndarray, seed: int) -> set[int]:
 
 # --- the phantom -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Anatomy:
     """One patient's chest, in a frame where the thorax spans about [-0.85, 0.85] across."""
@@ -160,10 +170,22 @@ class Anatomy:
 def _anatomy(rng: np.random.Generator) -> Anatomy:
     u = rng.uniform
     return Anatomy(
-        body_w=u(0.84, 0.96), lung_x=u(0.37, 0.42), lung_y=u(-0.06, 0.0), lung_w=u(0.27, 0.32),
-        lung_h=u(0.64, 0.7), heart_x=u(0.1, 0.15), heart_y=u(0.17, 0.22), heart_w=u(0.27, 0.31),
-        heart_h=u(0.18, 0.22), diaphragm=u(0.72, 0.8), dome=u(0.1, 0.15), rib_step=u(0.105, 0.125),
-        rib_start=u(-0.78, -0.72), rib_curve=u(0.5, 0.8), air=u(0.26, 0.32), markings=u(0.07, 0.1),
+        body_w=u(0.84, 0.96),
+        lung_x=u(0.37, 0.42),
+        lung_y=u(-0.06, 0.0),
+        lung_w=u(0.27, 0.32),
+        lung_h=u(0.64, 0.7),
+        heart_x=u(0.1, 0.15),
+        heart_y=u(0.17, 0.22),
+        heart_w=u(0.27, 0.31),
+        heart_h=u(0.18, 0.22),
+        diaphragm=u(0.72, 0.8),
+        dome=u(0.1, 0.15),
+        rib_step=u(0.105, 0.125),
+        rib_start=u(-0.78, -0.72),
+        rib_curve=u(0.5, 0.8),
+        air=u(0.26, 0.32),
+        markings=u(0.07, 0.1),
     )
 
 
@@ -229,8 +251,14 @@ class Chest:
 
     # -- placing findings --
 
-    def point_in_lung(self, rng: np.random.Generator, side: int, *, rho: tuple[float, float] = (0.2, 0.65),
-                      angle: tuple[float, float] = (0.0, 2 * math.pi)) -> tuple[float, float]:
+    def point_in_lung(
+        self,
+        rng: np.random.Generator,
+        side: int,
+        *,
+        rho: tuple[float, float] = (0.2, 0.65),
+        angle: tuple[float, float] = (0.0, 2 * math.pi),
+    ) -> tuple[float, float]:
         """A random point of one lung where it shows (not behind the heart or below the diaphragm)."""
         a = self.a
         cx = (-1, 1)[side] * a.lung_x
@@ -246,6 +274,7 @@ class Chest:
 
     def box(self, x0: float, y0: float, x1: float, y1: float) -> Box:
         """A frame-coordinate rectangle as (x, y, w, h) in pixels, clipped to the image."""
+
         def to_px(v: float, offset: float) -> float:
             return float(np.clip((v * self.scale + offset + 1) / 2 * self.size, 0, self.size))
 
@@ -280,8 +309,16 @@ class Chest:
         out = np.fft.irfft2(spectrum, s=(self.size, self.size))
         return (out / (out.std() + 1e-12)).astype(np.float32)
 
-    def blob(self, x: float, y: float, r: float, *, lobes: float = 0.0, rng: np.random.Generator | None = None,
-             edge: float | None = None) -> np.ndarray:
+    def blob(
+        self,
+        x: float,
+        y: float,
+        r: float,
+        *,
+        lobes: float = 0.0,
+        rng: np.random.Generator | None = None,
+        edge: float | None = None,
+    ) -> np.ndarray:
         """A round opacity of radius r, its outline wavy by `lobes` (0 smooth)."""
         dx, dy = self.X - x, self.Y - y
         d = np.sqrt(dx**2 + dy**2)
@@ -294,6 +331,7 @@ class Chest:
 
 
 # --- findings: each draws what radiologists describe, and returns its true box -------------------------
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -382,13 +420,14 @@ def _pneumothorax(c: Chest, rng: np.random.Generator, s: float) -> Box:
     space = (lung * (1 - _soft(1 - rho, c.edge))).astype(np.float32)  # air outside the lung edge, inside the chest
     c.markings_gain *= 1 - space
     c.air_gain += (0.5 * s * space).astype(np.float32)
-    line = np.exp(-(((1 - rho) * k * a.lung_w) / max(c.px, 0.006)) ** 2) * lung  # the visceral pleural line
+    line = np.exp(-((((1 - rho) * k * a.lung_w) / max(c.px, 0.006)) ** 2)) * lung  # the visceral pleural line
     c.extra += (0.15 * s * line).astype(np.float32)
     return c.mask_box(space, (cx - a.lung_w, a.lung_y - a.lung_h, cx + a.lung_w, a.lung_y + a.lung_h))
 
 
-def _round_opacity(c: Chest, rng: np.random.Generator, s: float, *, radius: tuple[float, float], lobes: float,
-                   density: float) -> Box:
+def _round_opacity(
+    c: Chest, rng: np.random.Generator, s: float, *, radius: tuple[float, float], lobes: float, density: float
+) -> Box:
     side = int(rng.integers(2))
     r = rng.uniform(*radius)
     x, y = c.point_in_lung(rng, side, rho=(0.15, 0.65))
@@ -409,8 +448,17 @@ def _mass(c: Chest, rng: np.random.Generator, s: float) -> Box:
     return _round_opacity(c, rng, s, radius=(0.1, 0.17), lobes=0.15, density=1.0)  # over 3 cm, lobulated
 
 
-def _airspace(c: Chest, rng: np.random.Generator, s: float, *, density: float, extent: tuple[float, float],
-              patchiness: float, cycles: float, bilateral: float = 0.0) -> Box:
+def _airspace(
+    c: Chest,
+    rng: np.random.Generator,
+    s: float,
+    *,
+    density: float,
+    extent: tuple[float, float],
+    patchiness: float,
+    cycles: float,
+    bilateral: float = 0.0,
+) -> Box:
     """Patchy airspace opacity: a region of the lung filled in where a random field is high."""
     sides = [0, 1] if rng.random() < bilateral else [int(rng.integers(2))]
     patches = c.field(rng, cycles)
@@ -431,7 +479,7 @@ def _consolidation(c: Chest, rng: np.random.Generator, s: float) -> Box:
     before = c.opacity.copy()
     box = _airspace(c, rng, s, density=0.95, extent=(0.12, 0.2), patchiness=0.15, cycles=4.0)
     # Air bronchograms: dark branching lines where a field crosses zero inside the dense region.
-    tubes = np.exp(-(c.field(rng, 10.0) / 0.12) ** 2) * _soft(c.opacity - before - 0.5 * s, 0.1)
+    tubes = np.exp(-((c.field(rng, 10.0) / 0.12) ** 2)) * _soft(c.opacity - before - 0.5 * s, 0.1)
     c.extra -= (0.1 * s * tubes).astype(np.float32)
     return box
 
@@ -470,7 +518,7 @@ def _shrink_lungs(a: Anatomy, rng: np.random.Generator, s: float) -> None:
 def _fibrosis(c: Chest, rng: np.random.Generator, s: float) -> Box:
     a = c.a
     # Reticulation: the zero-crossings of a fine random field form a net of lines.
-    net = np.exp(-(c.field(rng, 14.0) / 0.35) ** 2)
+    net = np.exp(-((c.field(rng, 14.0) / 0.35) ** 2))
     zone = np.zeros_like(c.opacity)
     for side in (0, 1):  # basal and peripheral, both lungs
         peripheral = _soft(c.lung_rho(side) - 0.35, 0.15)
@@ -507,7 +555,7 @@ def _atelectasis(c: Chest, rng: np.random.Generator, s: float) -> Box:
         u = (c.X - x) * math.cos(th) + (c.Y - y) * math.sin(th)
         v = -(c.X - x) * math.sin(th) + (c.Y - y) * math.cos(th)
         thick = rng.uniform(0.012, 0.025)
-        shape = np.exp(-(v / thick) ** 2) * _soft(half - np.abs(u), 0.02)
+        shape = np.exp(-((v / thick) ** 2)) * _soft(half - np.abs(u), 0.02)
     else:  # a wedge from the hilum to the pleura (segmental collapse)
         hx = (-1, 1)[side] * (a.lung_x - 0.55 * a.lung_w)
         hy = a.lung_y - 0.05 * a.lung_h
@@ -557,15 +605,22 @@ def _markings(c: Chest, rng: np.random.Generator) -> np.ndarray:
     fa, fb = fa - i, fb - j
     flat = lattice.reshape(-1)
     at = (side * (n_angles + 1) + i) * n_radii + j
-    vessels = ((flat[at] * (1 - fb) + flat[at + 1] * fb) * (1 - fa)
-               + (flat[at + n_radii] * (1 - fb) + flat[at + n_radii + 1] * fb) * fa)
+    vessels = (flat[at] * (1 - fb) + flat[at + 1] * fb) * (1 - fa) + (
+        flat[at + n_radii] * (1 - fb) + flat[at + n_radii + 1] * fb
+    ) * fa
     # Thick near the hilum, fading out before the pleura; no spikes at the hilum itself.
     taper = np.exp(-r / 0.35) * (1 - np.exp(-((r / 0.07) ** 2)))
     return vessels * taper + 0.2 * c.field(rng, 12.0)
 
 
-def render(labels: Sequence[str], *, size: int, rng: np.random.Generator, difficulty: float,
-           patient: np.random.Generator | None = None) -> tuple[np.ndarray, dict[str, Box]]:
+def render(
+    labels: Sequence[str],
+    *,
+    size: int,
+    rng: np.random.Generator,
+    difficulty: float,
+    patient: np.random.Generator | None = None,
+) -> tuple[np.ndarray, dict[str, Box]]:
     """One phantom, (size, size) uint8, and finding -> box (x, y, w, h) in its own pixels.
 
     `patient` draws the anatomy a patient keeps across follow-ups (None: drawn from rng). Each
@@ -606,17 +661,24 @@ def render(labels: Sequence[str], *, size: int, rng: np.random.Generator, diffic
     spine = _soft(0.055 - np.abs(X), e) * (0.7 + 0.3 * np.cos(Y * math.pi / 0.06) ** 2)
     cage = _soft(a.lung_x + a.lung_w + 0.06 - np.abs(X), e) * _soft(a.lung_y + a.lung_h - Y, 0.05)
     phase = (Y - a.rib_start - a.rib_curve * X**2) / a.rib_step
-    ribs = np.exp(-(((phase % 1) - 0.5) / 0.17) ** 2) * _soft(phase, 0.1) * _soft(10 - phase, 0.1) * cage
+    ribs = np.exp(-((((phase % 1) - 0.5) / 0.17) ** 2)) * _soft(phase, 0.1) * _soft(10 - phase, 0.1) * cage
     front = (Y - a.rib_start - 0.35 + 0.5 * X**2) / (1.3 * a.rib_step)
-    ribs = ribs + 0.4 * np.exp(-(((front % 1) - 0.5) / 0.15) ** 2) * _soft(front, 0.1) * _soft(6 - front, 0.1) * cage
-    clav = (np.exp(-((Y + 0.74 + 0.2 * (np.abs(X) - 0.08)) / 0.028) ** 2)
-            * _soft(0.62 - np.abs(X), 0.03) * _soft(np.abs(X) - 0.06, 0.02))
+    ribs = ribs + 0.4 * np.exp(-((((front % 1) - 0.5) / 0.15) ** 2)) * _soft(front, 0.1) * _soft(6 - front, 0.1) * cage
+    clav = (
+        np.exp(-(((Y + 0.74 + 0.2 * (np.abs(X) - 0.08)) / 0.028) ** 2))
+        * _soft(0.62 - np.abs(X), 0.03)
+        * _soft(np.abs(X) - 0.06, 0.02)
+    )
     # Findings' opacity replaces the air of the lung that shows, and the vessels seen through it.
     aerated = np.maximum(*c.lungs) * (1 - np.clip(c.opacity, 0, 1))
     air = a.air * c.air_gain * aerated
     vessels = a.markings * markings * c.markings_gain * aerated
-    density = (0.5 * body + 0.03 * c.heart + 0.04 * c.mediastinum + 0.05 * spine
-               + 0.08 * ribs + 0.1 * clav) * body - air + vessels + c.extra * body
+    density = (
+        (0.5 * body + 0.03 * c.heart + 0.04 * c.mediastinum + 0.05 * spine + 0.08 * ribs + 0.1 * clav) * body
+        - air
+        + vessels
+        + c.extra * body
+    )
     bright, gain, gamma = exposure
     levels = np.linspace(0.0, 1.0, 4097, dtype=np.float32) ** gamma  # a table: cheaper than a power per pixel
     image = levels[(np.clip(bright + gain * density + 0.02 * film, 0, 1) * 4096).astype(np.intp)]
@@ -625,6 +687,7 @@ def render(labels: Sequence[str], *, size: int, rng: np.random.Generator, diffic
 
 
 # --- writing the tree --------------------------------------------------------------------------------
+
 
 def _check(*, n: int = 1, size: int = 32, difficulty: float = 0.0, label_noise: float = 0.0, workers: int = 0) -> None:
     def integer(v: object) -> bool:
@@ -636,8 +699,10 @@ def _check(*, n: int = 1, size: int = 32, difficulty: float = 0.0, label_noise: 
     problems = [
         (integer(n) and n >= 1, f"n={n!r}: need an integer >= 1"),
         (integer(size) and size >= 32, f"size={size!r}: need an integer >= 32 (pixels)"),
-        (real(difficulty) and 0 <= difficulty <= 1,
-         f"difficulty={difficulty!r}: need a number in [0, 1] (0 plain, 1 faint lesions)"),
+        (
+            real(difficulty) and 0 <= difficulty <= 1,
+            f"difficulty={difficulty!r}: need a number in [0, 1] (0 plain, 1 faint lesions)",
+        ),
         (real(label_noise) and 0 <= label_noise <= 0.5, f"label_noise={label_noise!r}: need a rate in [0, 0.5]"),
         (integer(workers) and workers >= 0, f"workers={workers!r}: need an integer >= 0 (0 = all cores)"),
     ]
@@ -655,8 +720,13 @@ def _render_chunk(job: tuple) -> list[tuple[str, dict[str, Box]]]:
     root, items, size, seed, difficulty = job
     out = []
     for index, name, pid, labels in items:
-        image, boxes = render(labels, size=size, rng=np.random.default_rng([seed, _IMAGE, index]),
-                              difficulty=difficulty, patient=np.random.default_rng([seed, _PATIENT, pid]))
+        image, boxes = render(
+            labels,
+            size=size,
+            rng=np.random.default_rng([seed, _IMAGE, index]),
+            difficulty=difficulty,
+            patient=np.random.default_rng([seed, _PATIENT, pid]),
+        )
         # Level 1: fastest, and noisy films barely compress further.
         Image.fromarray(image).save(Path(root) / _folder(index) / name, format="PNG", compress_level=1)
         out.append((name, boxes))
@@ -670,8 +740,9 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _render_all(root: Path, items: list[tuple], *, size: int, seed: int, difficulty: float, workers: int,
-                progress: bool) -> Iterator[list[tuple[str, dict[str, Box]]]]:
+def _render_all(
+    root: Path, items: list[tuple], *, size: int, seed: int, difficulty: float, workers: int, progress: bool
+) -> Iterator[list[tuple[str, dict[str, Box]]]]:
     from tqdm.auto import tqdm
 
     workers = workers or _cores()
@@ -703,8 +774,17 @@ def _coord(v: float) -> str:
     return repr(round(v, 4))
 
 
-def generate(out: Path | str, *, n: int = 3000, size: int = 256, seed: int = 0, difficulty: float = 0.5,
-             label_noise: float = 0.0, workers: int = 0, progress: bool = True) -> Path:
+def generate(
+    out: Path | str,
+    *,
+    n: int = 3000,
+    size: int = 256,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    label_noise: float = 0.0,
+    workers: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write an NIH Kaggle-layout tree of n phantoms to `out` and return its path.
 
     The tree is built beside `out` and moved into place only when complete, so an
@@ -713,8 +793,9 @@ def generate(out: Path | str, *, n: int = 3000, size: int = 256, seed: int = 0, 
     _check(n=n, size=size, difficulty=difficulty, label_noise=label_noise, workers=workers)
     out = Path(out).expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"synthetic dataset: {out} already exists and is not empty; "
-                          f"remove it or choose another --out")
+        raise ConfigError(
+            f"synthetic dataset: {out} already exists and is not empty; remove it or choose another --out"
+        )
     table = sample_table(n, seed=seed)
     truth = label_matrix(table["Finding Labels"].tolist())
     written = _noisy(truth, label_noise, seed)
@@ -725,22 +806,31 @@ def generate(out: Path | str, *, n: int = 3000, size: int = 256, seed: int = 0, 
     try:
         for folder in sorted({_folder(i) for i in range(n)}):
             (tmp / folder).mkdir(parents=True)
-        items = [(i, name, int(pid), [f for f, on in zip(nih.FINDINGS, row) if on])
-                 for i, (name, pid, row) in enumerate(zip(table["Image Index"], table["Patient ID"], truth))]
+        items = [
+            (i, name, int(pid), [f for f, on in zip(nih.FINDINGS, row) if on])
+            for i, (name, pid, row) in enumerate(zip(table["Image Index"], table["Patient ID"], truth))
+        ]
         box_lines = [BOX_HEADER]
-        for done in _render_all(tmp, items, size=size, seed=seed, difficulty=difficulty, workers=workers,
-                                progress=progress):
+        for done in _render_all(
+            tmp, items, size=size, seed=seed, difficulty=difficulty, workers=workers, progress=progress
+        ):
             for name, boxes in done:
                 for finding, (x, y, w, h) in boxes.items():
                     x, y, w, h = (v * nih.BOX_SCALE / size for v in (x, y, w, h))
-                    box_lines.append(f"{name},{BOX_SPELLING.get(finding, finding)},"
-                                     f"{_coord(x)},{_coord(y)},{_coord(w)},{_coord(h)},,,")
+                    box_lines.append(
+                        f"{name},{BOX_SPELLING.get(finding, finding)},"
+                        f"{_coord(x)},{_coord(y)},{_coord(w)},{_coord(h)},,,"
+                    )
         _write_tables(tmp, table, written, test, box_lines)
         source = source_table_path()
         meta = {
             "generator": "harness.data.synthetic",
             "generator_version": GENERATOR_VERSION,
-            "n": n, "size": size, "seed": seed, "difficulty": difficulty, "label_noise": label_noise,
+            "n": n,
+            "size": size,
+            "seed": seed,
+            "difficulty": difficulty,
+            "label_noise": label_noise,
             "patients": int(table["Patient ID"].nunique()),
             "test_images": int(table["Patient ID"].isin(test).sum()),
             "boxes": len(box_lines) - 1,
@@ -769,8 +859,18 @@ def _version(package: str) -> str | None:
 
 def _write_tables(root: Path, table: pd.DataFrame, labels: np.ndarray, test: set[int], box_lines: list[str]) -> None:
     """Data_Entry_2017.csv, the two official lists and BBox_List_2017.csv, formatted like NIH's."""
-    cols = ["Image Index", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position",
-            "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
+    cols = [
+        "Image Index",
+        "Follow-up #",
+        "Patient ID",
+        "Patient Age",
+        "Patient Gender",
+        "View Position",
+        "OriginalImage[Width",
+        "Height]",
+        "OriginalImagePixelSpacing[x",
+        "y]",
+    ]
     lines = [ENTRY_HEADER]
     for row, lab in zip(table[cols].itertuples(index=False), labels):
         name, follow, pid, age, sex, view, w, h, sx, sy = row

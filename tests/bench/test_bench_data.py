@@ -1,4 +1,5 @@
 """Data throughput: cache build and cached batches (images/s) against a naive decode-per-sample DataLoader."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_nih_tree
+
 from harness.bench import NaivePNGDataset
 from harness.data import cache, loader, nih
 
@@ -40,8 +41,9 @@ def test_cache_build(benchmark, tree, tmp_path):
     def fresh():
         shutil.rmtree(target, ignore_errors=True)
 
-    built = benchmark.pedantic(lambda: cache.build(tree, rows, size=SIZE, cache_dir=target, progress=False),
-                               setup=fresh, rounds=3)
+    built = benchmark.pedantic(
+        lambda: cache.build(tree, rows, size=SIZE, cache_dir=target, progress=False), setup=fresh, rounds=3
+    )
     assert not built.reused and len(built.images) == len(rows)
     report(benchmark, len(rows))
 

@@ -1,4 +1,5 @@
 """Patient-level bootstrap at the size of NIH's official test list: 25,596 images, 2,797 patients, 14 findings."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,14 +30,20 @@ def nih_sized():
 
 def test_bench_bootstrap_auc_f1(benchmark, nih_sized):
     probs, labels, pid = nih_sized
-    out = benchmark.pedantic(M.bootstrap, args=(probs, labels, pid),
-                             kwargs={"stats": ("auc", "f1"), "n_boot": 1000, "seed": 0}, rounds=3, iterations=1)
+    out = benchmark.pedantic(
+        M.bootstrap,
+        args=(probs, labels, pid),
+        kwargs={"stats": ("auc", "f1"), "n_boot": 1000, "seed": 0},
+        rounds=3,
+        iterations=1,
+    )
     assert out["n_boot"] == 1000 and out["auc"]["macro"][0] < out["auc"]["macro"][1]
 
 
 def test_bench_paired_bootstrap(benchmark, nih_sized):
     probs, labels, pid = nih_sized
     other = np.clip(probs + np.random.default_rng(1).normal(0, 0.05, probs.shape), 0, 1)
-    out = benchmark.pedantic(M.paired_bootstrap, args=(probs, other, labels, pid),
-                             kwargs={"n_boot": 1000, "seed": 0}, rounds=2, iterations=1)
+    out = benchmark.pedantic(
+        M.paired_bootstrap, args=(probs, other, labels, pid), kwargs={"n_boot": 1000, "seed": 0}, rounds=2, iterations=1
+    )
     assert out["ci"][0] <= out["diff"] <= out["ci"][1]

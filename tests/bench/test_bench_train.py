@@ -1,4 +1,5 @@
 """pytest-benchmark: one CPU training step, and an augmented epoch of batches from images already in memory."""
+
 import numpy as np
 import pytest
 import torch
