@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,8 +28,6 @@ TOLERANCE = 0.02  # pointing game: a hit within 2% of the input side of the box 
 SMOOTH_SAMPLES = 8  # SmoothGrad noisy copies per image
 SMOOTH_NOISE = 0.15  # SmoothGrad noise sd as a share of each image's value range (Smilkov et al. 2017: 10-20%)
 FIGURE_CHANNELS = 8  # channels shown per layer in the activations figure
-CAM_DIR = "cam"  # run_cam's default output folder inside the trial directory
-SCORES_FILE = "cam_scores.json"
 # The paper's Figure 4 layers (ResNet152 layer1[0], layer2[-1], layer4[-1]); other archs get first, middle, CAM layer.
 FIGURE_LAYERS: dict[str, tuple[str, ...]] = {
     "resnet50": ("layer1[0]", "layer2[-1]", "layer4[-1]"),
@@ -545,24 +542,19 @@ def activation_figure(
 # --- harness cam TRIAL_DIR -----------------------------------------------------------------------
 
 
-def _read_trial(trial_dir: Path) -> Trial:
-    path = trial_dir / store.TRIAL_FILE
-    if not path.is_file():
-        raise ConfigError(
-            f"{trial_dir} has no {store.TRIAL_FILE}; expected a trial result directory (results/<grid>/<key>/)"
-        )
+def _read_trial(files: store.TrialFiles) -> Trial:
     try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot read the trial ({err})") from None
+        values = files.read_trial()
+    except store.Unreadable as err:
+        raise ConfigError(f"{err}; expected a trial result directory (results/<grid>/<key>/)") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a JSON object of trial fields")
-    return trial_from_dict({k: v for k, v in values.items() if k in TRIAL_FIELDS}, where=str(path))
+        raise ConfigError(f"{files.path}: expected a JSON object of trial fields in its trial file")
+    return trial_from_dict({k: v for k, v in values.items() if k in TRIAL_FIELDS}, where=str(files.path))
 
 
 def load_model(trial_dir: Path | str, trial: Trial, *, device: torch.device | str = "cpu") -> nn.Module:
     """The trial's network with its model.pt weights, in eval mode; ConfigError (one line) if the file cannot serve."""
-    path = Path(trial_dir) / store.WEIGHTS_FILE
+    path = store.TrialFiles(trial_dir).weights_path
     if not path.is_file():
         raise ConfigError(f"{path} is missing; the trial has not saved weights (did it finish?)")
     try:
@@ -599,10 +591,10 @@ def _data_root(trial_dir: Path, runtime: Runtime) -> str:
     """runtime.data_root when given (data moved since), else the root metrics.json recorded."""
     if runtime.data_root is not None:
         return runtime.data_root
-    path = trial_dir / store.METRICS_FILE
-    root = store.read_json(path).get("data_root") if path.is_file() else None
+    files = store.TrialFiles(trial_dir)
+    root = files.read_metrics().get("data_root") if files.has_metrics() else None
     if root is None:
-        raise ConfigError(f"{trial_dir}: no data root; {store.METRICS_FILE} does not record one, pass --data-root")
+        raise ConfigError(f"{trial_dir}: no data root; its metrics do not record one, pass --data-root")
     return root
 
 
@@ -669,7 +661,7 @@ def run_cam(
     """
     trial_dir = Path(trial_dir)
     runtime = runtime or Runtime()
-    trial = _read_trial(trial_dir)
+    trial = _read_trial(store.TrialFiles(trial_dir))
     wanted = list(dict.fromkeys(nih.FINDINGS[finding_index(f)] for f in findings))
     if not wanted:
         raise ConfigError("name at least one finding; valid: " + ", ".join(nih.FINDINGS))
@@ -718,7 +710,7 @@ def run_cam(
         **score_trial(model, trial, data, kept, pixels, device=device, method=method, layer=layer),
     }
 
-    out = Path(out_dir) if out_dir is not None else trial_dir / CAM_DIR
+    out = store.TrialFiles(trial_dir).cam_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Path] = []
     panels: dict[str, list[Panel]] = {}
@@ -753,5 +745,5 @@ def run_cam(
         acts = activations(model, x, figure_layers(trial.arch))
         figures.append(activation_figure(acts, out / "activations.png", title=f"{trial.label}: {names[first]}"))
 
-    store.write_json(out / SCORES_FILE, scores)
+    store.TrialFiles(trial_dir).write_cam_scores(scores, out)
     return {"figures": [str(p) for p in figures], "scores": scores}

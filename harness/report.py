@@ -1189,7 +1189,7 @@ def recompute_metrics(result: store.Result) -> store.Result:
         **kwargs,
     )
     merged = {**result.metrics, **fresh}  # keep provenance, timings and the dataset actually used
-    store.write_json(result.path / store.METRICS_FILE, merged)
+    result.files.replace_metrics(merged)
     return store.Result(trial=result.trial, metrics=merged, path=result.path)
 
 

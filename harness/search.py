@@ -61,8 +61,6 @@ FIXED = {
 CACHE_FIELDS = ("arch", "image_size", "subset_fraction", "subset_test", "val_fraction")
 CHECK_LIMIT = 4096  # corner combinations checked against the registries before anything starts
 RANGE_PROBES = 21  # points of a numeric range checked against the field's valid values
-STUDY_FILE = "study.db"
-OUTPUT_DIR = "search"  # results/<name>/search/<study>/: best trial, importances, plots, the best grid
 
 
 # --- the search space ------------------------------------------------------------------------------------
@@ -402,7 +400,7 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
         raise ConfigError(
             f"{where}: storage={storage!r}: expected a database URL such as "
             "sqlite:///path/study.db or postgresql://user@host/db, or leave it out "
-            f"for results/{name}/{STUDY_FILE}"
+            f"for results/{name}/{store_mod.Store.STUDY}"
         )
     return Search(
         name=name,
@@ -468,7 +466,7 @@ def finish(
 
 
 def _storage(search: Search, grid_dir: Path) -> optuna.storages.BaseStorage:
-    url = search.storage or f"sqlite:///{(grid_dir / STUDY_FILE).resolve()}"
+    url = search.storage or f"sqlite:///{store_mod.Store(grid_dir).study_path.resolve()}"
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # a bad URL, a missing driver, an unreachable server: all user-fixable
@@ -620,7 +618,7 @@ def best_grid(search: Search, study: optuna.Study, trial: Trial, runtime: Runtim
 
 def export(search: Search, study: optuna.Study, runtime: Runtime) -> dict[str, Any]:
     """Write the study's outputs under results/<name>/search/<study>/ and return what was written."""
-    out = Path(runtime.results_dir) / search.name / OUTPUT_DIR / search.study_name
+    out = store_mod.Store(Path(runtime.results_dir) / search.name).search_dir(search.study_name)
     out.mkdir(parents=True, exist_ok=True)
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
     summary: dict[str, Any] = {

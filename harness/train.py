@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from harness import losses, metrics, models, store
@@ -286,9 +285,9 @@ def run_trial(
 
     history: list[dict[str, Any]] = []
     best_auc, start = -math.inf, 0
-    resume = out_dir / store.RESUME_FILE
-    if resume.is_file():
-        state = torch.load(resume, map_location=device, weights_only=True)
+    files = store.TrialFiles(out_dir)
+    state = files.load_resume(map_location=device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -318,28 +317,25 @@ def run_trial(
             "train_images_per_s": seen / max(t_train, 1e-9),
         }
         history.append(row)
-        if val_auc > best_auc or (math.isnan(val_auc) and not (out_dir / store.WEIGHTS_FILE).exists()):
+        if val_auc > best_auc or (math.isnan(val_auc) and not files.has_weights()):
             best_auc = val_auc if not math.isnan(val_auc) else best_auc
-            with store.atomic_path(out_dir / store.WEIGHTS_FILE) as tmp:
-                torch.save(model.state_dict(), tmp)
+            files.save_weights(model.state_dict())
         scheduler.step()
-        with store.atomic_path(resume) as tmp:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "history": history,
-                    "best_auc": best_auc,
-                    "epoch": epoch,
-                    "rng": torch.get_rng_state(),
-                },
-                tmp,
-            )
+        files.save_resume(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "best_auc": best_auc,
+                "epoch": epoch,
+                "rng": torch.get_rng_state(),
+            }
+        )
         report(row)
     train_seconds = time.perf_counter() - t_start
 
-    model.load_state_dict(torch.load(out_dir / store.WEIGHTS_FILE, map_location=device, weights_only=True))
+    model.load_state_dict(files.load_weights(map_location=device))
     val_probs = predict(model, val_b, device=device)
     ids = td.data.table["patient_id"].to_numpy().astype(np.int64)
     names = td.data.table["image_index"].to_numpy().astype(str)
@@ -375,9 +371,8 @@ def run_trial(
         from harness import cam  # only trials that ask for it pay for the CAM code
 
         result["cam"] = cam.score_trial(model, trial, td.data, td.rows["test"], td.images["test"], device=device)
-    store.write_npz(out_dir / store.PREDICTIONS_FILE, **arrays)
-    with store.atomic_path(out_dir / store.HISTORY_FILE) as tmp:
-        pd.DataFrame(history).to_csv(tmp, index=False)
+    files.write_predictions(**arrays)
+    files.write_history(history)
     result.update(
         {
             "key": trial.key,
@@ -403,7 +398,7 @@ def run_trial(
     if trial.pretrained:
         result["weights"] = models.weights_provenance(trial.arch)
     result.update(context or {})
-    store.write_json(out_dir / store.METRICS_FILE, result)
+    files.write_metrics(result)
     return result
 
 

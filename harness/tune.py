@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -373,7 +372,7 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
                     tune_config=tune.TuneConfig(reuse_actors=runtime.reuse_workers),
                     run_config=tune.RunConfig(
                         name=grid,
-                        storage_path=str((grid_dir / ".tune").resolve()),
+                        storage_path=str(st.tune_dir.resolve()),
                         failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
                         verbose=0,
                         callbacks=[progress] if progress else None,
@@ -389,7 +388,6 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
 
 # --- hyperparameter search: one invocation of a study (harness.search builds the plan and the study) ---
 
-SEARCH_FILE = "search.json"  # a search trial's outcome, beside its store files (a pruned trial has no DONE)
 OUTCOMES = ("complete", "pruned", "failed")
 
 
@@ -433,32 +431,6 @@ def _outcome(result: dict[str, Any] | None, epochs: int) -> str:
     return "complete" if result["epoch"] >= epochs else "pruned"
 
 
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
-
-
-def _history_rows(path: Path) -> list[dict[str, Any]]:
-    """A stored history.csv as the rows run_trial reported."""
-    with open(path, newline="") as fh:
-        return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
-
-
-def _resumed_rows(path: Path) -> list[dict[str, Any]]:
-    """The epochs a killed attempt finished (run_trial resumes after them and reports only the rest)."""
-    import torch
-
-    try:
-        return list(torch.load(path, map_location="cpu", weights_only=True)["history"])
-    except Exception:  # an unreadable resume file: run_trial decides what to do with it
-        return []
-
-
 def _search_trainable(config: dict[str, Any]) -> None:
     """Runs inside a Ray worker: one point of the space as a trial, its files written into the store.
 
@@ -473,10 +445,10 @@ def _search_trainable(config: dict[str, Any]) -> None:
         return
     runtime: Runtime = config["runtime"]
     st = store_mod.Store(config["grid_dir"])
-    out_dir = st.trial_dir(trial)
+    files = st.files(trial)
     _use_reserved_cpus()
     if st.is_done(trial):
-        for row in _history_rows(out_dir / store_mod.HISTORY_FILE):
+        for row in files.read_history():
             tune.report({**row, "key": trial.key})
         return
     st.begin(trial, grid)
@@ -484,17 +456,14 @@ def _search_trainable(config: dict[str, Any]) -> None:
 
     def emit(row: dict[str, Any]) -> None:
         history.append(row)
-        with store_mod.atomic_path(out_dir / store_mod.HISTORY_FILE) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+        files.write_history(history)
         tune.report({**row, "key": trial.key})
 
-    if (out_dir / store_mod.RESUME_FILE).is_file():
-        for row in _resumed_rows(out_dir / store_mod.RESUME_FILE):
-            emit(row)
+    resumed = files.load_resume()  # the epochs a killed attempt finished: run_trial reports only the rest
+    for row in resumed["history"] if resumed else []:
+        emit(row)
     try:
-        train.run_trial(trial, runtime, out_dir=out_dir, report=emit, test=False)
+        train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False)
     except (train.TrialFailed, ConfigError) as exc:
         st.mark_failed(trial, str(exc), detail=traceback.format_exc())
         tune.report({"failed": 1, "key": trial.key, metric: math.nan})
@@ -671,7 +640,7 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
         ),
         run_config=tune.RunConfig(
             name=f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str((grid_dir / ".tune").resolve()),
+            storage_path=str(st.tune_dir.resolve()),
             failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
             verbose=0,
             callbacks=[progress] if progress else None,
@@ -699,7 +668,7 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
             continue
         metrics = r.metrics or {}
         outcome = "failed" if r.error else _outcome(metrics, epochs)
-        d = st.trial_dir(trial)
+        files = st.files(trial)
         reason = ""
         if outcome == "failed":
             failure = st.failure(trial)
@@ -707,8 +676,7 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
             reason = (failure or {}).get("reason") or metrics.get("reason") or stopped
         if outcome == "pruned" and not st.is_done(trial):
             # Weights of a trial stopped early are not a result; its curve (history.csv) is.
-            for name in (store_mod.RESUME_FILE, store_mod.WEIGHTS_FILE):
-                (d / name).unlink(missing_ok=True)
+            files.drop_checkpoints()
         row = {
             "key": trial.key,
             "label": trial.label,
@@ -716,9 +684,8 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
             "epochs_run": int(metrics.get("epoch", 0) or 0),
             "reason": reason,
         }
-        if d.is_dir():
-            store_mod.write_json(
-                d / SEARCH_FILE,
+        if files.path.is_dir():
+            files.write_search(
                 {
                     **row,
                     "study": plan.study_name,

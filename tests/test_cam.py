@@ -131,7 +131,7 @@ def test_activations_of_named_layers(built, tmp_path):
 def test_load_model_of_a_pretrained_trial_needs_no_imagenet_file(built, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no ImageNet weights anywhere
     source = built("inception_v3")
-    torch.save(source.state_dict(), tmp_path / store.WEIGHTS_FILE)
+    torch.save(source.state_dict(), tmp_path / store.TrialFiles.WEIGHTS)
     trial = Trial(arch="inception_v3", image_size=small("inception_v3"), pretrained=True)
     model = cam.load_model(tmp_path, trial)
     # transform_input is not in the state dict: InceptionV3's ImageNet weights expect it on.
@@ -358,21 +358,21 @@ def test_run_cam_writes_figures_and_scores(tiny_trial):
     trial_dir, cache_dir = tiny_trial
     runtime = Runtime(cache_dir=str(cache_dir), device="cpu", workers=1, progress=False)
     got = cam.run_cam(trial_dir, findings=("Atelectasis", "Effusion"), runtime=runtime, max_images=2)
-    out = trial_dir / cam.CAM_DIR
+    out = store.TrialFiles(trial_dir).cam_dir()
     figures = [Path(p) for p in got["figures"]]
     assert all(p.parent == out and p.is_file() for p in figures)
     assert {"grid.png", "activations.png"} <= {p.name for p in figures}
     for p in figures:
         with Image.open(p) as image:
             assert image.format == "PNG" and min(image.size) > 100
-    data = nih.load(json.loads((trial_dir / store.METRICS_FILE).read_text())["data_root"])
+    data = nih.load(json.loads((trial_dir / store.TrialFiles.METRICS).read_text())["data_root"])
     boxes = data.boxes[data.boxes["image_index"].isin(data.test)]
     for f in ("Atelectasis", "Effusion"):  # one overlay per test image with a box for the finding, at most 2
         boxed = set(boxes.loc[boxes["finding"] == f, "image_index"])
         overlays = [p.name for p in figures if p.name.startswith(f"{f}_")]
         assert len(overlays) == min(2, len(boxed)) > 0
         assert {n[len(f) + 1 : -4] + ".png" for n in overlays} <= boxed
-    saved = json.loads((out / cam.SCORES_FILE).read_text())
+    saved = json.loads((out / store.TrialFiles.CAM_SCORES).read_text())
     assert saved == json.loads(json.dumps(got["scores"]))
     assert saved["method"] == "gradcam" and saved["layer"] == "features.11" and saved["size"] == 64
     # Every box of every test image is scored, once, under its own finding.
@@ -386,14 +386,14 @@ def test_run_cam_writes_figures_and_scores(tiny_trial):
 def test_run_cam_named_images_and_out_dir(tiny_trial, tmp_path):
     trial_dir, cache_dir = tiny_trial
     runtime = Runtime(cache_dir=str(cache_dir), device="cpu", workers=1, progress=False)
-    data = nih.load(json.loads((trial_dir / store.METRICS_FILE).read_text())["data_root"])
+    data = nih.load(json.loads((trial_dir / store.TrialFiles.METRICS).read_text())["data_root"])
     named = sorted(data.test)[:2]
     got = cam.run_cam(
         trial_dir, findings=["Mass"], images=named, out_dir=tmp_path / "out", runtime=runtime, method="gradcam++"
     )
     names = {Path(p).name for p in got["figures"]}
     assert {f"Mass_{Path(n).stem}.png" for n in named} <= names and "grid.png" in names
-    assert (tmp_path / "out" / cam.SCORES_FILE).is_file() and got["scores"]["method"] == "gradcam++"
+    assert (tmp_path / "out" / store.TrialFiles.CAM_SCORES).is_file() and got["scores"]["method"] == "gradcam++"
     with pytest.raises(ConfigError, match="images not in"):
         cam.run_cam(trial_dir, findings=["Mass"], images=["nope.png"], out_dir=tmp_path / "x", runtime=runtime)
     with pytest.raises(ConfigError, match="unknown finding 'Mas'"):
@@ -407,20 +407,20 @@ def test_run_cam_refuses_what_is_not_a_trial(tiny_trial, tmp_path):
         cam.run_cam(tmp_path, runtime=runtime)
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in (store.TRIAL_FILE, store.METRICS_FILE):
+    for name in (store.TrialFiles.TRIAL, store.TrialFiles.METRICS):
         (broken / name).write_bytes((trial_dir / name).read_bytes())
     with pytest.raises(ConfigError, match="model.pt is missing"):
         cam.run_cam(broken, runtime=runtime)
     for content in (b"not a checkpoint", None):
         if content is None:  # a readable checkpoint that is not a state dict of tensors
-            torch.save({"model": {"w": torch.zeros(1)}, "epoch": 3}, broken / store.WEIGHTS_FILE)
+            torch.save({"model": {"w": torch.zeros(1)}, "epoch": 3}, broken / store.TrialFiles.WEIGHTS)
         else:
-            (broken / store.WEIGHTS_FILE).write_bytes(content)
+            (broken / store.TrialFiles.WEIGHTS).write_bytes(content)
         with pytest.raises(ConfigError) as err:
             cam.run_cam(broken, runtime=runtime)
         assert "model.pt" in str(err.value) and "\n" not in str(err.value)
-    state = torch.load(trial_dir / store.WEIGHTS_FILE, weights_only=True)
-    torch.save({k: v for k, v in state.items() if not k.startswith("classifier")}, broken / store.WEIGHTS_FILE)
+    state = torch.load(trial_dir / store.TrialFiles.WEIGHTS, weights_only=True)
+    torch.save({k: v for k, v in state.items() if not k.startswith("classifier")}, broken / store.TrialFiles.WEIGHTS)
     with pytest.raises(ConfigError, match="does not fit alexnet at 64 px") as err:
         cam.run_cam(broken, runtime=runtime)
     assert "\n" not in str(err.value)
@@ -461,7 +461,7 @@ def trained_and_random(work: Path, *, device: str = "auto", workers: int = 0) ->
         torch.manual_seed(seed)
         randoms.append(score(models.build(LEARNER).to(where)))
     trained = score(cam.load_model(trial_dir, LEARNER, device=where))
-    return trained, randoms, json.loads((trial_dir / store.METRICS_FILE).read_text())
+    return trained, randoms, json.loads((trial_dir / store.TrialFiles.METRICS).read_text())
 
 
 @pytest.mark.slow

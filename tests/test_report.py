@@ -60,15 +60,14 @@ def write_trial(
 ) -> None:
     """One finished trial exactly as train.py leaves it: trial.json, predictions, metrics, history, DONE."""
     st = store.Store(grid_dir)
-    d = st.begin(trial, grid_dir.name)
+    files = st.begin(trial, grid_dir.name)
     labels, patient, image_index = _test_set()
     if other_images:  # a test set drawn differently, as subset_test does per seed
         image_index = np.char.replace(image_index, "_000", "_001")
     probs = _probs(labels, strength, noise_seed)
     val_labels = labels[:60]
     val_probs = _probs(val_labels, strength, noise_seed + 100)
-    store.write_npz(
-        d / store.PREDICTIONS_FILE,
+    files.write_predictions(
         probs=probs,
         labels=labels,
         image_index=image_index,
@@ -96,22 +95,24 @@ def write_trial(
             "split": "official",
             "harness_version": "0.1.0",
             "git_commit": "0123abcd",
-            "seconds": 12.0,
-            "images_per_s": 100.0,
+            "train_seconds": 12.0,
+            "train_images_per_s": 100.0,
         }
     )
-    store.write_json(d / store.METRICS_FILE, m)
-    epochs = np.arange(1, trial.epochs + 1)
-    pd.DataFrame(
-        {
-            "epoch": epochs,
-            "train_loss": 0.7 / epochs,
-            "val_loss": 0.8 / epochs,
-            "val_auc": 0.5 + 0.01 * epochs,
-            "lr": 1e-4,
-            "seconds": 1.0,
-        }
-    ).to_csv(d / store.HISTORY_FILE, index=False)
+    files.write_metrics(m)
+    files.write_history(
+        [
+            {
+                "epoch": e,
+                "train_loss": 0.7 / e,
+                "val_loss": 0.8 / e,
+                "val_auc": 0.5 + 0.01 * e,
+                "lr": 1e-4,
+                "seconds": 1.0,
+            }
+            for e in range(1, trial.epochs + 1)
+        ]
+    )
     st.mark_done(trial)
 
 
@@ -333,7 +334,7 @@ def test_recompute_gives_the_same_numbers(tmp_path, built):
     before = {r.key: r.metrics for r in store.load_results(grid_dir)}
     victim = next(iter(before))
     spoiled = {**before[victim], "auc_macro": 0.123, "auc_macro_ci": [0.1, 0.2]}
-    store.write_json(grid_dir / victim / store.METRICS_FILE, spoiled)
+    store.TrialFiles(grid_dir / victim).replace_metrics(spoiled)
 
     report.write_report(grid_dir, tmp_path / "out", recompute=True, n_boot=REPORT_BOOT)
     after = {r.key: r.metrics for r in store.load_results(grid_dir)}
@@ -407,7 +408,7 @@ def test_unverified_pretrained_weights_are_flagged(tmp_path):
     for r in store.load_results(grid):  # now mark every weights file verified: the warning goes away
         if r.trial.get("pretrained"):
             m = dict(r.metrics, weights={"imagenet_verified": True})
-            store.write_json(r.path / "metrics.json", m)
+            r.files.replace_metrics(m)
     assert "UNVERIFIED WEIGHTS" not in report.write_report(grid, tmp_path / "out2", n_boot=REPORT_BOOT).read_text()
 
 
@@ -433,7 +434,7 @@ def test_cam_scores_and_figures_are_in_the_report(tmp_path):
             "iou": 0.2,
             "iou_chance": 0.1,
         }
-        store.write_json(r.path / "metrics.json", dict(r.metrics, cam={"method": "gradcam", "overall": overall}))
+        r.files.replace_metrics(dict(r.metrics, cam={"method": "gradcam", "overall": overall}))
     (results[0].path / "cam").mkdir()
     import matplotlib.pyplot as plt
 

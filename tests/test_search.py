@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from harness import search
+from harness import search, store
 from harness.config import ConfigError, Runtime, Trial
 from harness.grid import load_grid
 
@@ -383,7 +383,7 @@ def test_search_prunes_weak_trials_and_tells_the_study(first, env):
         assert t.value is not None and math.isfinite(t.value)  # pruned ones too: their last epoch's value
         assert len(t.intermediate_values) == (2 if t.state == TrialState.COMPLETE else 1)
         d = env.grid_dir / t.user_attrs["key"]
-        assert json.loads((d / "search.json").read_text())["outcome"] == t.user_attrs["outcome"]
+        assert json.loads((d / store.TrialFiles.SEARCH).read_text())["outcome"] == t.user_attrs["outcome"]
         assert not (d / "failed.json").exists() and not (d / "last.pt").exists()
         rows = (d / "history.csv").read_text().strip().splitlines()
         assert len(rows) == 1 + len(t.intermediate_values)  # the curve is kept even when stopped

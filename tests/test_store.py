@@ -1,5 +1,6 @@
 """The results store: atomic writes, DONE as the commit point, failures, locking."""
 
+import errno
 import json
 import os
 import subprocess
@@ -38,13 +39,94 @@ def test_kill_during_write_never_exposes_partial_file(tmp_path):
 def test_done_marker_is_the_commit_point(tmp_path):
     st = store.Store(tmp_path / "grid")
     t = Trial(arch="alexnet")
-    d = st.begin(t, "grid")
-    store.write_json(d / store.METRICS_FILE, {"auc_macro": 0.7})
-    assert not st.is_done(t) and st.results() == []  # metrics without DONE: an unfinished trial
+    files = st.begin(t, "grid")
+    files.write_metrics({"auc_macro": 0.7})
+    assert not st.is_done(t) and store.load_results(st.root) == []  # metrics without DONE: an unfinished trial
     st.mark_done(t)
     assert st.is_done(t)
-    (r,) = st.results()
+    (r,) = store.load_results(st.root)
     assert r.metrics["auc_macro"] == 0.7 and r.trial["key"] == t.key and r.trial["arch"] == "alexnet"
+
+
+def _finished(tmp_path) -> tuple[store.Store, Trial, store.TrialFiles]:
+    st = store.Store(tmp_path / "grid")
+    t = Trial(arch="alexnet")
+    files = st.begin(t, "grid")
+    files.write_metrics({"auc_macro": 0.7})
+    files.write_predictions(probs=np.linspace(0, 1, 28, dtype=np.float32).reshape(2, 14))
+    files.save_weights({"w": __import__("torch").ones(3)})
+    st.mark_done(t)
+    return st, t, files
+
+
+@pytest.mark.parametrize(
+    ("name", "spoil"),
+    [
+        (store.TrialFiles.METRICS, lambda p: p.write_text('{"auc_macro": 0.7')),  # invalid JSON
+        (store.TrialFiles.METRICS, lambda p: p.write_text('{"auc_macro": 0.9}')),  # valid, but not what was written
+        (store.TrialFiles.PREDICTIONS, lambda p: p.write_bytes(p.read_bytes()[:40])),  # truncated
+        (store.TrialFiles.PREDICTIONS, lambda p: p.unlink()),  # lost
+        (store.TrialFiles.WEIGHTS, lambda p: p.write_bytes(p.read_bytes()[:-10])),
+        (store.TrialFiles.DONE, lambda p: p.write_text("{")),
+    ],
+)
+def test_a_damaged_result_file_is_named_and_the_trial_is_not_a_result(tmp_path, name, spoil):
+    st, _, files = _finished(tmp_path)
+    assert files.problems() == []
+    spoil(files.path / name)
+    problems = files.problems()
+    assert len(problems) == 1 and name in problems[0]
+    scan = store.scan(st.root, weights=True)
+    assert scan.results == [] and len(scan.broken) == 1 and files.key in scan.broken[0]
+
+
+def test_a_report_scan_does_not_hash_weights_but_a_run_does(tmp_path):
+    st, _, files = _finished(tmp_path)
+    (files.path / store.TrialFiles.WEIGHTS).write_bytes(b"not the weights")
+    assert len(store.load_results(st.root)) == 1  # weights=False: the report never reads model.pt
+    assert store.scan(st.root, weights=True).broken
+
+
+def test_recomputed_metrics_keep_the_trial_done(tmp_path):
+    _, _, files = _finished(tmp_path)
+    files.replace_metrics({"auc_macro": 0.71})
+    assert files.problems() == [] and files.read_metrics() == {"auc_macro": 0.71}
+
+
+def test_an_unreadable_resume_file_is_set_aside_with_a_warning(tmp_path, caplog):
+    files = store.TrialFiles(tmp_path / "t")
+    files.save_resume({"epoch": 2, "model": {}})
+    assert files.load_resume()["epoch"] == 2
+    path = files.path / store.TrialFiles.RESUME
+    path.write_bytes(path.read_bytes()[:50])  # truncated
+    with caplog.at_level("WARNING"):
+        assert files.load_resume() is None
+    assert not path.exists() and (files.path / "last.pt.unreadable").is_file()
+    assert "last.pt" in caplog.text and "restarts from scratch" in caplog.text
+
+
+def test_history_round_trips_with_columns_that_appear_later(tmp_path):
+    files = store.TrialFiles(tmp_path / "t")
+    rows = [{"epoch": 1, "train_loss": 0.5}, {"epoch": 2, "train_loss": 0.25, "val_auc": 0.625}]
+    files.write_history(rows)
+    assert files.read_history() == rows
+
+
+@pytest.mark.parametrize(("err", "words"), [(errno.ENOSPC, "no space left on device"), (errno.EIO, "I/O error")])
+def test_a_failed_write_leaves_the_old_file_and_names_the_reason(tmp_path, monkeypatch, err, words):
+    _, _, files = _finished(tmp_path)
+    before = (files.path / store.TrialFiles.METRICS).read_bytes()
+
+    def full(fd):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(store.os, "fsync", full)
+    with pytest.raises(store.WriteFailed, match=f"{words} while writing .*metrics.json"):
+        files.write_metrics({"auc_macro": 0.1})
+    monkeypatch.undo()
+    assert (files.path / store.TrialFiles.METRICS).read_bytes() == before
+    assert sorted(p.name for p in files.path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+    assert files.problems() == []
 
 
 def test_failure_recorded_then_cleared_on_retry(tmp_path):
