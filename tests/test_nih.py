@@ -83,10 +83,6 @@ def test_boxes_use_findings_spelling(nih_tree):
     assert boxes["finding"].tolist() == ["Cardiomegaly", "Infiltration", "Mass", "Nodule"]
     assert boxes.iloc[0][["x", "y", "w", "h"]].tolist() == [312.5, 400.25, 420.0, 300.75]
     assert all(boxes[k].dtype == np.float64 for k in "xywh")
-    frac = nih.box_fractions(data, np.arange(len(data.table)))
-    row = data.table.index[data.table["image_index"] == "00000008_001.png"][0]
-    mass = frac[frac["finding"] == "Mass"].iloc[0]
-    assert mass["row"] == row and mass[["x", "y", "w", "h"]].tolist() == [600 / 1024, 0.5, 64 / 1024, 80 / 1024]
 
 
 @pytest.mark.parametrize("variant", ["kaggle-header-comma", "every-line-comma", "v2020"])
@@ -117,6 +113,16 @@ def test_box_rows_without_trailing_commas(tmp_path):
     boxes = "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Infiltrate,1,2,3,4\n"
     data = nih.load(small_root(tmp_path, HEADER_2020 + "\n" + "\n".join(ROWS) + "\n", boxes=boxes))
     assert data.boxes.iloc[0].tolist() == ["00000001_000.png", "Infiltration", 1.0, 2.0, 3.0, 4.0]
+
+
+def test_label_strings_and_box_spelling_round_trip():
+    texts = pd.Series(["No Finding", "Effusion|Infiltration", "Hernia", "Atelectasis|Pleural_Thickening"])
+    labels = nih.label_matrix(texts)
+    assert labels.dtype == np.uint8 and labels.sum(axis=1).tolist() == [0, 2, 1, 2]
+    assert [nih.label_text(row) for row in labels] == texts.tolist()
+    assert nih.box_name("Infiltration") == "Infiltrate" and nih.box_name("Mass") == "Mass"
+    with pytest.raises(DataError, match="here: unknown finding 'Pneumonitis'"):
+        nih.label_matrix(pd.Series(["Pneumonitis"]), source="here")
 
 
 def test_flat_images_folder_and_synthetic_marker(tmp_path):
@@ -218,7 +224,7 @@ def real():
         root=Path("/real"),
         dataset="nih",
         table=raw[["image_index", "patient_id"]],
-        labels=nih._labels(raw["findings"], Path("real")),
+        labels=nih.label_matrix(raw["findings"], source="real"),
         train_val=frozenset(names[~test]),
         test=frozenset(names[test]),
         boxes=pd.DataFrame(),

@@ -16,6 +16,7 @@ from PIL import Image
 from harness.config import ConfigError
 from harness.data import nih
 from harness.data import synthetic as sy
+from harness.data.synthetic import writer
 
 ENTRY_HEADER_2017 = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -29,7 +30,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def _truth(table: pd.DataFrame) -> np.ndarray:
     """The sampled (drawn) labels in nih.FINDINGS order."""
-    return sy.label_matrix(table["Finding Labels"].tolist()).astype(np.uint8)
+    return nih.label_matrix(table["Finding Labels"])
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,8 @@ def test_tree_has_the_kaggle_layout_and_the_reader_reads_it(tree):
 
 
 def test_images_spread_over_folders_of_ten_thousand():
-    assert sy._folder(0) == sy._folder(9_999) == "images_001/images"
-    assert sy._folder(10_000) == "images_002/images"
+    assert writer._folder(0) == writer._folder(9_999) == "images_001/images"
+    assert writer._folder(10_000) == "images_002/images"
 
 
 def test_lists_are_patient_level_and_cover_every_image(tree):
@@ -99,7 +100,7 @@ def test_same_arguments_give_identical_bytes_and_another_seed_differs(tmp_path, 
 
 
 def test_parallel_rendering_gives_the_same_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(sy, "POOL_MIN_PIXELS", 0)  # use worker processes even for this little work
+    monkeypatch.setattr(writer, "POOL_MIN_PIXELS", 0)  # use worker processes even for this little work
     one = sy.generate(tmp_path / "one", n=48, size=32, seed=5, workers=1, progress=False)
     two = sy.generate(tmp_path / "two", n=48, size=32, seed=5, workers=2, progress=False)
     assert _files(one) == _files(two)
@@ -120,7 +121,7 @@ def test_boxes_are_scaled_to_1024_and_spell_infiltrate(tmp_path, monkeypatch):
     def fake(labels, *, size, rng, difficulty, patient=None):
         return np.zeros((size, size), np.uint8), {name: (8.0, 16.0, 4.0, 2.0) for name in labels}
 
-    monkeypatch.setattr(sy, "render", fake)
+    monkeypatch.setattr(writer, "render", fake)
     root = sy.generate(tmp_path / "t", n=300, size=64, seed=0, workers=1, progress=False)
     raw = (root / nih.BBOX_FILE).read_text().splitlines()
     assert any(",Infiltrate," in line for line in raw) and not any(",Infiltration," in line for line in raw)
@@ -196,7 +197,7 @@ def test_a_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
             raise RuntimeError("renderer broke")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sy, "render", failing)
+    monkeypatch.setattr(writer, "render", failing)
     with pytest.raises(RuntimeError, match="renderer broke"):
         sy.generate(tmp_path / "out", n=40, size=32, workers=1, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the final tree nor the half-built one
@@ -238,7 +239,7 @@ def test_default_root_generates_once_even_when_asked_twice_at_once(tmp_path, mon
         calls.append(out)
         return real(out, **{**kwargs, "progress": False, "workers": 1})
 
-    monkeypatch.setattr(sy, "generate", counted)
+    monkeypatch.setattr(writer, "generate", counted)
     roots: list[Path] = []
     threads = [
         threading.Thread(target=lambda: roots.append(sy.default_root(tmp_path, n=30, size=32, seed=2)))
@@ -271,7 +272,7 @@ def _cluster_se(n_images: int) -> tuple[np.ndarray, np.ndarray]:
     p_hat varies 2-9x more than a binomial over images would (ratio-estimator variance over
     patients).
     """
-    real = sy._real_table()
+    real = sy.real_table()
     labels = _truth(real).astype(float)
     p = labels.mean(axis=0)
     _, patient, sizes = np.unique(real["Patient ID"].to_numpy(), return_inverse=True, return_counts=True)
@@ -297,7 +298,7 @@ def test_prevalence_matches_the_real_nih_table_within_sampling_error():
 def test_sampling_takes_whole_patients_with_follow_ups_in_order():
     table = sy.sample_table(500, seed=7)
     assert len(table) == 500
-    real = sy._real_table()
+    real = sy.real_table()
     assert set(table.columns) == set(real.columns)
     for _pid, rows in table.groupby("Patient ID"):
         assert rows["Follow-up #"].tolist() == list(range(len(rows)))

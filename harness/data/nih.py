@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ _ENTRY_COLUMNS = (
 )
 _BOX_COLUMNS = ("Image Index", "Finding Label", "Bbox [x")
 _BOX_SPELLINGS = {"Infiltrate": "Infiltration"}  # BBox_List_2017.csv's own spelling
+_BOX_NAMES = {finding: spelled for spelled, finding in _BOX_SPELLINGS.items()}
 
 
 class DataError(ConfigError):
@@ -152,15 +154,26 @@ def _ints(values: pd.Series, path: Path, column: str) -> np.ndarray:
     return digits.astype(np.int64).to_numpy()
 
 
-def _labels(findings: pd.Series, path: Path) -> np.ndarray:
-    """The '|'-separated Finding Labels as an (n, 14) uint8 matrix; 'No Finding' is all zeros."""
+def label_matrix(findings: pd.Series, *, source: Path | str = "the label table") -> np.ndarray:
+    """The '|'-separated Finding Labels as an (n, 14) uint8 matrix in FINDINGS order; 'No Finding' is all zeros."""
     dummies = findings.str.get_dummies(sep="|")
     unknown = sorted(set(dummies.columns) - set(FINDINGS) - {NO_FINDING})
     if unknown:
         raise DataError(
-            f"{path}: unknown finding {unknown[0]!r} in 'Finding Labels'; valid: {', '.join(FINDINGS)}, {NO_FINDING}"
+            f"{source}: unknown finding {unknown[0]!r} in 'Finding Labels'; valid: {', '.join(FINDINGS)}, {NO_FINDING}"
         )
     return dummies.reindex(columns=list(FINDINGS), fill_value=0).to_numpy(dtype=np.uint8)
+
+
+def label_text(row: Sequence[bool] | np.ndarray) -> str:
+    """One image's labels (a row in FINDINGS order) as Finding Labels: names sorted and '|'-joined, else 'No Finding'."""
+    names = sorted(f for f, on in zip(FINDINGS, row) if on)
+    return "|".join(names) if names else NO_FINDING
+
+
+def box_name(finding: str) -> str:
+    """How BBox_List_2017.csv spells a finding: 'Infiltrate' for Infiltration, the others as in FINDINGS."""
+    return _BOX_NAMES.get(finding, finding)
 
 
 def _read_list(path: Path) -> frozenset[str]:
@@ -237,7 +250,7 @@ def load(root: Path | str) -> NIHData:
         root=root,
         dataset="synthetic" if (root / SYNTHETIC_MARKER).is_file() else "nih",
         table=table,
-        labels=_labels(kept.iloc[:, 1].str.strip(), entry_path),
+        labels=label_matrix(kept.iloc[:, 1].str.strip(), source=entry_path),
         train_val=_read_list(root / TRAIN_VAL_FILE),
         test=_read_list(root / TEST_FILE),
         boxes=_read_boxes(root / BBOX_FILE),
@@ -438,14 +451,3 @@ def stats(data: NIHData, *, val_fraction: float = 0.1, seed: int = 0) -> dict:
         "skipped": len(data.skipped),
         "missing": len(data.missing),
     }
-
-
-def box_fractions(data: NIHData, rows: np.ndarray) -> pd.DataFrame:
-    """Boxes of the given table rows, coordinates divided by 1024; a `row` column points into data.table."""
-    names = data.table["image_index"].to_numpy()[rows]
-    where = pd.Series(np.asarray(rows), index=names)
-    boxes = data.boxes[data.boxes["image_index"].isin(where.index)].copy()
-    boxes.insert(0, "row", where.loc[boxes["image_index"]].to_numpy())
-    for k in "xywh":
-        boxes[k] = boxes[k] / BOX_SCALE
-    return boxes.reset_index(drop=True)
