@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness import models, train
+from harness import hardware, models, train
 from harness.config import Runtime, Trial
 from harness.data import cache, loader, nih
 
@@ -72,11 +72,11 @@ def bench_loader(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Cached-loader images/s beside a per-sample PNG-decoding DataLoader's, same images, same output."""
-    train.keep_freed_memory()  # as in a trial
+    hardware.keep_freed_memory()  # as in a trial
     data = nih.load(runtime.data_root)
     rows = np.arange(min(n_images, len(data.table)))
     size = loader.load_size(crop)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = hardware.pick_device(device or "auto")
     built = cache.build(
         data, rows, size=size, cache_dir=runtime.cache_dir, workers=runtime.workers, progress=runtime.progress
     )
@@ -154,13 +154,13 @@ def step_window(
     ready() is called after warm-up and returns when the measurement may start: copies of this function
     released together measure what a GPU gives trials side by side.
     """
-    train.keep_freed_memory()
+    hardware.keep_freed_memory()
     dev = torch.device(device)
     *_, step = _step_setup(trial, dev)
     for _ in range(3):  # cuDNN autotuning and allocator growth happen here, not in the window
         step()
     _sync(dev)
-    train.reset_peak_memory(dev)
+    hardware.reset_peak_memory(dev)
     ready()
     start = time.time()
     steps = 0
@@ -175,7 +175,7 @@ def step_window(
         "start": start,
         "end": end,
         "images_per_s": steps * trial.batch_size / (end - start),
-        **train.peak_memory(dev),
+        **hardware.peak_memory(dev),
     }
 
 
@@ -194,7 +194,7 @@ def bench_step(
 
     With runtime.compile both use torch.compile, as a trial does; first_step_seconds then holds the compile.
     """
-    train.keep_freed_memory()
+    hardware.keep_freed_memory()
     trial = Trial(
         arch=arch,
         batch_size=batch_size,
@@ -203,7 +203,7 @@ def bench_step(
         dataset=nih.load(runtime.data_root).dataset,
     )
     train.check_trial(trial)
-    device = train.pick_device(runtime)
+    device = hardware.pick_device(runtime.device)
     td = train.prepare_data(trial.replace(subset_fraction=1.0), runtime)
     n = min(len(td.labels["train"]), batch_size * (steps + 3))
     model, loss_fn, optimizer, step = _step_setup(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import models, store
+from harness import hardware, models, store
 from harness.config import TRIAL_FIELDS, ConfigError, Runtime, Trial, trial_from_dict
 from harness.data import cache, loader, nih
 from harness.registry import Registry
@@ -668,9 +668,7 @@ def run_cam(
     METHODS[method]  # an unknown method fails before the slow parts
     if max_images < 1:
         raise ConfigError(f"max_images={max_images} must be >= 1")
-    # As train.pick_device, without importing the trainer (and scipy through its metrics) for one line.
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if runtime.device == "auto" else runtime.device)
+    device = hardware.pick_device(runtime.device)
     model = load_model(trial_dir, trial, device=device)
     layer = layer or default_layer(trial.arch)
     resolve_layer(model, layer)

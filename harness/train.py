@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import math
-import random
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -17,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import losses, metrics, models, store
+from harness import hardware, losses, metrics, models, store
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import cache, loader, nih
 from harness.registry import Registry
@@ -55,37 +51,6 @@ def check_trial(trial: Trial) -> None:
         raise ConfigError(f"{trial.label}: {losses.LOSSES.unknown(trial.loss)}")
     if trial.optimizer not in OPTIMIZERS:
         raise ConfigError(f"{trial.label}: {OPTIMIZERS.unknown(trial.optimizer)}")
-
-
-def pick_device(runtime: Runtime) -> torch.device:
-    if runtime.device != "auto":
-        return torch.device(runtime.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
-
-
-def keep_freed_memory() -> None:
-    """Let glibc reuse freed large blocks instead of unmapping them at every free.
-
-    A batch or an activation is tens of MB, above glibc's default mmap threshold, so each would be a
-    fresh mapping whose pages fault in on first touch: measured on a 2-core CPU, three quarters of the
-    loader's normalisation and a fifth of a ResNet50 training step. Process-wide, idempotent, and a
-    no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):
-        pass
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def eval_batch_size(trial: Trial, device: torch.device) -> int:
@@ -225,34 +190,6 @@ def _val_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     return float("nan") if auc is None else float(auc)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start counting this trial's peak memory afresh: a reused worker process ran other trials before."""
-    # Linux: resets the process's peak resident set (VmHWM); elsewhere the host figure is the peak so far.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _host_peak_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak host resident memory and peak GPU memory allocated (MB) since reset_peak_memory."""
-    peak = {"peak_host_mb": _host_peak_mb()}
-    if device.type == "cuda":
-        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return peak
-
-
 def run_trial(
     trial: Trial,
     runtime: Runtime,
@@ -271,10 +208,10 @@ def run_trial(
     """
     report = report or (lambda row: None)
     check_trial(trial)
-    seed_everything(trial.seed)
-    device = pick_device(runtime)
-    keep_freed_memory()
-    reset_peak_memory(device)
+    hardware.seed_everything(trial.seed)
+    device = hardware.pick_device(runtime.device)
+    hardware.keep_freed_memory()
+    hardware.reset_peak_memory(device)
     td = prepare_data(trial, runtime)
     prevalence = td.labels["train"].mean(axis=0)
 
@@ -391,7 +328,7 @@ def run_trial(
             "train_seconds": train_seconds,
             "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
             "epochs_run": len(history),
-            **peak_memory(device),
+            **hardware.peak_memory(device),
             **store.provenance(),
         }
     )

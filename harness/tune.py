@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
-from harness import packing, train
+from harness import hardware, packing, train
 from harness import store as store_mod
 from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 
@@ -104,19 +104,8 @@ def _trainable(config: dict[str, Any]) -> None:
         st.mark_failed(trial, f"{type(exc).__name__}: {exc}", detail=traceback.format_exc())
         raise
     finally:
-        _hand_back_gpu_memory()
+        hardware.hand_back_gpu_memory()
     st.mark_done(trial)
-
-
-def _hand_back_gpu_memory() -> None:
-    """The worker lives on for the next trial: free the GPU blocks torch keeps cached, for trials in other processes."""
-    import gc
-
-    import torch
-
-    if torch.cuda.is_available():
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 class Progress(tune.Callback):

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from harness import cam, models, store
+from harness import cam, hardware, models, store
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import cache, loader, nih
 
@@ -449,7 +449,7 @@ def trained_and_random(work: Path, *, device: str = "auto", workers: int = 0) ->
         data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers, progress=False
     )
     td = train.prepare_data(LEARNER, runtime)
-    where = train.pick_device(runtime)
+    where = hardware.pick_device(runtime.device)
 
     def score(model: nn.Module) -> dict:
         return cam.score_trial(

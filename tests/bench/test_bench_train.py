@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import losses, models, train
+from harness import hardware, losses, models, train
 from harness.config import Trial
 from harness.data import loader
 
@@ -25,7 +25,7 @@ def test_cpu_train_step(benchmark, arch):
 
 def test_augmented_epoch_from_memory(benchmark):
     """512 images cropped, flipped and normalised in batches of 64, as a trial's process does it."""
-    train.keep_freed_memory()
+    hardware.keep_freed_memory()
     images = np.random.default_rng(0).integers(0, 255, (512, 256, 256), dtype=np.uint8)
     labels = np.zeros((512, 14), np.float32)
     batches = loader.Batches(images, labels, batch_size=64, crop=224, train=True)

@@ -1,4 +1,4 @@
-"""train.py's process-level helpers: per-trial peak memory in a reused worker, and reuse of freed host memory."""
+"""hardware: per-trial peak memory in a reused worker, reuse of freed host memory; a reused worker gives fresh numbers."""
 
 import mmap
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import train
+from harness import hardware, train
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-trial host peaks need Linux's clear_refs")
@@ -23,19 +23,19 @@ def test_peak_host_memory_counts_from_the_reset_not_from_earlier_trials():
             del pages
 
     touch(400)  # an earlier trial in this process
-    before = train.peak_memory(cpu)["peak_host_mb"]
-    train.reset_peak_memory(cpu)
-    after = train.peak_memory(cpu)["peak_host_mb"]
+    before = hardware.peak_memory(cpu)["peak_host_mb"]
+    hardware.reset_peak_memory(cpu)
+    after = hardware.peak_memory(cpu)["peak_host_mb"]
     assert before - after > 300, (before, after)
     touch(200)  # this trial
-    assert train.peak_memory(cpu)["peak_host_mb"] - after > 150
+    assert hardware.peak_memory(cpu)["peak_host_mb"] - after > 150
 
 
 _FAULTS = """
 import resource, sys, torch
-from harness import train
+from harness import hardware, train
 if sys.argv[1] == "keep":
-    train.keep_freed_memory()
+    hardware.keep_freed_memory()
 size = 48 << 20  # a float batch of 64 x 3 x 224 x 224 is 37 MB
 
 def faults_of_a_fresh_batch():
