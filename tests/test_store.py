@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_a_failed_write_leaves_the_old_file_and_names_the_reason(tmp_path, monke
     def full(fd):
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(store.os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(store.WriteFailed, match=f"{words} while writing .*metrics.json"):
         files.write_metrics({"auc_macro": 0.1})
     monkeypatch.undo()
@@ -140,9 +141,21 @@ def test_failure_recorded_then_cleared_on_retry(tmp_path):
     assert st.failure(t) is None
 
 
-def test_provenance_names_version_and_commit():
+def test_provenance_names_version_and_the_commit_of_this_tree(monkeypatch):
+    from harness import __version__
+    from harness.store import origin as prov
+
+    root = Path(prov.__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
     p = store.provenance()
-    assert p["harness_version"] and p["git_commit"] and "written" in p
+    assert p["harness_version"] == __version__ and p["git_commit"] == head.stdout.strip()
+    assert isinstance(p["git_dirty"], bool) and "written" in p
+    # Outside a checkout (an installed package), the commit comes from HARNESS_GIT_COMMIT, else "unknown".
+    monkeypatch.setattr(prov.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
+    monkeypatch.setenv("HARNESS_GIT_COMMIT", "abc123")
+    assert prov._git_commit() == ("abc123", False)
 
 
 def test_second_run_is_refused_by_the_lock(tmp_path):
