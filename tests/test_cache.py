@@ -158,7 +158,7 @@ def test_killed_build_is_never_used(nih_tree, tmp_path):
     # A build killed after its array was in place but before the manifest: garbage, no manifest.
     manifest.unlink()
     np.save(npy, np.zeros((6, 24, 24), np.uint8))
-    leftover = npy.with_name(npy.name + ".tmp999999")
+    leftover = npy.with_name(f".{npy.name}.k1ll3d.tmp")  # store.atomic_path's temporary name
     leftover.write_bytes(b"partial")  # and a temp file from an even earlier kill
     rebuilt = cache.build(data, np.arange(6), size=24, cache_dir=tmp_path, workers=1, progress=False)
     assert not rebuilt.reused and not leftover.exists()
@@ -193,7 +193,7 @@ def test_two_processes_build_once(nih_tree, tmp_path):
         child.join(120)
         assert child.exitcode == 0
     assert sorted([queue.get(timeout=5), queue.get(timeout=5)]) == [False, True]  # one built, one reused
-    assert len(list(tmp_path.glob("*.npy"))) == 1 and not list(tmp_path.glob("*.tmp*"))
+    assert len(list(tmp_path.glob("*.npy"))) == 1 and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_build_waits_for_the_lock_holder(nih_tree, tmp_path):
@@ -211,7 +211,9 @@ def test_build_waits_for_the_lock_holder(nih_tree, tmp_path):
             )
         )
         worker.start()
-        time.sleep(0.5)
+        time.sleep(0.5)  # a 4-image build takes milliseconds: had it not waited, its files would be here
         assert worker.is_alive() and not list(tmp_path.glob("*.npy*"))  # waiting, has written nothing
+        released = time.time()
     worker.join(60)
-    assert done and done[0].images.shape == (4, 24, 24)
+    assert done and done[0].images.shape == (4, 24, 24) and not done[0].reused
+    assert done[0].path.stat().st_mtime >= released - 0.01  # built after the holder let go, not before

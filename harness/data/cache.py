@@ -199,17 +199,12 @@ def build(
             return Cached(meta["images"], _kept(rows, names, skipped), skipped, npy, reused=True)
         # Stale or partial: drop the manifest first, so no reader trusts these files mid-rebuild.
         manifest.unlink(missing_ok=True)
-        for leftover in [*cache_dir.glob(f"{stem}.npy.tmp*"), *cache_dir.glob(f"{stem}.json.tmp*")]:
+        for leftover in cache_dir.glob(f".{stem}.*"):
             leftover.unlink()  # from a killed build; we hold the lock, so nobody else is writing
-        tmp = cache_dir / f"{stem}.npy.tmp{os.getpid()}"
-        try:
-            seconds, skipped, tmp = _decode_to(tmp, names, paths, size, workers, progress)
-            store.fsync(tmp)
-            os.replace(tmp, npy)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        store.fsync(cache_dir)
+        with store.atomic_path(npy) as tmp:
+            seconds, skipped, built = _decode_to(tmp, names, paths, size, workers, progress)
+            if built != tmp:  # compacted into a new file without the skipped images
+                os.replace(built, tmp)
         rate = len(names) / seconds if seconds > 0 else 0.0
         store.write_json(
             manifest,
