@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config import ConfigError, Runtime, Trial, default_cache_dir
 from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.grid import Grid
 
 COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -42,24 +46,46 @@ def _runtime(args: argparse.Namespace) -> Runtime:
     )
 
 
-@COMMANDS.register("run")
-def cmd_run(args: argparse.Namespace) -> int:
+def _checked_grid(args: argparse.Namespace) -> tuple[Grid, Runtime]:
+    """The grid and runtime of `harness run`, with every check a run makes before it touches data.
+
+    A dry run and a real run both come through here, so they refuse the same inputs with the same line.
+    """
+    from harness import train
     from harness.grid import load_grid
 
-    grid = load_grid(args.grid, profile=args.profile, overrides=args.set or [])
+    grid = load_grid(args.grid, profile=args.profile, overrides=args.set or [], seeds=args.seeds)
+    for t in grid.trials:
+        try:
+            train.check_trial(t)
+        except ConfigError as exc:
+            raise ConfigError(f"{grid.path}: {exc}") from None
+    return grid, _runtime(args)
+
+
+LABEL_FIELDS = ("arch", "pretrained", "loss", "freeze", "subset_fraction", "seed")  # what Trial.label shows
+
+
+def _dry_run_line(grid: Grid, i: int) -> str:
+    """Key and label, then the groups the trial came from and the varied fields its label leaves out."""
+    t = grid.trials[i]
+    extra = [f"{axis}={group}" for axis, group in (grid.choices[i] if grid.choices else {}).items()]
+    extra += [f"{f}={getattr(t, f)}" for f in grid.axes if f not in LABEL_FIELDS]
+    return f"{t.key}  {t.label}" + (f"  {' '.join(extra)}" if extra else "")
+
+
+@COMMANDS.register("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    grid, runtime = _checked_grid(args)
     if args.dry_run:
         print(
             f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
             f"{', '.join(grid.axes) or 'nothing'})"
         )
-        for t in grid.trials:
-            print(f"{t.key}  {t.label}")
+        print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
         return EXIT_OK
     from harness import train, tune
 
-    for t in grid.trials:
-        train.check_trial(t)
-    runtime = _runtime(args)
     trials, runtime = train.resolve_dataset(list(grid.trials), runtime)
     train.prepare_all(trials, runtime)
     summary = tune.run_grid(grid.name, trials, runtime)
@@ -316,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("grid", help="grid YAML file, e.g. grids/paper.yaml")
     r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field for every trial")
-    r.add_argument("--dry-run", action="store_true", help="print the trials and their keys; start nothing")
+    r.add_argument("--seeds", metavar="N", help="run every cell with seeds 0..N-1 (in place of the grid's seeds)")
+    r.add_argument(
+        "--dry-run", action="store_true", help="check the grid as a run does, print the trials and keys; start nothing"
+    )
     r.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
     r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
     r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")

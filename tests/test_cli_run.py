@@ -1,0 +1,91 @@
+"""`harness run`: a dry run checks exactly what a run checks, and `--seeds`."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from harness import cli
+
+PAPER = "grids/paper.yaml"
+
+
+def grid_file(tmp_path, axes: str) -> str:
+    p = tmp_path / "g.yaml"
+    p.write_text(textwrap.dedent(f"axes: {axes}\n"))
+    return str(p)
+
+
+BAD = [
+    ([PAPER, "--set", "arch=vit"], "unknown arch 'vit'"),
+    ([PAPER, "--set", "loss=focall"], "unknown loss 'focall' (did you mean 'focal'?)"),
+    ([PAPER, "--set", "optimizer=adamm"], "unknown optimizer 'adamm'"),
+    ([PAPER, "--set", "freeze=6"], "freeze=6 is deeper than alexnet's 5 stages"),
+    ([PAPER, "--set", "image_size=40"], "image_size=40 is below alexnet's minimum"),
+    ([PAPER, "--set", "init=imagenett"], "--set init: unknown group 'imagenett' of axis init"),
+    ([PAPER, "--set", "lr=fast"], "--set lr: lr='fast' is not a valid float"),
+    ([PAPER, "--seeds", "0"], "--seeds '0': expected a whole number >= 1"),
+    ([PAPER, "--profile", "smok"], "unknown profile 'smok'"),
+    ([PAPER, "--gpus-per-trial", "lots"], "--gpus-per-trial 'lots'"),
+    # grids written with grouped axes: the names, depths and sizes a group sets are checked too
+    (["{tmp}", "{arch: [alexnet, resnet152], init: {s: {freeze: 0}, i: {pretrained: true, freeze: 7}}}"], "freeze=7"),
+    (["{tmp}", "{init: {a: {arch: alexnet}, b: {arch: vgg16}}}"], "unknown arch 'vgg16'"),
+    (["{tmp}", "{init: {a: {loss: bce}, b: {loss: focall}}}"], "unknown loss 'focall'"),
+    (["{tmp}", "{init: {a: {arch: inception_v3, image_size: 64}}}"], "image_size=64 is below inception_v3's"),
+    (["{tmp}", "{arch: [alexnet], init: {a: {arch: vgg16}}}"], "axes.init.a sets arch, which axis 'arch' also sets"),
+    (["{tmp}", "{init: {a: {pretrained: true, freez: 2}}}"], "axes.init.a.freez: unknown key 'freez'"),
+]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """A real run that got past validation would read data next: stop it there."""
+    from harness import train
+
+    def reached(*args, **kwargs):
+        raise AssertionError("validation passed: the run went on to the data")
+
+    monkeypatch.setattr(train, "resolve_dataset", reached)
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_dry_run_refuses_what_a_run_refuses(tmp_path, capsys, no_training, argv, message):
+    if argv[0] == "{tmp}":
+        argv = [grid_file(tmp_path, argv[1])]
+    assert cli.main(["run", *argv, "--dry-run"]) == 2
+    dry = capsys.readouterr()
+    assert cli.main(["run", *argv, "--results", str(tmp_path / "r")]) == 2
+    real = capsys.readouterr()
+    assert dry.err == real.err and message in dry.err
+    assert dry.err.startswith("harness: error: ") and dry.err.strip().count("\n") == 0
+    assert dry.out == real.out == ""
+    assert not (tmp_path / "r").exists()
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_paper_dry_run_freezes_early_layers_of_pretrained_trials(capsys):
+    assert cli.main(["run", PAPER, "--dry-run"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header == "# paper: 12 trials (profile: none; varied: arch, pretrained, loss, freeze)"
+    assert len(lines) == 12
+    for line in lines:
+        pretrained = "/pretrained/" in line
+        assert ("/freeze2/" in line) == pretrained and ("/freeze0/" in line) == (not pretrained)
+        assert line.endswith("init=imagenet" if pretrained else "init=scratch")
+
+
+def test_seeds_option_runs_every_cell_with_seeds_0_to_n(capsys):
+    assert cli.main(["run", PAPER, "--seeds", "3", "--dry-run"]) == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.startswith("# paper: 36 trials") and "seed" in header
+    assert {line.split("/seed")[1].split()[0] for line in lines} == {"0", "1", "2"}
+
+
+def test_dry_run_shows_varied_fields_the_label_leaves_out(tmp_path, capsys):
+    p = tmp_path / "lr.yaml"
+    p.write_text("axes: {lr: [1.0e-3, 1.0e-4]}\n")
+    assert cli.main(["run", str(p), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[-1] for line in lines] == ["lr=0.001", "lr=0.0001"]
