@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, f1_score, log_loss, recall_
 
 from harness import metrics as M
 from harness.config import ConfigError
+from harness.metrics.bootstrap import _count_blocks
 
 
 def make_set(*, n_pat=60, per_pat=(1, 6), n_f=4, seed=0, shift=1.0, decimals=2):
@@ -219,8 +220,8 @@ def test_resample_counts_draw_patients():
 def test_count_blocks_stay_exact_for_huge_resamples():
     # float32 sums integers exactly only below 2**24: a resample that could exceed it must use float64.
     counts = np.ones((3, 4))
-    assert M._count_blocks(counts, np.array([1, 1, 1, 5]))[0][1].dtype == np.float32
-    assert M._count_blocks(counts, np.array([1, 1, 1, 2**23]))[0][1].dtype == np.float64
+    assert _count_blocks(counts, np.array([1, 1, 1, 5]))[0][1].dtype == np.float32
+    assert _count_blocks(counts, np.array([1, 1, 1, 2**23]))[0][1].dtype == np.float64
 
 
 def test_bootstrap_is_deterministic_and_ignores_image_order():

@@ -1,0 +1,55 @@
+"""Test-set statistics (numpy, scipy and scikit-learn only); callers import everything from here.
+
+core: input checks, per-finding metrics, the paper's losses, thresholds chosen on validation.
+bootstrap: patient-level resampling and percentile intervals.
+compare: paired comparisons of two models (paired bootstrap, DeLong, Holm) and the sentence that reports one.
+seeds: several seeds of one setting.
+evaluation: everything metrics.json holds.
+"""
+
+from harness.metrics.bootstrap import BOOT_STATS, bootstrap, bootstrap_samples, resample_counts
+from harness.metrics.compare import delong, holm, paired_bootstrap, summary_sentence
+from harness.metrics.core import (
+    EPS,
+    FALLBACK_THRESHOLD,
+    THRESHOLD_RULES,
+    MetricsError,
+    ThresholdRule,
+    bce_loss,
+    calibration,
+    choose_thresholds,
+    focal_loss,
+    macro,
+    per_finding,
+    roc_curve_points,
+    weighted,
+)
+from harness.metrics.evaluation import evaluate
+from harness.metrics.seeds import combine_seeds, seeds_summary
+
+__all__ = [
+    "BOOT_STATS",
+    "EPS",
+    "FALLBACK_THRESHOLD",
+    "THRESHOLD_RULES",
+    "MetricsError",
+    "ThresholdRule",
+    "bce_loss",
+    "bootstrap",
+    "bootstrap_samples",
+    "calibration",
+    "choose_thresholds",
+    "combine_seeds",
+    "delong",
+    "evaluate",
+    "focal_loss",
+    "holm",
+    "macro",
+    "paired_bootstrap",
+    "per_finding",
+    "resample_counts",
+    "roc_curve_points",
+    "seeds_summary",
+    "summary_sentence",
+    "weighted",
+]
