@@ -12,7 +12,8 @@ from sklearn.metrics import average_precision_score, f1_score, log_loss, recall_
 
 from harness import metrics as M
 from harness.config import ConfigError
-from harness.metrics.bootstrap import _count_blocks
+from harness.metrics import compare
+from harness.metrics.bootstrap import _count_blocks, _prepare
 
 
 def make_set(*, n_pat=60, per_pat=(1, 6), n_f=4, seed=0, shift=1.0, decimals=2):
@@ -92,22 +93,27 @@ def test_undefined_findings_are_none_with_reason_and_skipped():
     json.dumps(ev, allow_nan=False)
 
 
-def test_bad_inputs_raise_config_errors():
+def test_bad_inputs_raise_metrics_errors():
     p, y, pid = make_set(n_f=2)
-    with pytest.raises(ConfigError, match="shape"):
+    with pytest.raises(M.MetricsError, match="shape"):
         M.per_finding(p[:, :1], y, names=["a", "b"])
-    with pytest.raises(ConfigError, match=r"\[0, 1\].*sigmoid"):
+    with pytest.raises(M.MetricsError, match=r"\[0, 1\].*sigmoid"):
         M.per_finding(p * 3 - 1, y, names=["a", "b"])
-    with pytest.raises(ConfigError, match="labels must be 0 or 1.*-1"):
+    with pytest.raises(M.MetricsError, match="labels must be 0 or 1.*-1"):
         M.per_finding(p, np.where(y == 1, -1, 0), names=["a", "b"])
-    with pytest.raises(ConfigError, match="names has 1"):
+    with pytest.raises(M.MetricsError, match="names has 1"):
         M.per_finding(p, y, names=["a"])
-    with pytest.raises(ConfigError, match="patient_ids has 3"):
+    with pytest.raises(M.MetricsError, match="patient_ids has 3"):
         M.bootstrap(p, y, pid[:3])
-    with pytest.raises(ConfigError, match="unknown bootstrap statistic 'acu'.*did you mean 'auc'"):
+    with pytest.raises(M.MetricsError, match="unknown bootstrap statistic 'acu'.*did you mean 'auc'"):
         M.bootstrap(p, y, pid, stats=("acu",))
-    with pytest.raises(ConfigError, match="non-finite"):
+    with pytest.raises(M.MetricsError, match="non-finite"):
         M.bce_loss(np.full((2, 1), np.nan), [[0], [1]])
+
+
+def test_metrics_error_is_not_a_user_input_error():
+    # The CLI answers a ConfigError with "bad input, exit 2"; malformed input to a metric is a caller's bug.
+    assert issubclass(M.MetricsError, ValueError) and not issubclass(M.MetricsError, ConfigError)
 
 
 def test_roc_curve_points_and_calibration():
@@ -166,7 +172,7 @@ def test_threshold_rules_fall_back_without_both_classes(rule):
 
 
 def test_unknown_threshold_rule():
-    with pytest.raises(ConfigError, match="unknown threshold rule 'max-f1'.*valid: max_f1, youden"):
+    with pytest.raises(M.MetricsError, match="unknown threshold rule 'max-f1'.*valid: max_f1, youden"):
         M.choose_thresholds([[0.1], [0.9]], [[0], [1]], rule="max-f1")
 
 
@@ -182,6 +188,13 @@ SKLEARN = {
 }
 
 
+def resampled(stat, p, y, pid, *, n_boot, seed):
+    """(n_boot, F) values of `stat` on the patient resamples, as bootstrap() computes them (thresholds 0.5)."""
+    counts, _ = M.resample_counts(pid, n_boot=n_boot, seed=seed)
+    d = _prepare(p, y, pid)
+    return M.BOOT_STATS[stat](d, counts, np.full(d.p.shape[1], 0.5))
+
+
 def test_every_bootstrap_statistic_has_a_reference():
     assert set(M.BOOT_STATS.names()) == set(SKLEARN)
 
@@ -189,7 +202,7 @@ def test_every_bootstrap_statistic_has_a_reference():
 @pytest.mark.parametrize("stat", M.BOOT_STATS.names())
 def test_resampled_statistic_equals_sklearn_on_the_expanded_resample(stat):
     p, y, pid = make_set(seed=7, n_pat=40, per_pat=(1, 8), decimals=1)  # decimals=1: many ties
-    samples = M.bootstrap_samples(p, y, pid, stat=stat, n_boot=20, seed=3)
+    samples = resampled(stat, p, y, pid, n_boot=20, seed=3)
     counts, pidx = M.resample_counts(pid, n_boot=20, seed=3)
     checked = 0
     for b in range(20):
@@ -258,7 +271,7 @@ def test_bootstrap_std_of_a_mean_is_s_over_sqrt_n():
     p = rng.random((n, 1))
     y = np.ones((n, 1), dtype=int)
     q = float(np.mean(p >= 0.5))
-    s = M.bootstrap_samples(p, y, np.arange(n), stat="sensitivity", n_boot=4000, seed=0)[:, 0]
+    s = resampled("sensitivity", p, y, np.arange(n), n_boot=4000, seed=0)[:, 0]
     assert s.mean() == pytest.approx(q, abs=0.005)
     assert s.std() == pytest.approx(math.sqrt(q * (1 - q) / n), rel=0.06)
 
@@ -291,7 +304,7 @@ def test_macro_ci_drops_resamples_where_a_finding_vanishes():
 
 def test_paired_bootstrap_identical_models():
     p, y, pid = make_set(seed=10)
-    r = M.paired_bootstrap(p, p.copy(), y, pid, n_boot=300)
+    r = M.paired_bootstrap(probs_a=p, probs_b=p.copy(), labels=y, patient_ids=pid, n_boot=300)
     assert r["diff"] == 0 and r["ci"] == [0.0, 0.0] and r["p"] == 1.0
     assert "no significant difference" in M.summary_sentence("A", "B", r)
 
@@ -300,15 +313,15 @@ def test_paired_bootstrap_clearly_better_model():
     p, y, pid = make_set(seed=11, shift=0.0)  # model B: scores unrelated to labels
     rng = np.random.default_rng(0)
     good = np.clip(0.6 * y + 0.4 * rng.random(y.shape), 0, 1)  # model A: nearly separates
-    r = M.paired_bootstrap(good, p, y, pid, n_boot=500, seed=1)
+    r = M.paired_bootstrap(probs_a=good, probs_b=p, labels=y, patient_ids=pid, n_boot=500, seed=1)
     assert r["diff"] == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, p), abs=1e-12)
     assert r["p"] < 0.01 and r["ci"][0] > 0.2
-    flipped = M.paired_bootstrap(p, good, y, pid, n_boot=500, seed=1)
+    flipped = M.paired_bootstrap(probs_a=p, probs_b=good, labels=y, patient_ids=pid, n_boot=500, seed=1)
     assert flipped["diff"] == pytest.approx(-r["diff"]) and flipped["ci"] == pytest.approx([-r["ci"][1], -r["ci"][0]])
-    one = M.paired_bootstrap(good, p, y, pid, n_boot=100, finding=2)
+    one = M.paired_bootstrap(probs_a=good, probs_b=p, labels=y, patient_ids=pid, n_boot=100, finding=2)
     assert one["diff"] == pytest.approx(roc_auc_score(y[:, 2], good[:, 2]) - roc_auc_score(y[:, 2], p[:, 2]))
-    with pytest.raises(ConfigError, match="finding=9 is out of range"):
-        M.paired_bootstrap(good, p, y, pid, finding=9)
+    with pytest.raises(M.MetricsError, match="finding=9 is out of range"):
+        M.paired_bootstrap(probs_a=good, probs_b=p, labels=y, patient_ids=pid, finding=9)
 
 
 def test_paired_bootstrap_p_is_calibrated_under_the_null():
@@ -318,12 +331,27 @@ def test_paired_bootstrap_p_is_calibrated_under_the_null():
     for r in range(100):
         y = (rng.random((120, 1)) < 0.4).astype(int)
         a, b = (1 / (1 + np.exp(-(rng.normal(size=(120, 1)) + y))) for _ in range(2))
-        res = M.paired_bootstrap(a, b, y, np.arange(120), n_boot=200, seed=r)
+        res = M.paired_bootstrap(probs_a=a, probs_b=b, labels=y, patient_ids=np.arange(120), n_boot=200, seed=r)
         ps.append(res["p"])
         agree += (res["ci"][0] > 0 or res["ci"][1] < 0) == (res["p"] < 0.05)
     assert 0.38 <= np.mean(ps) <= 0.62
     assert np.mean(np.array(ps) < 0.05) <= 0.12
     assert agree >= 97  # the p and the interval tell the same story
+
+
+def test_two_models_are_passed_by_keyword():
+    p, y, pid = make_set(seed=10)
+    other = np.round(p * 0.9, 2)
+    with pytest.raises(TypeError):
+        M.delong(p[:, 0], other[:, 0], y[:, 0])
+    with pytest.raises(TypeError):
+        compare.paired_bootstrap(p, other, y, pid)
+    # callers written before still get the same numbers from harness.metrics, with a warning
+    with pytest.warns(DeprecationWarning, match="pass probs_a=, probs_b=, labels=, patient_ids= by keyword"):
+        old = M.paired_bootstrap(p, other, y, pid, n_boot=50)
+    assert old == M.paired_bootstrap(probs_a=p, probs_b=other, labels=y, patient_ids=pid, n_boot=50)
+    with pytest.raises(TypeError, match="multiple values for labels"):
+        M.paired_bootstrap(p, other, y, labels=y, patient_ids=pid)
 
 
 def slow_delong(a, b, y):
@@ -348,11 +376,11 @@ def test_delong_matches_the_pairwise_definition():
     y = (rng.random(150) < 0.35).astype(int)
     a = np.round(1 / (1 + np.exp(-(rng.normal(size=150) + 1.2 * y))), 2)  # rounded: ties
     b = np.round(1 / (1 + np.exp(-(rng.normal(size=150) + 0.6 * y))), 2)
-    r = M.delong(a, b, y)
+    r = M.delong(probs_a=a, probs_b=b, labels=y)
     auc_a, auc_b, z, p = slow_delong(a, b, y)
     assert r["auc_a"] == pytest.approx(roc_auc_score(y, a), abs=1e-12)
     assert (r["auc_a"], r["auc_b"], r["z"], r["p"]) == pytest.approx((auc_a, auc_b, z, p), abs=1e-9)
-    same = M.delong(a, a, y)
+    same = M.delong(probs_a=a, probs_b=a, labels=y)
     assert same["diff"] == 0 and same["p"] == 1.0
 
 
@@ -361,7 +389,7 @@ def test_holm_hand_computed():
     np.testing.assert_allclose(M.holm([0.5, 0.6]), [1.0, 1.0])  # capped
     np.testing.assert_allclose(M.holm([0.04, 0.01, 0.02]), [0.04, 0.03, 0.04])  # monotone step-down
     assert M.holm([]).size == 0
-    with pytest.raises(ConfigError, match="holm"):
+    with pytest.raises(M.MetricsError, match="holm"):
         M.holm([0.1, float("nan")])
 
 
@@ -388,7 +416,7 @@ def test_summary_sentence_claims_only_what_the_numbers_support():
 def test_seeds_summary():
     assert M.seeds_summary([0.7, 0.8, 0.9]) == pytest.approx({"mean": 0.8, "std": 0.1, "n": 3})
     assert M.seeds_summary([0.75]) == {"mean": 0.75, "std": None, "n": 1}
-    with pytest.raises(ConfigError):
+    with pytest.raises(M.MetricsError):
         M.seeds_summary([])
 
 
@@ -408,7 +436,7 @@ def test_combine_seeds():
     assert three["f1_macro_ci"][0] < three["f1_macro"] < three["f1_macro_ci"][1]
     assert three["auc_per_finding"][1] == pytest.approx(np.mean([roc_auc_score(y[:, 1], r[:, 1]) for r in runs]))
     # the widened interval contains the bootstrap-only interval of the same seed-mean
-    boot = np.mean([M.bootstrap_samples(r, y, pid, n_boot=200).mean(1) for r in runs], axis=0)
+    boot = np.mean([resampled("auc", r, y, pid, n_boot=200, seed=0).mean(1) for r in runs], axis=0)
     lo, hi = np.quantile(boot, [0.025, 0.975])
     assert three["auc_macro_ci"][0] < lo and three["auc_macro_ci"][1] > hi
     assert "between-seed" in three["method"]
@@ -446,5 +474,5 @@ def test_evaluate_is_json_able_complete_and_deterministic():
     )
     no_val = M.evaluate(p, y, names=names, patient_ids=pid, n_boot=100, seed=3)
     assert set(no_val["thresholds"]) == {"fixed"}
-    with pytest.raises(ConfigError, match="together"):
+    with pytest.raises(M.MetricsError, match="together"):
         M.evaluate(p, y, names=names, patient_ids=pid, val_probs=vp)

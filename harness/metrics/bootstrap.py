@@ -202,23 +202,6 @@ def _prepare(probs: Any, labels: Any, patient_ids: Any, *, what: str = "probs") 
     return _Data(p, y, pidx.reshape(-1), int(pidx.max()) + 1)
 
 
-def bootstrap_samples(
-    probs: Any,
-    labels: Any,
-    patient_ids: Any,
-    *,
-    stat: str = "auc",
-    n_boot: int = 1000,
-    seed: int = 0,
-    thresholds: float | Sequence[float] | np.ndarray = 0.5,
-) -> np.ndarray:
-    """(n_boot, F) values of `stat` (see BOOT_STATS) on patient resamples; NaN where undefined in a resample."""
-    fn = _stat_fn(stat)
-    d = _prepare(probs, labels, patient_ids)
-    counts, _ = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
-    return fn(d, counts, _thresholds(thresholds, d.p.shape[1]))
-
-
 def _defined(y: np.ndarray) -> np.ndarray:
     """Findings with both positives and negatives: the ones macro averages and CIs are about."""
     n_pos = y.sum(0)

@@ -26,11 +26,11 @@ def _bootstrap_p(diffs: np.ndarray) -> float:
 
 
 def paired_bootstrap(
+    *,
     probs_a: Any,
     probs_b: Any,
     labels: Any,
     patient_ids: Any,
-    *,
     n_boot: int = 1000,
     seed: int = 0,
     finding: int | None = None,
@@ -80,12 +80,12 @@ def _midrank(x: np.ndarray) -> np.ndarray:
     return sps.rankdata(x, method="average")
 
 
-def delong(probs_a: Any, probs_b: Any, labels_1d: Any) -> dict[str, float]:
+def delong(*, probs_a: Any, probs_b: Any, labels: Any) -> dict[str, float]:
     """DeLong's test for two correlated AUROCs of one finding on the same images (fast midrank form, Sun & Xu 2014).
 
     It treats images as independent; with several images per patient prefer paired_bootstrap.
     """
-    ya = np.ravel(labels_1d)
+    ya = np.ravel(labels)
     pa, y = _check(np.ravel(probs_a), ya, what="probs_a")
     pb, _ = _check(np.ravel(probs_b), ya, what="probs_b")
     y = y[:, 0] == 1

@@ -10,14 +10,17 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from harness.config import ConfigError
 from harness.registry import Registry
 
 EPS = 1e-7  # probability clip for the losses, as in Keras / the paper's BCE column
 
 
-class MetricsError(ConfigError):
-    """Predictions, labels or options handed to a metric are malformed; the message says which and how."""
+class MetricsError(ValueError):
+    """Predictions, labels or options handed to a metric are malformed; the message says which and how.
+
+    Not a ConfigError: what a user writes is checked before any metric runs, so this one is a caller's bug
+    (or data no trial should have produced) and must not exit as "bad input".
+    """
 
 
 # ---------------------------------------------------------------------------------------------------------
