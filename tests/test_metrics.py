@@ -476,3 +476,104 @@ def test_evaluate_is_json_able_complete_and_deterministic():
     assert set(no_val["thresholds"]) == {"fixed"}
     with pytest.raises(M.MetricsError, match="together"):
         M.evaluate(p, y, names=names, patient_ids=pid, val_probs=vp)
+
+
+# ------------------------------------------------------------------------------ logits and degenerate output
+
+
+def sigmoid32(logits):
+    """What a model's float32 sigmoid stores: exactly 1.0 above a logit of about 16.6, 0.0 below about -88.7."""
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-np.asarray(logits, np.float32)))).astype(np.float32)
+
+
+def test_auroc_ranks_the_logits_where_the_sigmoid_saturates():
+    rng = np.random.default_rng(20)
+    n = 300
+    pid = np.arange(n) // 2
+    y = (rng.random((n, 2)) < 0.3).astype(np.uint8)
+    logits = rng.normal(size=(n, 2)) + 1.5 * y
+    logits[:, 0] += 40  # every sigmoid of finding 0 is exactly 1.0; its logits keep their order
+    probs = sigmoid32(logits)
+    assert np.all(probs[:, 0] == 1.0) and len(np.unique(probs[:, 1])) == n
+    names = ["saturated", "healthy"]
+    ev = M.evaluate(probs, y, names=names, patient_ids=pid, logits=logits, n_boot=200)
+    blind = M.evaluate(probs, y, names=names, patient_ids=pid, n_boot=200)
+    sat = ev["per_finding"]["saturated"]
+    assert sat["auc"] == pytest.approx(roc_auc_score(y[:, 0], logits[:, 0]), abs=1e-12) and sat["auc"] > 0.75
+    assert sat["ap"] == pytest.approx(average_precision_score(y[:, 0], logits[:, 0]), abs=1e-12)
+    assert blind["per_finding"]["saturated"]["auc"] == 0.5 and blind["per_finding"]["saturated"]["auc_ci"] == [0.5, 0.5]
+    assert sat["auc_ci"][0] < sat["auc"] < sat["auc_ci"][1]
+    # on unsaturated output the logits and the probabilities rank alike
+    assert ev["per_finding"]["healthy"]["auc"] == blind["per_finding"]["healthy"]["auc"]
+    assert ev["per_finding"]["healthy"]["auc_ci"] == blind["per_finding"]["healthy"]["auc_ci"]
+    # thresholded metrics and the losses stay with the probabilities
+    for key in ("f1_macro", "f1_macro_ci", "sensitivity_macro", "specificity_macro", "bce", "focal", "ece"):
+        assert ev[key] == blind[key], key
+    # the resampled AUROC ranks the logits: any order-preserving rescaling of them gives the same interval
+    rescaled = (logits - logits.min(0)) / np.ptp(logits, axis=0)
+    with_logits = M.bootstrap(probs, y, pid, stats=("auc", "ap"), n_boot=100, seed=1, logits=logits)
+    assert with_logits == M.bootstrap(rescaled, y, pid, stats=("auc", "ap"), n_boot=100, seed=1)
+    assert ev["degenerate"]["scores"] == "logits" and blind["degenerate"]["scores"] == "probs"
+    with pytest.raises(M.MetricsError, match=r"logits has shape \(300, 1\)"):
+        M.evaluate(probs, y, names=names, patient_ids=pid, logits=logits[:, :1])
+    with pytest.raises(M.MetricsError, match="non-finite.*expected logits"):
+        M.per_finding(probs, y, names=names, logits=np.full((n, 2), np.inf))
+
+
+def test_degenerate_flags_saturated_and_constant_columns_not_healthy_ones():
+    rng = np.random.default_rng(21)
+    n = 400
+    logits = rng.normal(0, 2, size=(n, 4))
+    logits[:, 0] = rng.choice([-700.0, 700.0], n) + rng.normal(size=n)  # broken BatchNorm statistics
+    logits[:, 1] = -1.4  # one value for every image
+    logits[: n // 10, 3] = 20.0  # a confident column: a tenth of it saturates
+    probs = sigmoid32(logits)
+    names = ["saturated", "constant", "healthy", "confident"]
+    from_logits = M.degenerate(probs, logits=logits, names=names)
+    from_probs = M.degenerate(probs, names=names)
+    for r in (from_logits, from_probs):
+        per = r["per_finding"]
+        assert r["findings"] == ["saturated", "constant"]
+        assert per["saturated"] == {
+            "saturated_share": 1.0,
+            "n_distinct": per["saturated"]["n_distinct"],
+            "degenerate": True,
+        }
+        assert per["constant"]["n_distinct"] == 1 and per["constant"]["saturated_share"] == 0.0
+        assert per["healthy"] == {"saturated_share": 0.0, "n_distinct": n, "degenerate": False}
+        assert per["confident"]["saturated_share"] == pytest.approx(0.1) and not per["confident"]["degenerate"]
+        assert r["degenerate"]  # half the findings: the trial's macro averages are half ties and constants
+        assert r["saturated_share"] == pytest.approx((1.0 + 0.1) / 4)
+        assert "at least 50% of its outputs are saturated" in r["rule"]
+    assert from_probs["per_finding"]["saturated"]["n_distinct"] == 2  # exactly 0.0 and 1.0
+    assert from_logits["per_finding"]["saturated"]["n_distinct"] == n  # the logits still differ
+    assert from_logits["median_abs_logit"] > 1 and from_probs["median_abs_logit"] is None
+    one_bad = M.degenerate(probs[:, 1:], logits=logits[:, 1:])
+    assert one_bad["findings"] == ["0"] and not one_bad["degenerate"]  # a third of the findings: marked, trial kept
+    assert M.degenerate(logits=logits, names=names)["findings"] == ["saturated", "constant"]
+    # the saturation points are float32's (and torch's): just inside them the sigmoid is not yet 0 or 1
+    edge = np.array([[M.SATURATION_LOGIT_HIGH - 0.01], [M.SATURATION_LOGIT_LOW + 0.01]])
+    assert np.all((sigmoid32(edge) > 0) & (sigmoid32(edge) < 1))
+    edge = np.array([[M.SATURATION_LOGIT_HIGH + 0.01], [M.SATURATION_LOGIT_LOW - 0.01]])
+    np.testing.assert_array_equal(sigmoid32(edge), [[1.0], [0.0]])
+
+
+def test_evaluate_records_degenerate_output():
+    p, y, pid = make_set(seed=22)
+    p[:, 2] = 0.25  # a constant column scores AUROC 0.5 [0.5, 0.5]: the record says why
+    vp, vy, _ = make_set(seed=23)
+    ev = M.evaluate(p, y, names=list("abcd"), patient_ids=pid, val_probs=vp, val_labels=vy, n_boot=50)
+    assert ev["per_finding"]["c"]["auc"] == 0.5 and ev["per_finding"]["c"]["auc_ci"] == [0.5, 0.5]
+    assert ev["degenerate"]["findings"] == ["c"] and not ev["degenerate"]["degenerate"]
+    assert ev["degenerate"] == M.degenerate(p, names=list("abcd"))
+    assert ev["degenerate_val"] == M.degenerate(vp, names=list("abcd"))
+    val_logits = np.log(vp / (1 - vp))
+    with_val = M.evaluate(
+        p, y, names=list("abcd"), patient_ids=pid, val_probs=vp, val_labels=vy, val_logits=val_logits, n_boot=50
+    )
+    assert with_val["degenerate_val"]["scores"] == "logits"
+    assert with_val["degenerate_val"]["median_abs_logit"] == pytest.approx(np.median(np.abs(val_logits)))
+    with pytest.raises(M.MetricsError, match="val_logits needs val_probs"):
+        M.evaluate(p, y, names=list("abcd"), patient_ids=pid, val_logits=val_logits)
+    json.dumps(ev, allow_nan=False)

@@ -4,6 +4,7 @@ core: input checks, per-finding metrics, the paper's losses, thresholds chosen o
 bootstrap: patient-level resampling and percentile intervals.
 compare: paired comparisons of two models (paired bootstrap, DeLong, Holm) and the sentence that reports one.
 seeds: several seeds of one setting.
+degenerate: saturated or constant output, per finding and per trial.
 evaluation: everything metrics.json holds.
 """
 
@@ -30,13 +31,26 @@ from harness.metrics.core import (
     roc_curve_points,
     weighted,
 )
+from harness.metrics.degenerate import (
+    DEGENERATE_MIN_DISTINCT,
+    DEGENERATE_SATURATED_SHARE,
+    DEGENERATE_TRIAL_SHARE,
+    SATURATION_LOGIT_HIGH,
+    SATURATION_LOGIT_LOW,
+    degenerate,
+)
 from harness.metrics.evaluation import evaluate
 from harness.metrics.seeds import combine_seeds, seeds_summary
 
 __all__ = [
     "BOOT_STATS",
+    "DEGENERATE_MIN_DISTINCT",
+    "DEGENERATE_SATURATED_SHARE",
+    "DEGENERATE_TRIAL_SHARE",
     "EPS",
     "FALLBACK_THRESHOLD",
+    "SATURATION_LOGIT_HIGH",
+    "SATURATION_LOGIT_LOW",
     "THRESHOLD_RULES",
     "MetricsError",
     "ThresholdRule",
@@ -45,6 +59,7 @@ __all__ = [
     "calibration",
     "choose_thresholds",
     "combine_seeds",
+    "degenerate",
     "delong",
     "evaluate",
     "focal_loss",

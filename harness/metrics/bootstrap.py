@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from harness.metrics.core import MetricsError, _check, _f1, _level, _n_boot, _ratio, _thresholds
+from harness.metrics.core import MetricsError, _check, _f1, _level, _logits, _n_boot, _ratio, _thresholds
 from harness.registry import Registry
 
 # Resampled statistics run over blocks of this many resamples: large enough to amortise numpy's per-call
@@ -45,10 +45,11 @@ def resample_counts(patient_ids: Any, *, n_boot: int, seed: int) -> tuple[np.nda
 class _Data:
     """Predictions and labels of one test set, with what every resampled statistic precomputes."""
 
-    p: np.ndarray  # (N, F) float64
+    p: np.ndarray  # (N, F) float64 probabilities: what thresholded statistics compare with a threshold
     y: np.ndarray  # (N, F) int8
     pidx: np.ndarray  # (N,) patient index
     n_pat: int
+    s: np.ndarray  # (N, F) float64 what ranking statistics rank: the logits when given, else p itself
 
     def per_patient(self, x: np.ndarray) -> np.ndarray:
         """(N, F) image values summed per patient -> (P, F); a resample's total is then counts @ this."""
@@ -58,6 +59,7 @@ class _Data:
 
 
 # A resampled statistic: (data, counts (B, P), thresholds (F,)) -> (B, F), NaN where undefined in a resample.
+# Ranking statistics (auc, ap) read data.s, thresholded ones data.p.
 BOOT_STATS: Registry[Callable[[_Data, np.ndarray, np.ndarray], np.ndarray]] = Registry("bootstrap statistic")
 
 
@@ -122,7 +124,7 @@ def _boot_auc(d: _Data, counts: np.ndarray, t: np.ndarray) -> np.ndarray:
     blocks = _count_blocks(counts, np.bincount(d.pidx))
     for f in range(d.p.shape[1]):
         pos = d.y[:, f] == 1
-        neg = _WeightBelow(d.p[~pos, f], d.pidx[~pos], d.p[pos, f], d.n_pat, blocks[0][1].dtype)
+        neg = _WeightBelow(d.s[~pos, f], d.pidx[~pos], d.s[pos, f], d.n_pat, blocks[0][1].dtype)
         pid_pos = d.pidx[pos]
         n_neg_pat = np.bincount(d.pidx[~pos], minlength=d.n_pat).astype(np.float64)
         for rows, ct in blocks:
@@ -143,8 +145,8 @@ def _boot_ap(d: _Data, counts: np.ndarray, t: np.ndarray) -> np.ndarray:
     blocks = _count_blocks(counts, np.bincount(d.pidx))
     for f in range(d.p.shape[1]):
         pos = d.y[:, f] == 1
-        q = d.p[pos, f]
-        neg = _WeightBelow(d.p[~pos, f], d.pidx[~pos], q, d.n_pat, blocks[0][1].dtype)
+        q = d.s[pos, f]
+        neg = _WeightBelow(d.s[~pos, f], d.pidx[~pos], q, d.n_pat, blocks[0][1].dtype)
         same = _WeightBelow(q, d.pidx[pos], q, d.n_pat, blocks[0][1].dtype)
         pid_pos = d.pidx[pos]
         n_neg_pat = np.bincount(d.pidx[~pos], minlength=d.n_pat).astype(np.float64)
@@ -192,14 +194,15 @@ def _stat_fn(stat: str) -> Callable[[_Data, np.ndarray, np.ndarray], np.ndarray]
     return BOOT_STATS[stat]
 
 
-def _prepare(probs: Any, labels: Any, patient_ids: Any, *, what: str = "probs") -> _Data:
+def _prepare(probs: Any, labels: Any, patient_ids: Any, *, logits: Any = None, what: str = "probs") -> _Data:
     p, y = _check(probs, labels, patient_ids, what=what)
+    s = p if logits is None else _logits(logits, p.shape, what=what.replace("probs", "logits"))
     if patient_ids is None:
         raise MetricsError("patient_ids is required: the bootstrap resamples patients, not images")
     if p.shape[0] == 0:
         raise MetricsError(f"{what} has no images")
     _, pidx = np.unique(np.asarray(patient_ids).reshape(-1), return_inverse=True)
-    return _Data(p, y, pidx.reshape(-1), int(pidx.max()) + 1)
+    return _Data(p, y, pidx.reshape(-1), int(pidx.max()) + 1, s)
 
 
 def _defined(y: np.ndarray) -> np.ndarray:
@@ -229,6 +232,16 @@ def _interval(x: np.ndarray, level: float) -> list[float | None]:
     return [float(lo), float(hi)]
 
 
+def _intervals(samples: np.ndarray, keep: np.ndarray, level: float) -> dict[str, Any]:
+    """{"macro": [lo, hi], "per_finding": (F, 2) list, "n_dropped"} of (B, F) resampled values."""
+    m, dropped = _macro_samples(samples, keep)
+    return {
+        "macro": _interval(m, level),
+        "per_finding": [_interval(samples[:, f], level) if keep[f] else [None, None] for f in range(samples.shape[1])],
+        "n_dropped": dropped,
+    }
+
+
 def bootstrap(
     probs: Any,
     labels: Any,
@@ -239,28 +252,20 @@ def bootstrap(
     seed: int = 0,
     level: float = 0.95,
     thresholds: float | Sequence[float] | np.ndarray = 0.5,
+    logits: Any = None,
 ) -> dict[str, Any]:
     """Percentile CIs from resampling PATIENTS with replacement (all images of a drawn patient come along).
 
     Returns {stat: {"macro": [lo, hi], "per_finding": (F, 2) list, "n_dropped": resamples left out of the
     macro}, "n_boot", "level", "unit": "patient"}. A finding undefined on the full test set has [None, None].
+    With `logits`, the ranking statistics (auc, ap) rank the logits; thresholded ones still use probs.
     """
     level = _level(level)
     fns = {s: _stat_fn(s) for s in stats}
-    d = _prepare(probs, labels, patient_ids)
+    d = _prepare(probs, labels, patient_ids, logits=logits)
     t = _thresholds(thresholds, d.p.shape[1])
     counts, _ = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
     keep = _defined(d.y)
-    out: dict[str, Any] = {}
-    for name, fn in fns.items():
-        samples = fn(d, counts, t)
-        m, dropped = _macro_samples(samples, keep)
-        out[name] = {
-            "macro": _interval(m, level),
-            "per_finding": [
-                _interval(samples[:, f], level) if keep[f] else [None, None] for f in range(samples.shape[1])
-            ],
-            "n_dropped": dropped,
-        }
+    out: dict[str, Any] = {name: _intervals(fn(d, counts, t), keep, level) for name, fn in fns.items()}
     out.update({"n_boot": int(counts.shape[0]), "level": level, "unit": "patient"})
     return out

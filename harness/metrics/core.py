@@ -36,6 +36,34 @@ def _matrix(x: Any, what: str) -> np.ndarray:
     return a
 
 
+def _finite(a: np.ndarray, what: str, expected: str) -> np.ndarray:
+    try:
+        a = a.astype(np.float64)
+    except (TypeError, ValueError):
+        raise MetricsError(f"{what} must be numeric, got dtype {a.dtype}") from None
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise MetricsError(f"{what} has {int(bad.sum())} non-finite values (NaN or inf); expected {expected}")
+    return a
+
+
+def _unit(p: np.ndarray, what: str) -> np.ndarray:
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise MetricsError(
+            f"{what} must be probabilities in [0, 1], got values in [{p.min():g}, {p.max():g}]"
+            " (logits? apply a sigmoid first)"
+        )
+    return p
+
+
+def _logits(logits: Any, shape: tuple[int, ...], *, what: str = "logits") -> np.ndarray:
+    """logits as float64 (N,F), finite and shaped like the probabilities they came with; raise MetricsError otherwise."""
+    s = _matrix(logits, what)
+    if s.shape != shape:
+        raise MetricsError(f"{what} has shape {s.shape} but the probabilities have {shape}; they must match")
+    return _finite(s, what, "logits")
+
+
 def _check(
     probs: Any, labels: Any, patient_ids: Any = None, names: Sequence[str] | None = None, *, what: str = "probs"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -44,18 +72,7 @@ def _check(
     y = _matrix(labels, "labels")
     if p.shape != y.shape:
         raise MetricsError(f"{what} has shape {p.shape} but labels has {y.shape}; they must match")
-    try:
-        p = p.astype(np.float64)
-    except (TypeError, ValueError):
-        raise MetricsError(f"{what} must be numeric, got dtype {p.dtype}") from None
-    bad = ~np.isfinite(p)
-    if bad.any():
-        raise MetricsError(f"{what} has {int(bad.sum())} non-finite values (NaN or inf); expected probabilities")
-    if p.size and (p.min() < 0 or p.max() > 1):
-        raise MetricsError(
-            f"{what} must be probabilities in [0, 1], got values in [{p.min():g}, {p.max():g}]"
-            " (logits? apply a sigmoid first)"
-        )
+    p = _unit(_finite(p, what, "probabilities"), what)
     try:
         yf = y.astype(np.float64)
     except (TypeError, ValueError):
@@ -179,14 +196,22 @@ def _reason(n_pos: int, n_neg: int) -> str | None:
 
 
 def per_finding(
-    probs: Any, labels: Any, *, names: Sequence[str], thresholds: float | Sequence[float] | np.ndarray = 0.5
+    probs: Any,
+    labels: Any,
+    *,
+    names: Sequence[str],
+    thresholds: float | Sequence[float] | np.ndarray = 0.5,
+    logits: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """name -> {auc, ap, f1, sensitivity, specificity, threshold, prevalence, n_pos, n_neg, undefined}.
 
     A finding without positives (or negatives) has auc/ap None and `undefined` giving the reason; rates
     whose denominator is empty are None too. An image is called positive when its probability >= threshold.
+    With `logits`, auc and ap rank the logits instead: a float32 sigmoid ties every logit above about 16.6
+    at exactly 1.0, and the logits keep the order it loses (on unsaturated output the two agree).
     """
     p, y = _check(probs, labels, names=names)
+    s = p if logits is None else _logits(logits, p.shape)
     t = _thresholds(thresholds, p.shape[1])
     c = _confusion(p, y, t)
     n_pos, n_neg = c["tp"] + c["fn"], c["fp"] + c["tn"]
@@ -196,8 +221,8 @@ def per_finding(
     for f, name in enumerate(names):
         why = _reason(int(n_pos[f]), int(n_neg[f]))
         out[str(name)] = {
-            "auc": None if why else float(roc_auc_score(y[:, f], p[:, f])),
-            "ap": None if why else float(average_precision_score(y[:, f], p[:, f])),
+            "auc": None if why else float(roc_auc_score(y[:, f], s[:, f])),
+            "ap": None if why else float(average_precision_score(y[:, f], s[:, f])),
             "f1": _num(f1[f]),
             "sensitivity": _num(sens[f]),
             "specificity": _num(spec[f]),

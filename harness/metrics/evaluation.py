@@ -12,6 +12,7 @@ from harness.metrics.core import (
     THRESHOLD_RULES,
     MetricsError,
     _check,
+    _logits,
     _num,
     bce_loss,
     calibration,
@@ -21,6 +22,7 @@ from harness.metrics.core import (
     per_finding,
     weighted,
 )
+from harness.metrics.degenerate import degenerate
 
 
 def evaluate(
@@ -29,8 +31,10 @@ def evaluate(
     *,
     names: Sequence[str],
     patient_ids: Any,
+    logits: Any = None,
     val_probs: Any = None,
     val_labels: Any = None,
+    val_logits: Any = None,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -41,21 +45,33 @@ def evaluate(
 
     F1, sensitivity and specificity use the paper's fixed 0.5 threshold; with validation predictions the
     THRESHOLD_RULES thresholds are chosen there and the test F1 they give is reported beside it.
+
+    With `logits` (the same images' pre-sigmoid outputs), AUROC and AP and their intervals rank the logits,
+    which keep the order a saturated float32 sigmoid loses; everything thresholded, and the losses, still
+    use the probabilities. "degenerate" is the `degenerate` record of the test output ("scores" in it says
+    what the AUROC ranked); with validation predictions "degenerate_val" is that of the validation output,
+    read from `val_logits` when given.
     """
     p, y = _check(probs, labels, patient_ids, names)
+    s = None if logits is None else _logits(logits, p.shape)
     if p.shape[0] == 0:
         raise MetricsError("probs has no images; there is nothing to evaluate")
     if (val_probs is None) != (val_labels is None):
         raise MetricsError("val_probs and val_labels must be given together (or neither)")
+    if val_logits is not None and val_probs is None:
+        raise MetricsError("val_logits needs val_probs and val_labels beside it")
     names = [str(n) for n in names]
-    per = per_finding(p, y, names=names)
-    boot = bootstrap(p, y, patient_ids, stats=("auc", "f1"), n_boot=n_boot, seed=seed, level=level)
+    per = per_finding(p, y, names=names, logits=s)
+    boot = bootstrap(p, y, patient_ids, stats=("auc", "f1"), n_boot=n_boot, seed=seed, level=level, logits=s)
     for f, name in enumerate(names):
         per[name]["auc_ci"] = boot["auc"]["per_finding"][f]
         per[name]["f1_ci"] = boot["f1"]["per_finding"][f]
     thresholds: dict[str, Any] = {"fixed": {"rule": "0.5", "f1_macro": macro(per, "f1")}}
+    extra: dict[str, Any] = {"degenerate": degenerate(p, logits=s, names=names)}
     if val_probs is not None:
         vp, vy = _check(val_probs, val_labels, names=names, what="val_probs")
+        vs = None if val_logits is None else _logits(val_logits, vp.shape, what="val_logits")
+        extra["degenerate_val"] = degenerate(vp, logits=vs, names=names)
         for rule in THRESHOLD_RULES:
             t = choose_thresholds(vp, vy, rule=rule)
             on_test = per_finding(p, y, names=names, thresholds=t)
@@ -88,4 +104,5 @@ def evaluate(
         "n_boot": boot["n_boot"],
         "ci_level": level,
         "ci_unit": "patient",
+        **extra,
     }
