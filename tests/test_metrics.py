@@ -577,3 +577,120 @@ def test_evaluate_records_degenerate_output():
     with pytest.raises(M.MetricsError, match="val_logits needs val_probs"):
         M.evaluate(p, y, names=list("abcd"), patient_ids=pid, val_logits=val_logits)
     json.dumps(ev, allow_nan=False)
+
+
+# ------------------------------------------------------------------------------------ seeds, then patients
+
+
+def seeded_runs(p, k_strengths, *, seed=0):
+    """One setting trained with several seeds: the same signal, each seed learning it to its own degree."""
+    rng = np.random.default_rng(seed)
+    z = np.log(p / (1 - p))
+    return [1 / (1 + np.exp(-(z * s + rng.normal(0, 0.5, p.shape)))) for s in k_strengths]
+
+
+def test_one_seed_gives_the_single_seed_numbers_exactly():
+    p, y, pid = make_set(seed=30)
+    t = np.array([0.3, 0.4, 0.5, 0.35])
+    stats = tuple(M.BOOT_STATS)
+    one = M.seed_bootstrap([p], y, pid, stats=stats, thresholds_by_seed=[t], n_boot=200, seed=4)
+    boot = M.bootstrap(p, y, pid, stats=stats, thresholds=t, n_boot=200, seed=4)
+    per = M.per_finding(p, y, names=list("abcd"), thresholds=t)
+    for stat in stats:
+        assert one[stat]["ci"] == boot[stat]["macro"] and one[stat]["n_dropped"] == boot[stat]["n_dropped"]
+        assert one[stat]["per_finding_ci"] == boot[stat]["per_finding"]
+        assert one[stat]["value"] == M.macro(per, stat) and one[stat]["per_seed"] == [M.macro(per, stat)]
+        assert one[stat]["per_finding"] == [per[n][stat] for n in "abcd"]
+    ev = M.evaluate(p, y, names=list("abcd"), patient_ids=pid, n_boot=200, seed=4)
+    sb = M.seed_bootstrap([p], y, pid, n_boot=200, seed=4)
+    assert (sb["auc"]["value"], sb["auc"]["ci"]) == (ev["auc_macro"], ev["auc_macro_ci"])
+    assert (sb["f1"]["value"], sb["f1"]["ci"]) == (ev["f1_macro"], ev["f1_macro_ci"])
+    assert sb["n_seeds"] == 1 and sb["unit"] == "seed, then patient"
+    logits = np.log(p / (1 - p)) * 3
+    with_logits = M.seed_bootstrap([p], y, pid, logits_by_seed=[logits], stats=("auc",), n_boot=100)
+    assert with_logits["auc"]["ci"] == M.bootstrap(p, y, pid, stats=("auc",), n_boot=100, logits=logits)["auc"]["macro"]
+
+    # paired: the same numbers as the single-seed test, whose interval is the resampled AUROC difference
+    (other,) = seeded_runs(p, [0.5])
+    pair = M.paired_seed_bootstrap(probs_a_by_seed=[p], probs_b_by_seed=[other], labels=y, patient_ids=pid, n_boot=300)
+    ref = M.paired_bootstrap(probs_a=p, probs_b=other, labels=y, patient_ids=pid, n_boot=300)
+    assert {k: v for k, v in pair.items() if k in ref and k != "unit"} == {k: v for k, v in ref.items() if k != "unit"}
+    diffs = (
+        resampled("auc", p, y, pid, n_boot=300, seed=0) - resampled("auc", other, y, pid, n_boot=300, seed=0)
+    ).mean(1)
+    assert ref["ci"] == pytest.approx(np.quantile(diffs, [0.025, 0.975]).tolist(), abs=1e-12)
+    assert pair["auc_a_per_seed"] == [ref["auc_a"]] and (pair["n_seeds_a"], pair["n_seeds_b"]) == (1, 1)
+
+
+def test_seed_interval_holds_seed_to_seed_variation():
+    p, y, pid = make_set(seed=31, n_pat=150)
+    runs = seeded_runs(p, [0.2, 0.6, 1.0, 1.4])  # seeds that learn materially differently
+    two_level = M.seed_bootstrap(runs, y, pid, n_boot=400, seed=0)["auc"]
+    per_seed = [roc_auc_score(y, r) for r in runs]
+    assert two_level["per_seed"] == pytest.approx(per_seed, abs=1e-12)
+    assert two_level["value"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+    assert two_level["per_finding"][2] == pytest.approx(np.mean([roc_auc_score(y[:, 2], r[:, 2]) for r in runs]))
+    # the same seed-mean resampled over patients only
+    patients_only = np.mean([resampled("auc", r, y, pid, n_boot=400, seed=0).mean(1) for r in runs], axis=0)
+    lo, hi = np.quantile(patients_only, [0.025, 0.975])
+    (a, b) = two_level["ci"]
+    assert a < lo and b > hi and (b - a) > 1.8 * (hi - lo)
+    # seeds that agree add nothing: the interval is the single seed's
+    same = M.seed_bootstrap([runs[2]] * 3, y, pid, stats=("auc",), n_boot=400)["auc"]["ci"]
+    assert same == pytest.approx(M.bootstrap(runs[2], y, pid, stats=("auc",), n_boot=400)["auc"]["macro"], abs=1e-12)
+    with pytest.raises(M.MetricsError, match="thresholds_by_seed has 1 entries but there are 4 seeds"):
+        M.seed_bootstrap(runs, y, pid, thresholds_by_seed=[0.5])
+    with pytest.raises(M.MetricsError, match="seed_bootstrap needs the predictions of at least one seed"):
+        M.seed_bootstrap([], y, pid)
+
+
+def test_paired_seed_bootstrap_compares_seed_means():
+    p, y, pid = make_set(seed=32, n_pat=150)
+    better = seeded_runs(p, [1.0, 1.3, 1.6], seed=1)
+    worse = seeded_runs(p, [0.2, 0.5], seed=2)
+    r = M.paired_seed_bootstrap(
+        probs_a_by_seed=better, probs_b_by_seed=worse, labels=y, patient_ids=pid, n_boot=400, seed=3
+    )
+    mean_a, mean_b = np.mean([roc_auc_score(y, s) for s in better]), np.mean([roc_auc_score(y, s) for s in worse])
+    assert r["diff"] == pytest.approx(mean_a - mean_b, abs=1e-12)
+    assert (r["auc_a"], r["auc_b"]) == pytest.approx((mean_a, mean_b), abs=1e-12)
+    assert r["auc_b_per_seed"] == pytest.approx([roc_auc_score(y, s) for s in worse], abs=1e-12)
+    assert r["ci"][0] < r["diff"] < r["ci"][1] and r["p"] < 0.05 and r["unit"] == "seed, then patient"
+    flipped = M.paired_seed_bootstrap(
+        probs_a_by_seed=worse, probs_b_by_seed=better, labels=y, patient_ids=pid, n_boot=400, seed=3
+    )
+    assert flipped["diff"] == pytest.approx(-r["diff"], abs=1e-12)
+    # seed-to-seed spread widens the interval beyond the same patient resamples alone
+    boot = {
+        name: np.mean([resampled("auc", s, y, pid, n_boot=400, seed=3).mean(1) for s in runs], axis=0)
+        for name, runs in (("a", better), ("b", worse))
+    }
+    lo, hi = np.quantile(boot["a"] - boot["b"], [0.025, 0.975])
+    assert r["ci"][1] - r["ci"][0] > 1.5 * (hi - lo)
+    one = M.paired_seed_bootstrap(
+        probs_a_by_seed=better, probs_b_by_seed=worse, labels=y, patient_ids=pid, n_boot=100, finding=1
+    )
+    assert one["diff"] == pytest.approx(
+        np.mean([roc_auc_score(y[:, 1], s[:, 1]) for s in better])
+        - np.mean([roc_auc_score(y[:, 1], s[:, 1]) for s in worse]),
+        abs=1e-12,
+    )
+
+
+def test_paired_seed_bootstrap_p_is_not_too_small_under_the_null():
+    # Two settings whose seeds come from the same distribution of outcomes: claims at about 5 % or less.
+    rng = np.random.default_rng(5)
+    ps = []
+    for r in range(40):
+        y = (rng.random((200, 1)) < 0.4).astype(int)
+        base = rng.normal(size=(200, 1)) + y
+        a, b = (
+            [1 / (1 + np.exp(-(base * rng.uniform(0.2, 1.5) + rng.normal(0, 1, (200, 1))))) for _ in range(3)]
+            for _ in range(2)
+        )
+        res = M.paired_seed_bootstrap(
+            probs_a_by_seed=a, probs_b_by_seed=b, labels=y, patient_ids=np.arange(200), n_boot=150, seed=r
+        )
+        ps.append(res["p"])
+    assert 0.35 <= np.mean(ps) <= 0.7
+    assert np.mean(np.array(ps) < 0.05) <= 0.1

@@ -3,7 +3,7 @@
 core: input checks, per-finding metrics, the paper's losses, thresholds chosen on validation.
 bootstrap: patient-level resampling and percentile intervals.
 compare: paired comparisons of two models (paired bootstrap, DeLong, Holm) and the sentence that reports one.
-seeds: several seeds of one setting.
+seeds: several seeds of one setting (summaries, the two-level seed and patient bootstrap).
 degenerate: saturated or constant output, per finding and per trial.
 evaluation: everything metrics.json holds.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.metrics import compare as _compare
 from harness.metrics.bootstrap import BOOT_STATS, bootstrap, resample_counts
-from harness.metrics.compare import delong, holm, summary_sentence
+from harness.metrics.compare import delong, holm, paired_seed_bootstrap, summary_sentence
 from harness.metrics.core import (
     EPS,
     FALLBACK_THRESHOLD,
@@ -40,7 +40,7 @@ from harness.metrics.degenerate import (
     degenerate,
 )
 from harness.metrics.evaluation import evaluate
-from harness.metrics.seeds import combine_seeds, seeds_summary
+from harness.metrics.seeds import combine_seeds, seed_bootstrap, seeds_summary
 
 __all__ = [
     "BOOT_STATS",
@@ -66,9 +66,11 @@ __all__ = [
     "holm",
     "macro",
     "paired_bootstrap",
+    "paired_seed_bootstrap",
     "per_finding",
     "resample_counts",
     "roc_curve_points",
+    "seed_bootstrap",
     "seeds_summary",
     "summary_sentence",
     "weighted",

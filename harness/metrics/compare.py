@@ -1,4 +1,4 @@
-"""Paired comparisons of two models on the same images: paired patient bootstrap, DeLong, Holm, one sentence."""
+"""Paired comparisons of two models (or two seeded settings) on the same images: bootstrap, DeLong, Holm, words."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
-from harness.metrics.bootstrap import _boot_auc, _defined, _interval, _macro_samples, _prepare, resample_counts
+from harness.metrics.bootstrap import _boot_auc, _Data, _defined, _interval, _macro_samples, _prepare, resample_counts
 from harness.metrics.core import MetricsError, _check, _level, _reason
+from harness.metrics.seeds import SEED_STREAM, by_seed, seed_mean, seed_picks
 
 
 def _bootstrap_p(diffs: np.ndarray) -> float:
@@ -25,12 +26,63 @@ def _bootstrap_p(diffs: np.ndarray) -> float:
     return float(min(1.0, 2 * min(le + 1, ge + 1) / (n + 1)))
 
 
+def _paired_auc(
+    da: list[_Data], db: list[_Data], patient_ids: Any, *, n_boot: int, seed: int, finding: int | None, level: float
+) -> dict[str, Any]:
+    """Seed-mean AUROC of cell A minus cell B, both scored on the same patient resamples; seeds drawn per cell."""
+    n_f = da[0].p.shape[1]
+    y = da[0].y
+    keep = _defined(y)
+    if finding is not None:
+        if isinstance(finding, bool) or not isinstance(finding, (int, np.integer)) or not 0 <= finding < n_f:
+            raise MetricsError(f"finding={finding!r} is out of range; valid: an index in 0..{n_f - 1} or None")
+        why = _reason(int(y[:, finding].sum()), int(len(y) - y[:, finding].sum()))
+        if why:
+            raise MetricsError(f"finding {finding} has no AUROC to compare: {why}")
+        keep = np.arange(n_f) == finding
+    if not keep.any():
+        raise MetricsError("no finding has both positives and negatives; there is no AUROC to compare")
+    counts, _ = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
+    t = np.full(n_f, 0.5)
+
+    def cell(data: list[_Data], stream: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        points = [
+            np.array([roc_auc_score(d.y[:, f], d.s[:, f]) if keep[f] else np.nan for f in range(n_f)]) for d in data
+        ]
+        boot = seed_mean(
+            [_boot_auc(d, counts, t) for d in data], seed_picks(len(data), len(counts), seed, stream=stream)
+        )
+        return np.mean(points, axis=0), boot, [float(np.mean(pt[keep])) for pt in points]
+
+    point_a, sa, per_seed_a = cell(da, SEED_STREAM)
+    point_b, sb, per_seed_b = cell(db, SEED_STREAM + 1)
+    diffs, dropped = _macro_samples(sa - sb, keep)
+    return {
+        "diff": float(np.mean(point_a[keep] - point_b[keep])),
+        "ci": _interval(diffs, level),
+        "p": _bootstrap_p(diffs) if diffs.size else None,
+        "auc_a": float(np.mean(point_a[keep])),
+        "auc_b": float(np.mean(point_b[keep])),
+        "auc_a_per_seed": per_seed_a,
+        "auc_b_per_seed": per_seed_b,
+        "n_seeds_a": len(da),
+        "n_seeds_b": len(db),
+        "n_boot": int(counts.shape[0]),
+        "n_dropped": dropped,
+        "level": level,
+        "unit": "seed, then patient",
+        "metric": "AUROC",
+    }
+
+
 def paired_bootstrap(
     *,
     probs_a: Any,
     probs_b: Any,
     labels: Any,
     patient_ids: Any,
+    logits_a: Any = None,
+    logits_b: Any = None,
     n_boot: int = 1000,
     seed: int = 0,
     finding: int | None = None,
@@ -39,41 +91,48 @@ def paired_bootstrap(
     """AUROC of model A minus model B on the same images and the same patient resamples.
 
     {"diff": macro (or `finding`'s) AUROC difference, "ci": [lo, hi] percentile interval, "p": two-sided,
-    "n_boot", "n_dropped", "level", "unit": "patient", "metric": "AUROC"}.
+    "auc_a", "auc_b", "n_boot", "n_dropped", "level", "unit": "patient", "metric": "AUROC"}. With logits,
+    each model's AUROC ranks its logits.
     """
     level = _level(level)
-    da = _prepare(probs_a, labels, patient_ids, what="probs_a")
-    db = _prepare(probs_b, labels, patient_ids, what="probs_b")
-    n_f = da.p.shape[1]
-    keep = _defined(da.y)
-    if finding is not None:
-        if isinstance(finding, bool) or not isinstance(finding, (int, np.integer)) or not 0 <= finding < n_f:
-            raise MetricsError(f"finding={finding!r} is out of range; valid: an index in 0..{n_f - 1} or None")
-        why = _reason(int(da.y[:, finding].sum()), int(len(da.y) - da.y[:, finding].sum()))
-        if why:
-            raise MetricsError(f"finding {finding} has no AUROC to compare: {why}")
-        keep = np.arange(n_f) == finding
-    if not keep.any():
-        raise MetricsError("no finding has both positives and negatives; there is no AUROC to compare")
-    counts, _ = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
-    t = np.full(n_f, 0.5)
-    point_a = np.array([roc_auc_score(da.y[:, f], da.p[:, f]) if keep[f] else np.nan for f in range(n_f)])
-    point_b = np.array([roc_auc_score(db.y[:, f], db.p[:, f]) if keep[f] else np.nan for f in range(n_f)])
-    sa, sb = _boot_auc(da, counts, t), _boot_auc(db, counts, t)
-    diffs, dropped = _macro_samples(sa - sb, keep)
-    diff = float(np.mean(point_a[keep] - point_b[keep]))
-    return {
-        "diff": diff,
-        "ci": _interval(diffs, level),
-        "p": _bootstrap_p(diffs) if diffs.size else None,
-        "auc_a": float(np.mean(point_a[keep])),
-        "auc_b": float(np.mean(point_b[keep])),
-        "n_boot": int(counts.shape[0]),
-        "n_dropped": dropped,
-        "level": level,
-        "unit": "patient",
-        "metric": "AUROC",
-    }
+    da = _prepare(probs_a, labels, patient_ids, logits=logits_a, what="probs_a")
+    db = _prepare(probs_b, labels, patient_ids, logits=logits_b, what="probs_b")
+    r = _paired_auc([da], [db], patient_ids, n_boot=n_boot, seed=seed, finding=finding, level=level)
+    for key in ("auc_a_per_seed", "auc_b_per_seed", "n_seeds_a", "n_seeds_b"):
+        del r[key]
+    return {**r, "unit": "patient"}
+
+
+def paired_seed_bootstrap(
+    *,
+    probs_a_by_seed: Sequence[Any],
+    probs_b_by_seed: Sequence[Any],
+    labels: Any,
+    patient_ids: Any,
+    logits_a_by_seed: Sequence[Any] | None = None,
+    logits_b_by_seed: Sequence[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    finding: int | None = None,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Two settings, each run with one or more seeds on the same test images: seed-mean AUROC of A minus B.
+
+    The difference is that of the seed-mean macro (or `finding`'s) AUROCs, as the table shows them. Its
+    interval and two-sided p come from the two-level bootstrap of seed_bootstrap: every resample draws
+    each cell's seeds with replacement (independently: the two cells' seeds are separate trainings) and
+    one patient resample that scores both cells. With one seed per cell every number equals
+    paired_bootstrap's. Returns paired_bootstrap's keys, "unit": "seed, then patient", and
+    "auc_a_per_seed", "auc_b_per_seed" (each seed's macro AUROC), "n_seeds_a", "n_seeds_b".
+    """
+    level = _level(level)
+    da = by_seed(
+        probs_a_by_seed, labels, patient_ids, logits_a_by_seed, what="probs_a_by_seed", caller="paired_seed_bootstrap"
+    )
+    db = by_seed(
+        probs_b_by_seed, labels, patient_ids, logits_b_by_seed, what="probs_b_by_seed", caller="paired_seed_bootstrap"
+    )
+    return _paired_auc(da, db, patient_ids, n_boot=n_boot, seed=seed, finding=finding, level=level)
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:

@@ -208,7 +208,7 @@ def per_finding(
     A finding without positives (or negatives) has auc/ap None and `undefined` giving the reason; rates
     whose denominator is empty are None too. An image is called positive when its probability >= threshold.
     With `logits`, auc and ap rank the logits instead: a float32 sigmoid ties every logit above about 16.6
-    at exactly 1.0, and the logits keep the order it loses (on unsaturated output the two agree).
+    at exactly 1.0, and the logits keep the order it loses (where it ties nothing, the two rank alike).
     """
     p, y = _check(probs, labels, names=names)
     s = p if logits is None else _logits(logits, p.shape)
