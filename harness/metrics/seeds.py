@@ -88,19 +88,17 @@ def combine_seeds(
                 f"{stat}_n_dropped": dropped,
             }
         )
-    out.update(
-        {
-            "seeds": out["auc_seeds"],
-            "n_seeds": k,
-            "seed_spread_known": k > 1,
-            "n_boot": int(counts.shape[0]),
-            "level": level,
-            "unit": "patient",
-            "method": "mean over seeds; patient-bootstrap percentile CI of the seed-mean, each half-width "
-            "widened by z*s/sqrt(k) in quadrature (s: between-seed std)",
-        }
+    method = (
+        "mean over seeds; patient-bootstrap percentile CI of the seed-mean, each half-width "
+        "widened by z*s/sqrt(k) in quadrature (s: between-seed std)"
     )
-    return out
+    out.update({"seeds": out["auc_seeds"], "seed_spread_known": k > 1})
+    return {**out, **_how(k, counts, level, unit="patient", method=method)}
+
+
+def _how(k: int, counts: np.ndarray, level: float, *, unit: str, method: str) -> dict[str, Any]:
+    """The keys that say how a seed-combined interval was made."""
+    return {"n_seeds": k, "n_boot": int(counts.shape[0]), "level": level, "unit": unit, "method": method}
 
 
 def by_seed(
@@ -194,14 +192,8 @@ def seed_bootstrap(
             "per_finding_ci": ci["per_finding"],
             "n_dropped": ci["n_dropped"],
         }
-    out.update(
-        {
-            "n_seeds": k,
-            "n_boot": int(counts.shape[0]),
-            "level": level,
-            "unit": "seed, then patient",
-            "method": "mean over seeds; percentile interval of a two-level bootstrap: seeds drawn with "
-            "replacement, then patients, every drawn seed scored on the same patient resample and averaged",
-        }
+    method = (
+        "mean over seeds; percentile interval of a two-level bootstrap: seeds drawn with "
+        "replacement, then patients, every drawn seed scored on the same patient resample and averaged"
     )
-    return out
+    return {**out, **_how(k, counts, level, unit="seed, then patient", method=method)}
