@@ -44,6 +44,9 @@ def test_bench_paired_bootstrap(benchmark, nih_sized):
     probs, labels, pid = nih_sized
     other = np.clip(probs + np.random.default_rng(1).normal(0, 0.05, probs.shape), 0, 1)
     out = benchmark.pedantic(
-        M.paired_bootstrap, args=(probs, other, labels, pid), kwargs={"n_boot": 1000, "seed": 0}, rounds=2, iterations=1
+        M.paired_bootstrap,
+        kwargs={"probs_a": probs, "probs_b": other, "labels": labels, "patient_ids": pid, "n_boot": 1000, "seed": 0},
+        rounds=2,
+        iterations=1,
     )
     assert out["ci"][0] <= out["diff"] <= out["ci"][1]
