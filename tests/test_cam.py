@@ -337,7 +337,7 @@ def train_trial(root: Path, work: Path, trial: Trial, *, device: str = "cpu", wo
         data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers, progress=False
     )
     results = store.Store(work / "results")
-    out = results.begin(trial, "cam-test")
+    out = results.begin(trial, "cam-test").path
     train.run_trial(trial, runtime, out_dir=out)
     results.mark_done(trial)
     return out
@@ -403,7 +403,7 @@ def test_run_cam_named_images_and_out_dir(tiny_trial, tmp_path):
 def test_run_cam_refuses_what_is_not_a_trial(tiny_trial, tmp_path):
     trial_dir, cache_dir = tiny_trial
     runtime = Runtime(cache_dir=str(cache_dir), device="cpu", workers=1, progress=False)
-    with pytest.raises(ConfigError, match="has no trial.json"):
+    with pytest.raises(ConfigError, match=r"trial\.json: missing; expected a trial result directory"):
         cam.run_cam(tmp_path, runtime=runtime)
     broken = tmp_path / "broken"
     broken.mkdir()
