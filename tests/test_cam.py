@@ -70,7 +70,7 @@ def test_cam_every_arch_shape_range_and_no_side_effects(arch, built):
 
 @pytest.fixture
 def quick_smoothgrad(monkeypatch):
-    monkeypatch.setattr(cam, "SMOOTH_SAMPLES", 2)  # the same computation, fewer noisy copies: a faster test
+    monkeypatch.setattr(cam.maps, "SMOOTH_SAMPLES", 2)  # the same computation, fewer noisy copies: a faster test
 
 
 @pytest.mark.parametrize("method", cam.METHODS.names())
