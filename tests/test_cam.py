@@ -70,7 +70,7 @@ def test_cam_every_arch_shape_range_and_no_side_effects(arch, built):
 
 @pytest.fixture
 def quick_smoothgrad(monkeypatch):
-    monkeypatch.setattr(cam, "SMOOTH_SAMPLES", 2)  # the same computation, fewer noisy copies: a faster test
+    monkeypatch.setattr(cam.maps, "SMOOTH_SAMPLES", 2)  # the same computation, fewer noisy copies: a faster test
 
 
 @pytest.mark.parametrize("method", cam.METHODS.names())
@@ -121,11 +121,79 @@ def test_activations_of_named_layers(built, tmp_path):
     assert list(acts) == ["layer1[0]", "layer2[-1]", "layer4[-1]"]  # the paper's Figure 4
     assert acts["layer1[0]"].shape == (2, 256, 16, 16) and acts["layer4[-1]"].shape == (2, 2048, 2, 2)
     assert hooks(model) == 0
+    x = images(2, 64)
+    was = model.training
+    model.eval()
+    with torch.no_grad():  # layer1[0] by hand: the stem, then the block
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        expected = model.layer1[0](stem)
+    model.train(was)
+    torch.testing.assert_close(acts["layer1[0]"], expected, atol=1e-5, rtol=1e-5)
     path = cam.activation_figure(acts, tmp_path / "act.png", k=4)
-    assert Image.open(path).size[0] > 100
+    assert panels_per_column(path) == [3, 3, 3, 3]  # rows: the three layers; columns: k channels
     for arch in ARCHS:  # every arch has default figure layers that exist
         for name in cam.figure_layers(arch):
             cam.resolve_layer(built(arch), name)
+
+
+def coloured(path: Path) -> np.ndarray:
+    """(H, W) bool: the pixels of a saved figure that are neither grey nor white nor black."""
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return (np.abs(rgb[..., 0] - rgb[..., 1]) > 30) | (np.abs(rgb[..., 1] - rgb[..., 2]) > 30)
+
+
+def outlined(path: Path) -> np.ndarray:
+    """(H, W) bool: the pixels of a saved figure in the boxes' outline colour (lime)."""
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return (rgb[..., 1] > 200) & (rgb[..., 0] < 80) & (rgb[..., 2] < 80)
+
+
+def runs(line: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True in a 1-D bool array."""
+    edges = np.diff(np.r_[0, line.astype(int), 0])
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1))
+
+
+def panels_per_column(path: Path) -> list[int]:
+    """The number of coloured panels down each column of panels of a saved figure."""
+    mask = coloured(path)
+    return [len(runs(mask[:, (a + b) // 2])) for a, b in runs(mask.any(0))]
+
+
+def test_activation_figure_draws_a_panel_per_layer_and_channel(tmp_path):
+    # A layer with fewer channels than k leaves its last cells empty.
+    acts = {"a": torch.rand(2, 6, 16, 16), "b": torch.zeros(2, 3, 4, 4), "c": torch.rand(2, 9, 2, 2)}
+    path = cam.activation_figure(acts, tmp_path / "act.png", k=4, title="three layers")
+    assert panels_per_column(path) == [3, 3, 3, 2]
+
+
+def test_overlay_puts_the_heat_and_the_box_where_they_are(tmp_path):
+    size, load = 64, 73
+    heat = np.zeros((size, size))
+    heat[:32, :32] = 1.0  # the top-left quadrant only
+    box = (512, 512, 400, 400)  # 1024 px coordinates: the lower right of the crop
+    panel = (np.full((size, size), 128, np.uint8), heat, [box], "a title")
+    path = cam.overlay_figure(panel, tmp_path / "overlay.png", load=load)
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    lime = outlined(path)
+    tinted = coloured(path) & ~lime
+    grey = np.abs(rgb - 128).max(-1) <= 3
+    # The image's square on the figure (the longest runs: the title's anti-aliased text has grey pixels too),
+    # and its figure pixels per input pixel.
+    image = grey | tinted
+    (top, bottom), (left, right) = (max(runs(image.any(a)), key=lambda r: r[1] - r[0]) for a in (1, 0))
+    scale = (right - left + 1) / size
+    assert scale == pytest.approx((bottom - top + 1) / size, rel=0.02)
+
+    def near(figure_px: float, input_px: float) -> bool:
+        return abs(figure_px - input_px * scale) <= scale  # within one input pixel
+
+    rows, cols = np.flatnonzero(tinted.any(1)) - top, np.flatnonzero(tinted.any(0)) - left
+    assert near(rows[0], 0) and near(rows[-1] + 1, 32) and near(cols[0], 0) and near(cols[-1] + 1, 32)
+    assert tinted.sum() >= 0.8 * (32 * scale) ** 2, "the heat fills its quadrant"
+    x0, y0, x1, y1 = cam.input_box(box, size=size, load=load)
+    rows, cols = np.flatnonzero(lime.any(1)) - top, np.flatnonzero(lime.any(0)) - left
+    assert near(rows[0], y0) and near(rows[-1] + 1, y1) and near(cols[0], x0) and near(cols[-1] + 1, x1)
 
 
 def test_load_model_of_a_pretrained_trial_needs_no_imagenet_file(built, tmp_path, monkeypatch):
@@ -149,6 +217,7 @@ def test_box_geometry_matches_the_eval_path(size, tmp_path):
     load = loader.load_size(size)
     offset = (load - size) // 2
     assert offset == {64: 4, 80: 5, 224: 16, 299: 21}[size]  # load sizes 73, 91, 256, 342
+    assert loader.centre_window(load, size) == slice(offset, offset + size)
     box = (300.0, 180.0, 250.0, 420.0)  # x, y, w, h in the 1024 px original
     x0, y0, x1, y1 = cam.input_box(box, size=size)
     k = load / 1024
@@ -165,6 +234,16 @@ def test_box_geometry_matches_the_eval_path(size, tmp_path):
     assert (mask & drawn).sum() >= 0.9 * drawn.sum()
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     assert abs(cols[0] - x0) <= 1 and abs(cols[-1] + 1 - x1) <= 1 and abs(rows[0] - y0) <= 1
+
+
+@pytest.mark.parametrize("size", [64, 80])
+def test_input_crop_is_what_the_network_sees(size):
+    load = loader.load_size(size)
+    cached = np.random.default_rng(size).integers(0, 256, (3, load, load), dtype=np.uint8)
+    x, _ = next(iter(cam.eval_batches(cached, size=size, device=torch.device("cpu"), batch_size=3)))
+    seen = np.rint((x[:, 0].double().numpy() * loader.IMAGENET_STD[0] + loader.IMAGENET_MEAN[0]) * 255)
+    for image, pixels in zip(cached, seen):
+        np.testing.assert_array_equal(cam.input_crop(image, size), pixels)
 
 
 @pytest.mark.parametrize("size", [64, 224, 299])
@@ -337,10 +416,13 @@ def train_trial(root: Path, work: Path, trial: Trial, *, device: str = "cpu", wo
         data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers, progress=False
     )
     results = store.Store(work / "results")
-    out = results.begin(trial, "cam-test")
+    out = results.begin(trial, "cam-test").path
     train.run_trial(trial, runtime, out_dir=out)
     results.mark_done(trial)
     return out
+
+
+TINY = Trial(dataset="synthetic", arch="alexnet", image_size=64, epochs=1, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -350,8 +432,7 @@ def tiny_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     work = tmp_path_factory.mktemp("cam-trial")
     root = synthetic.generate(work / "synthetic", n=120, size=64, seed=0, workers=1, progress=False)
-    trial = Trial(dataset="synthetic", arch="alexnet", image_size=64, epochs=1, batch_size=32)
-    return train_trial(root, work, trial), work / "cache"
+    return train_trial(root, work, TINY), work / "cache"
 
 
 def test_run_cam_writes_figures_and_scores(tiny_trial):
@@ -371,6 +452,7 @@ def test_run_cam_writes_figures_and_scores(tiny_trial):
         boxed = set(boxes.loc[boxes["finding"] == f, "image_index"])
         overlays = [p.name for p in figures if p.name.startswith(f"{f}_")]
         assert len(overlays) == min(2, len(boxed)) > 0
+        assert all(outlined(out / name).any() for name in overlays), "each overlay outlines its box"
         assert {n[len(f) + 1 : -4] + ".png" for n in overlays} <= boxed
     saved = json.loads((out / store.TrialFiles.CAM_SCORES).read_text())
     assert saved == json.loads(json.dumps(got["scores"]))
@@ -393,7 +475,21 @@ def test_run_cam_named_images_and_out_dir(tiny_trial, tmp_path):
     )
     names = {Path(p).name for p in got["figures"]}
     assert {f"Mass_{Path(n).stem}.png" for n in named} <= names and "grid.png" in names
-    assert (tmp_path / "out" / store.TrialFiles.CAM_SCORES).is_file() and got["scores"]["method"] == "gradcam++"
+    saved = json.loads((tmp_path / "out" / store.TrialFiles.CAM_SCORES).read_text())
+    assert saved == json.loads(json.dumps(got["scores"])) and saved["method"] == "gradcam++"
+    assert {Path(p).parent for p in got["figures"]} == {tmp_path / "out"}
+    # Grad-CAM++ keeps positive gradients only, so this barely trained model has maps with evidence (its
+    # Grad-CAM maps are all flat, which would score chance whatever images they were scored against).
+    assert saved["overall"]["n_flat"] < saved["overall"]["n"]
+    # The same numbers as score_trial on the test split's cached images: the command scores what the trainer tests.
+    test = nih.split(data, val_fraction=TINY.val_fraction, seed=TINY.seed, subset_fraction=TINY.subset_fraction)
+    cached = cache.build(data, test["test"], size=loader.load_size(64), cache_dir=cache_dir, workers=1, progress=False)
+    model = cam.load_model(trial_dir, TINY)
+    direct = cam.score_trial(model, TINY, data, cached.rows, cached.images, device="cpu", method="gradcam++")
+    assert saved["n_outside"] == direct["n_outside"] and saved["per_finding"].keys() == direct["per_finding"].keys()
+    for f, s in direct["per_finding"].items():
+        assert saved["per_finding"][f] == pytest.approx(s), f
+    assert saved["overall"] == pytest.approx(direct["overall"])
     with pytest.raises(ConfigError, match="images not in"):
         cam.run_cam(trial_dir, findings=["Mass"], images=["nope.png"], out_dir=tmp_path / "x", runtime=runtime)
     with pytest.raises(ConfigError, match="unknown finding 'Mas'"):
@@ -403,7 +499,7 @@ def test_run_cam_named_images_and_out_dir(tiny_trial, tmp_path):
 def test_run_cam_refuses_what_is_not_a_trial(tiny_trial, tmp_path):
     trial_dir, cache_dir = tiny_trial
     runtime = Runtime(cache_dir=str(cache_dir), device="cpu", workers=1, progress=False)
-    with pytest.raises(ConfigError, match="has no trial.json"):
+    with pytest.raises(ConfigError, match=r"trial\.json: missing; expected a trial result directory"):
         cam.run_cam(tmp_path, runtime=runtime)
     broken = tmp_path / "broken"
     broken.mkdir()

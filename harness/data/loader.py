@@ -24,6 +24,12 @@ def load_size(image_size: int) -> int:
     return round(image_size * 8 / 7)
 
 
+def centre_window(load: int, crop: int) -> slice:
+    """The rows (or columns) of a load-px side that the evaluation's centre crop of crop px keeps."""
+    start = (load - crop) // 2  # an odd margin leaves its extra pixel at the far side
+    return slice(start, start + crop)
+
+
 class Batches:
     """Epochs of (x, y) batches over a uint8 image array and its labels.
 
@@ -172,8 +178,7 @@ class Batches:
     ) -> torch.Tensor:
         """uint8 crops (and flips) of source[index], on source's device."""
         if draws is None:
-            start = (source.shape[1] - self.crop) // 2
-            window = slice(start, start + self.crop)
+            window = centre_window(source.shape[1], self.crop)
             return source[index, window, window]
         rows, cols, flip = draws[:, position : position + len(index)]
         steps = torch.arange(self.crop, device=source.device)
@@ -211,8 +216,8 @@ class Batches:
         """The uint8 (B, crop, crop) crops of images[idx], read straight from the memory map."""
         c = self.crop
         if draws is None:
-            start = (self.images.shape[1] - c) // 2
-            return np.ascontiguousarray(self.images[idx, start : start + c, start : start + c])
+            window = centre_window(self.images.shape[1], c)
+            return np.ascontiguousarray(self.images[idx, window, window])
         out = np.empty((len(idx), c, c), dtype=np.uint8)
         for k, (i, r, col, flip) in enumerate(zip(idx, *draws)):
             window = self.images[i, r : r + c, col : col + c]
