@@ -30,24 +30,22 @@ class CheckpointWriter:
         self.files = files
         self._pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: futures.Future | None = None
-        self._buffers: list[
-            tuple[torch.Tensor, bool]
-        ] = []  # the previous copy's (host tensor, pinned), free once written
+        # The previous copy's host tensors, each with the CUDA device it came from (None: the CPU); free once
+        # that copy is written.
+        self._buffers: list[tuple[torch.Tensor, torch.device | None]] = []
 
     def submit(self, state: dict[str, Any], *, best: bool) -> None:
         """Write the resume state (last.pt) in the background, after its weights (model.pt) when `best`."""
         self.wait()
         spare, self._buffers = iter(self._buffers), []
         state = _host_copy(state, spare, self._buffers)
-        copied = None
-        if any(pinned for _, pinned in self._buffers):
-            copied = torch.cuda.Event()
-            copied.record()  # after the copies on the current stream: the writer waits for this, not the host
+        # Recorded after the copies on each source device's stream: the writer waits for them, not the host.
+        copied = [torch.cuda.current_stream(d).record_event() for d in {d for _, d in self._buffers} - {None}]
         self._pending = self._pool.submit(self._write, state, best, copied)
 
-    def _write(self, state: dict[str, Any], best: bool, copied: torch.cuda.Event | None) -> None:
-        if copied is not None:
-            copied.synchronize()
+    def _write(self, state: dict[str, Any], best: bool, copied: list[torch.cuda.Event]) -> None:
+        for event in copied:
+            event.synchronize()
         if best:
             self.files.save_weights(state["model"])
         self.files.save_resume(state)
@@ -77,15 +75,16 @@ class CheckpointWriter:
             log.warning("%s: a checkpoint write failed as well: %s", self.files.path, write_error)
 
 
-def _host_copy(obj: Any, spare: Iterator[tuple[torch.Tensor, bool]], out: list[tuple[torch.Tensor, bool]]) -> Any:
+def _host_copy(obj: Any, spare: Iterator[tuple[torch.Tensor, Any]], out: list[tuple[torch.Tensor, Any]]) -> Any:
     """obj with every tensor copied to host memory (pinned when it comes from CUDA) and every list and dict
     copied, so that nothing the writer holds changes under it. Reuses the buffers in `spare` that fit."""
     if isinstance(obj, torch.Tensor):
-        buffer, pinned = next(spare, (None, False))
-        if buffer is None or (buffer.shape, buffer.dtype, pinned) != (obj.shape, obj.dtype, obj.is_cuda):
-            buffer, pinned = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=obj.is_cuda), obj.is_cuda
-        buffer.copy_(obj.detach(), non_blocking=pinned)
-        out.append((buffer, pinned))
+        source = obj.device if obj.is_cuda else None
+        buffer, was = next(spare, (None, None))
+        if buffer is None or (buffer.shape, buffer.dtype, was is None) != (obj.shape, obj.dtype, source is None):
+            buffer = torch.empty(obj.shape, dtype=obj.dtype, pin_memory=source is not None)
+        buffer.copy_(obj.detach(), non_blocking=source is not None)
+        out.append((buffer, source))
         return buffer
     if isinstance(obj, dict):
         return {k: _host_copy(v, spare, out) for k, v in obj.items()}

@@ -30,7 +30,8 @@ OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer
 
 
 def _fused(params: list[torch.Tensor]) -> dict[str, Any]:
-    """Adam's fused CUDA kernel: one launch per step instead of several per tensor; never on the CPU."""
+    """Adam's fused CUDA kernel (a step's arithmetic in one pass over the parameters, not foreach's several
+    passes): on CUDA only, so CPU results stay exactly as they were."""
     return {"fused": True} if params and all(p.is_cuda for p in params) else {}
 
 
@@ -303,7 +304,7 @@ def score_cam(model: torch.nn.Module, trial: Trial, td: TrialData, *, device: to
     return cam.score_trial(model, trial, td.data, td.rows["test"], td.images["test"], device=device)
 
 
-def provenance(
+def run_record(
     trial: Trial, td: TrialData, progress: Progress, *, device: torch.device, test: bool, train_seconds: float
 ) -> dict[str, Any]:
     """How the result was made, for metrics.json: the data, the device, time, memory, code and weights."""
@@ -398,7 +399,7 @@ def run_trial(
         result["cam"] = score_cam(model, trial, td, device=device)
     files.write_predictions(**arrays)
     files.write_history(progress.history)
-    result.update(provenance(trial, td, progress, device=device, test=test, train_seconds=train_seconds))
+    result.update(run_record(trial, td, progress, device=device, test=test, train_seconds=train_seconds))
     result.update(context or {})
     files.write_metrics(result)
     return result
