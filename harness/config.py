@@ -49,11 +49,22 @@ class Trial:
     augment: bool = True  # paper: random crop + horizontal flip
     seed: int = 0
     cam: bool = False  # score Grad-CAM against the boxes after training
+    # Precise BatchNorm: before each evaluation, recompute the running statistics of every BatchNorm that
+    # trains from this many training batches. 0 = off, the paper's recipe; a scratch InceptionV3 saturates
+    # without it after few steps (its statistics trail the weights).
+    bn_recalibrate: int = 0
 
     @property
     def key(self) -> str:
-        """Short stable hash of the fields as sorted JSON: the trial's directory name."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """Short stable hash of the fields as sorted JSON: the trial's directory name.
+
+        A field added after results were stored is left out while it holds its default, so every earlier
+        trial keeps its key (and its results folder); setting it gives a new key.
+        """
+        values = {
+            k: v for k, v in dataclasses.asdict(self).items() if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
+        }
+        blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -70,6 +81,9 @@ class Trial:
 
 
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
+# Fields added after the first results were stored -> their default, which the key leaves out. Every later
+# field goes here: listing it keeps all stored trials where they are.
+KEYED_WHEN_SET: dict[str, Any] = {name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate",)}
 
 # Ranges a field must satisfy: (test, description of the valid values).
 _RANGES: dict[str, tuple[Any, str]] = {
@@ -80,6 +94,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "freeze": (lambda v: v >= 0, "an integer >= 0"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
     "lr_step": (lambda v: v >= 1, "an integer >= 1"),
+    "bn_recalibrate": (lambda v: v >= 0, "an integer >= 0: training batches per recalibration, 0 = off (e.g. 16)"),
     "image_size": (lambda v: v == 0 or v >= 32, "0 (the arch's own size) or an integer >= 32"),
     "subset_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "val_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),

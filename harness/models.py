@@ -304,19 +304,19 @@ def _modules(model: nn.Module, group: str) -> list[nn.Module]:
     return [model.get_submodule(name) for name in group.split("+")]
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wraps the model; stage names are the original's
 
 
 def frozen_modules(model: nn.Module, trial: Trial) -> list[nn.Module]:
     """The top-level modules of the trial's frozen stages."""
     stages = spec(trial.arch).stages[: trial.freeze]
-    return [m for group in stages for m in _modules(_unwrap(model), group)]
+    return [m for group in stages for m in _modules(unwrap(model), group)]
 
 
 def freeze(model: nn.Module, trial: Trial) -> None:
     """Make exactly the trial's leading `freeze` stages untrainable (requires_grad False), the rest trainable."""
-    model = _unwrap(model)
+    model = unwrap(model)
     model.requires_grad_(True)
     for m in frozen_modules(model, trial):
         m.requires_grad_(False)
@@ -355,6 +355,16 @@ def train_mode(model: nn.Module, trial: Trial) -> None:
     model.train()
     for m in frozen_modules(model, trial):
         m.eval()
+
+
+def trained_batchnorms(model: nn.Module, trial: Trial) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers outside the trial's frozen stages: those whose running statistics training moves."""
+    frozen = {id(m) for top in frozen_modules(model, trial) for m in top.modules()}
+    return [
+        m
+        for m in unwrap(model).modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and id(m) not in frozen
+    ]
 
 
 def forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor | None]:

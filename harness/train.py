@@ -1,21 +1,25 @@
-"""One trial, top to bottom: data, model, the epoch loop, the best checkpoint, test metrics, files."""
+"""One trial, top to bottom: set-up, then an epoch loop of train / evaluate / checkpoint, then test scoring and files."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from harness import hardware, losses, metrics, models, store
+from harness.checkpoint import CheckpointWriter
 from harness.config import ConfigError, Runtime, Trial
-from harness.data import cache, loader, nih
+from harness.data import loader, nih
+from harness.data.prepare import TrialData, eval_batch_size, prepare_all, prepare_data, resolve_dataset  # noqa: F401 old home
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -25,14 +29,22 @@ Report = Callable[[dict[str, Any]], None]
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 
 
+def _fused(params: list[torch.Tensor]) -> dict[str, Any]:
+    """Adam's fused CUDA kernel (a step's arithmetic in one pass over the parameters, not foreach's several
+    passes): on CUDA only, so CPU results stay exactly as they were."""
+    return {"fused": True} if params and all(p.is_cuda for p in params) else {}
+
+
 @OPTIMIZERS.register("adam")
 def _adam(params, trial: Trial) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=trial.lr, weight_decay=trial.weight_decay)
+    params = list(params)
+    return torch.optim.Adam(params, lr=trial.lr, weight_decay=trial.weight_decay, **_fused(params))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(params, trial: Trial) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=trial.lr, weight_decay=trial.weight_decay)
+    params = list(params)
+    return torch.optim.AdamW(params, lr=trial.lr, weight_decay=trial.weight_decay, **_fused(params))
 
 
 @OPTIMIZERS.register("sgd")
@@ -53,64 +65,6 @@ def check_trial(trial: Trial) -> None:
         raise ConfigError(f"{trial.label}: {OPTIMIZERS.unknown(trial.optimizer)}")
 
 
-def eval_batch_size(trial: Trial, device: torch.device) -> int:
-    """Evaluation needs no gradients: batches far larger than the paper's 32 keep a GPU busy (same outputs)."""
-    return max(trial.eval_batch_size, 256 if device.type == "cuda" else 64)
-
-
-@dataclass
-class TrialData:
-    """The three splits of one trial, cached at its resolution and ready to batch."""
-
-    data: nih.NIHData
-    labels: dict[str, np.ndarray]  # split -> (n, 14) float32
-    images: dict[str, np.ndarray]  # split -> (n, S, S) uint8, memory-mapped
-    rows: dict[str, np.ndarray]  # split -> row indices into data.table
-    skipped: int
-
-    def batches(self, split: str, trial: Trial, *, device: torch.device, train: bool) -> loader.Batches:
-        return loader.Batches(
-            self.images[split],
-            self.labels[split],
-            batch_size=trial.batch_size if train else eval_batch_size(trial, device),
-            crop=models.image_size(trial),
-            train=train,
-            augment=trial.augment and train,
-            device=device,
-            seed=trial.seed,
-            drop_last=train and len(self.labels[split]) > trial.batch_size,
-        )
-
-
-def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
-    """Read the NIH-layout tree, split it by patient, and load (or build) the uint8 caches."""
-    if runtime.data_root is None:
-        raise ConfigError("no data root resolved for the trial")
-    data = nih.load(runtime.data_root)
-    if data.dataset != trial.dataset:
-        raise ConfigError(
-            f"{trial.label}: trial says dataset={trial.dataset} but {data.root} holds {data.dataset} data"
-        )
-    splits = nih.split(
-        data,
-        val_fraction=trial.val_fraction,
-        seed=trial.seed,
-        subset_fraction=trial.subset_fraction,
-        subset_test=trial.subset_test,
-    )
-    size = loader.load_size(models.image_size(trial))
-    out = TrialData(data=data, labels={}, images={}, rows={}, skipped=0)
-    for name, rows in splits.items():
-        cached = cache.build(
-            data, rows, size=size, cache_dir=runtime.cache_dir, workers=runtime.workers, progress=runtime.progress
-        )
-        out.images[name] = cached.images
-        out.rows[name] = cached.rows
-        out.labels[name] = data.labels[cached.rows].astype(np.float32)
-        out.skipped += len(cached.skipped)
-    return out
-
-
 def training_setup(
     trial: Trial, device: torch.device, *, prevalence: np.ndarray, compile: bool = False
 ) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
@@ -125,6 +79,11 @@ def training_setup(
     return model, torch.compile(model) if compile else model, loss_fn, optimizer
 
 
+def autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA (logits and loss are then taken in float32); off on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def train_step(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -135,7 +94,7 @@ def train_step(
     device: torch.device,
 ) -> torch.Tensor:
     """One optimiser step on a batch (bf16 autocast on CUDA); returns the detached loss."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         logits, aux = models.forward(model, x)
         loss = loss_fn(logits.float(), y)
         if aux is not None:  # InceptionV3's auxiliary head, weighted as in torchvision's recipe
@@ -172,22 +131,207 @@ def train_one_epoch(
     return mean, seen
 
 
+class Outputs(NamedTuple):
+    """A split's model outputs, in its order: float32 logits and their sigmoid probabilities."""
+
+    probs: np.ndarray
+    logits: np.ndarray  # the ranking survives here where float32 sigmoids saturate to exactly 0 or 1
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: loader.Batches, *, device: torch.device) -> np.ndarray:
-    """Sigmoid probabilities for a split, in its order."""
+def predict(model: torch.nn.Module, batches: loader.Batches, *, device: torch.device) -> Outputs:
+    """Probabilities and logits for a split, in its order."""
     model.eval()
-    out = []
+    probs, logits = [], []
     for x, _ in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, _ = models.forward(model, x)
-        out.append(torch.sigmoid(logits.float()).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(nih.FINDINGS)), np.float32)
+        with autocast(device):
+            out, _ = models.forward(model, x)
+        out = out.float()
+        probs.append(torch.sigmoid(out).cpu())
+        logits.append(out.cpu())
+    if not probs:
+        return Outputs(*(np.zeros((0, len(nih.FINDINGS)), np.float32) for _ in range(2)))
+    return Outputs(torch.cat(probs).numpy(), torch.cat(logits).numpy())
+
+
+def centre_crops(batches: loader.Batches) -> loader.Batches:
+    """The training batches as evaluation sees them (centre crop, no flip), still shuffled, over the same
+    images: a copy shares the training batches' resident images once they are on the GPU."""
+    out = copy.copy(batches)
+    out.augment = False
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: torch.nn.Module, batches: loader.Batches, *, trial: Trial, device: torch.device
+) -> None:
+    """Precise BatchNorm (trial.bn_recalibrate > 0): the running statistics of every BatchNorm that trains become
+    the plain average over that many training batches. They otherwise trail fast-moving weights (a scratch
+    InceptionV3 then saturates in eval mode). Only BatchNorm runs in training mode (no dropout, no global RNG
+    draw) and the batches are the same each time, so a checkpoint's statistics can be recomputed exactly."""
+    layers = models.trained_batchnorms(model, trial)
+    if trial.bn_recalibrate == 0 or not layers:
+        return
+    momenta = [m.momentum for m in layers]
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # None: a cumulative average over the batches seen since the reset
+        m.train()
+    batches.set_epoch(0)
+    try:
+        for x, _ in itertools.islice(batches, trial.bn_recalibrate):
+            with autocast(device):
+                models.forward(models.unwrap(model), x)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.eval()
+
+
+def evaluate(
+    model: torch.nn.Module, batches: loader.Batches, *, trial: Trial, device: torch.device, calibration: loader.Batches
+) -> Outputs:
+    """A split's outputs from the model as it stands, its BatchNorm statistics recalibrated first if the trial asks."""
+    recalibrate_batchnorm(model, calibration, trial=trial, device=device)
+    return predict(model, batches, device=device)
 
 
 def _val_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     per = metrics.per_finding(probs, labels, names=nih.FINDINGS)
     auc = metrics.macro(per, "auc")
     return float("nan") if auc is None else float(auc)
+
+
+@dataclass
+class Progress:
+    """How far a trial has come: its per-epoch rows, the best validation AUROC so far, the next epoch to run."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_auc: float = -math.inf
+    next_epoch: int = 0
+    has_weights: bool = False  # model.pt holds weights of this trial
+
+
+def resume(files: store.TrialFiles, *, model, optimizer, scheduler, device: torch.device, label: str) -> Progress:
+    """Carry on after the last epoch an earlier, killed attempt finished (its last.pt): model, optimiser,
+    scheduler, history and the CPU generator restored. Without one, a fresh start."""
+    state = files.load_resume(map_location=device)
+    if state is None:
+        return Progress(has_weights=files.has_weights())
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"].cpu())  # map_location moved it; the generator's state lives on the CPU
+    log.info("%s: resuming after epoch %d", label, state["epoch"] + 1)
+    return Progress(state["history"], state["best_auc"], state["epoch"] + 1, files.has_weights())
+
+
+def resume_state(progress: Progress, *, model, optimizer, scheduler, epoch: int) -> dict[str, Any]:
+    """What `resume` needs to carry on after `epoch`."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": progress.history,
+        "best_auc": progress.best_auc,
+        "epoch": epoch,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def keep_if_best(progress: Progress, val_auc: float) -> bool:
+    """The checkpoint policy: True when these weights become model.pt, i.e. the best validation AUROC so far;
+    with no AUROC at all (nan: no finding has both classes in validation), the first weights."""
+    if val_auc > progress.best_auc or (math.isnan(val_auc) and not progress.has_weights):
+        progress.best_auc = val_auc if not math.isnan(val_auc) else progress.best_auc
+        progress.has_weights = True
+        return True
+    return False
+
+
+def score(
+    model: torch.nn.Module,
+    td: TrialData,
+    trial: Trial,
+    *,
+    device: torch.device,
+    calibration: loader.Batches,
+    test: bool,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The final metrics (on the test split; on validation when test=False) and the predictions behind them."""
+    val = evaluate(
+        model, td.batches("val", trial, device=device, train=False), trial=trial, device=device, calibration=calibration
+    )
+    ids = td.data.table["patient_id"].to_numpy().astype(np.int64)
+    arrays = {
+        "val_probs": val.probs,
+        "val_logits": val.logits,
+        "val_labels": td.labels["val"].astype(np.uint8),
+        "val_patient_id": ids[td.rows["val"]],
+        "names": np.array(nih.FINDINGS),
+    }
+    if not test:
+        return metrics.evaluate(
+            val.probs, td.labels["val"], names=nih.FINDINGS, patient_ids=ids[td.rows["val"]], seed=trial.seed
+        ), arrays
+    rows = td.rows["test"]
+    out = predict(model, td.batches("test", trial, device=device, train=False), device=device)  # statistics as above
+    arrays.update(
+        probs=out.probs,
+        logits=out.logits,
+        labels=td.labels["test"].astype(np.uint8),
+        image_index=td.data.table["image_index"].to_numpy().astype(str)[rows],
+        patient_id=ids[rows],
+    )
+    result = metrics.evaluate(
+        out.probs,
+        td.labels["test"],
+        names=nih.FINDINGS,
+        patient_ids=ids[rows],
+        val_probs=val.probs,
+        val_labels=td.labels["val"],
+        seed=trial.seed,
+    )
+    return result, arrays
+
+
+def score_cam(model: torch.nn.Module, trial: Trial, td: TrialData, *, device: torch.device) -> dict[str, Any]:
+    """Grad-CAM against the test split's boxes."""
+    from harness import cam  # only trials that ask for it pay for the CAM code
+
+    return cam.score_trial(model, trial, td.data, td.rows["test"], td.images["test"], device=device)
+
+
+def run_record(
+    trial: Trial, td: TrialData, progress: Progress, *, device: torch.device, test: bool, train_seconds: float
+) -> dict[str, Any]:
+    """How the result was made, for metrics.json: the data, the device, time, memory, code and weights."""
+    history = progress.history
+    out = {
+        "key": trial.key,
+        "label": trial.label,
+        "trial": trial.to_dict(),
+        "dataset": td.data.dataset,
+        "data_root": str(td.data.root),
+        "split": "official" if test else "validation",
+        "n_train": len(td.rows["train"]),
+        "n_val": len(td.rows["val"]),
+        "n_test": len(td.rows["test"]) if test else 0,
+        "skipped_images": td.skipped,
+        "best_val_auc": progress.best_auc,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "train_seconds": train_seconds,
+        "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
+        "epochs_run": len(history),
+        **hardware.peak_memory(device),
+        **store.provenance(),
+    }
+    if trial.pretrained:
+        out["weights"] = models.weights_provenance(trial.arch)
+    return out
 
 
 def run_trial(
@@ -204,7 +348,8 @@ def run_trial(
     test=False (searches) never touches the test split: metrics.json then holds validation metrics.
     context (e.g. the Ray node that ran it) is recorded in metrics.json as it is.
 
-    Resumes from out_dir/last.pt (written at the end of every epoch) when a previous attempt was killed.
+    Resumes from out_dir/last.pt (written in the background at the end of every epoch) when a previous
+    attempt was killed.
     """
     report = report or (lambda row: None)
     check_trial(trial)
@@ -213,162 +358,48 @@ def run_trial(
     hardware.keep_freed_memory()
     hardware.reset_peak_memory(device)
     td = prepare_data(trial, runtime)
-    prevalence = td.labels["train"].mean(axis=0)
-
     model, step_model, loss_fn, optimizer = training_setup(
-        trial, device, prevalence=prevalence, compile=runtime.compile
+        trial, device, prevalence=td.labels["train"].mean(axis=0), compile=runtime.compile
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=trial.lr_step, gamma=trial.lr_gamma)
-
-    history: list[dict[str, Any]] = []
-    best_auc, start = -math.inf, 0
     files = store.TrialFiles(out_dir)
-    state = files.load_resume(map_location=device)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best_auc, start = state["history"], state["best_auc"], state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        log.info("%s: resuming after epoch %d", trial.label, start)
-
+    progress = resume(files, model=model, optimizer=optimizer, scheduler=scheduler, device=device, label=trial.label)
     train_b = td.batches("train", trial, device=device, train=True)
     val_b = td.batches("val", trial, device=device, train=False)
+
     t_start = time.perf_counter()
-    for epoch in range(start, trial.epochs):
-        t0 = time.perf_counter()
-        train_loss, seen = train_one_epoch(
-            step_model, train_b, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=epoch
-        )
-        t_train = time.perf_counter() - t0
-        val_probs = predict(step_model, val_b, device=device)
-        val_loss = metrics.bce_loss(val_probs, td.labels["val"])
-        val_auc = _val_auc(val_probs, td.labels["val"])
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_auc": val_auc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-            "train_images_per_s": seen / max(t_train, 1e-9),
-        }
-        history.append(row)
-        if val_auc > best_auc or (math.isnan(val_auc) and not files.has_weights()):
-            best_auc = val_auc if not math.isnan(val_auc) else best_auc
-            files.save_weights(model.state_dict())
-        scheduler.step()
-        files.save_resume(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": history,
-                "best_auc": best_auc,
-                "epoch": epoch,
-                "rng": torch.get_rng_state(),
+    with CheckpointWriter(files) as writer:  # leaving it waits for the last write; a failed write fails the trial
+        for epoch in range(progress.next_epoch, trial.epochs):
+            t0 = time.perf_counter()
+            train_loss, seen = train_one_epoch(
+                step_model, train_b, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=epoch
+            )
+            t_train = time.perf_counter() - t0
+            val = evaluate(step_model, val_b, trial=trial, device=device, calibration=centre_crops(train_b))
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": metrics.bce_loss(val.probs, td.labels["val"]),
+                "val_auc": _val_auc(val.probs, td.labels["val"]),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+                "train_images_per_s": seen / max(t_train, 1e-9),
             }
-        )
-        report(row)
+            progress.history.append(row)
+            best = keep_if_best(progress, row["val_auc"])
+            scheduler.step()
+            state = resume_state(progress, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch)
+            writer.submit(state, best=best)
+            report(row)
     train_seconds = time.perf_counter() - t_start
 
     model.load_state_dict(files.load_weights(map_location=device))
-    val_probs = predict(model, val_b, device=device)
-    ids = td.data.table["patient_id"].to_numpy().astype(np.int64)
-    names = td.data.table["image_index"].to_numpy().astype(str)
-    arrays = {
-        "val_probs": val_probs.astype(np.float32),
-        "val_labels": td.labels["val"].astype(np.uint8),
-        "val_patient_id": ids[td.rows["val"]],
-        "names": np.array(nih.FINDINGS),
-    }
-    if test:
-        test_rows = td.rows["test"]
-        test_probs = predict(model, td.batches("test", trial, device=device, train=False), device=device)
-        arrays.update(
-            probs=test_probs.astype(np.float32),
-            labels=td.labels["test"].astype(np.uint8),
-            image_index=names[test_rows],
-            patient_id=ids[test_rows],
-        )
-        result = metrics.evaluate(
-            test_probs,
-            td.labels["test"],
-            names=nih.FINDINGS,
-            patient_ids=ids[test_rows],
-            val_probs=val_probs,
-            val_labels=td.labels["val"],
-            seed=trial.seed,
-        )
-    else:
-        result = metrics.evaluate(
-            val_probs, td.labels["val"], names=nih.FINDINGS, patient_ids=ids[td.rows["val"]], seed=trial.seed
-        )
+    result, arrays = score(model, td, trial, device=device, calibration=centre_crops(train_b), test=test)
     if trial.cam and test:
-        from harness import cam  # only trials that ask for it pay for the CAM code
-
-        result["cam"] = cam.score_trial(model, trial, td.data, td.rows["test"], td.images["test"], device=device)
+        result["cam"] = score_cam(model, trial, td, device=device)
     files.write_predictions(**arrays)
-    files.write_history(history)
-    result.update(
-        {
-            "key": trial.key,
-            "label": trial.label,
-            "trial": trial.to_dict(),
-            "dataset": td.data.dataset,
-            "data_root": str(td.data.root),
-            "split": "official" if test else "validation",
-            "n_train": len(td.rows["train"]),
-            "n_val": len(td.rows["val"]),
-            "n_test": len(td.rows["test"]) if test else 0,
-            "skipped_images": td.skipped,
-            "best_val_auc": best_auc,
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "train_seconds": train_seconds,
-            "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])) if history else None,
-            "epochs_run": len(history),
-            **hardware.peak_memory(device),
-            **store.provenance(),
-        }
-    )
-    if trial.pretrained:
-        result["weights"] = models.weights_provenance(trial.arch)
+    files.write_history(progress.history)
+    result.update(run_record(trial, td, progress, device=device, test=test, train_seconds=train_seconds))
     result.update(context or {})
     files.write_metrics(result)
     return result
-
-
-def resolve_dataset(trials: list[Trial], runtime: Runtime) -> tuple[list[Trial], Runtime]:
-    """Point trials at real NIH data when a root is given, else at the embedded synthetic set, loudly."""
-    from harness.data import synthetic
-
-    root = nih.locate(runtime.data_root)
-    if root is None:
-        root = synthetic.default_root(runtime.cache_dir)
-        log.warning(
-            "no NIH data root (--data-root or HARNESS_DATA_ROOT): using the embedded SYNTHETIC "
-            "dataset at %s; every result is labelled dataset=synthetic and is not an NIH number",
-            root,
-        )
-    dataset = nih.load(root).dataset
-    out = []
-    for t in trials:
-        if t.dataset == "synthetic" and dataset == "nih":
-            raise ConfigError(
-                f"{t.label}: dataset=synthetic but {root} holds the real NIH data; drop --data-root or set dataset: nih"
-            )
-        out.append(t.replace(dataset=dataset))
-    if dataset == "synthetic" and any(t.dataset == "nih" for t in trials):
-        log.warning("dataset=nih trials run on SYNTHETIC data at %s and are recorded as dataset=synthetic", root)
-    return out, replace(runtime, data_root=str(root))
-
-
-def prepare_all(trials: Sequence[Trial], runtime: Runtime) -> None:
-    """Build every cache the trials need once, up front, with all cores (trials then only read them)."""
-    seen = set()
-    for t in trials:
-        shape = (t.dataset, t.val_fraction, t.seed, t.subset_fraction, t.subset_test, models.image_size(t))
-        if shape not in seen:
-            seen.add(shape)
-            prepare_data(t, runtime)
