@@ -198,8 +198,8 @@ def evaluate(
     return predict(model, batches, device=device)
 
 
-def _val_auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    per = metrics.per_finding(probs, labels, names=nih.FINDINGS)
+def _val_auc(out: Outputs, labels: np.ndarray) -> float:
+    per = metrics.per_finding(out.probs, labels, names=nih.FINDINGS, logits=out.logits)
     auc = metrics.macro(per, "auc")
     return float("nan") if auc is None else float(auc)
 
@@ -274,7 +274,12 @@ def score(
     }
     if not test:
         return metrics.evaluate(
-            val.probs, td.labels["val"], names=nih.FINDINGS, patient_ids=ids[td.rows["val"]], seed=trial.seed
+            val.probs,
+            td.labels["val"],
+            names=nih.FINDINGS,
+            patient_ids=ids[td.rows["val"]],
+            seed=trial.seed,
+            logits=val.logits,
         ), arrays
     rows = td.rows["test"]
     out = predict(model, td.batches("test", trial, device=device, train=False), device=device)  # statistics as above
@@ -293,6 +298,8 @@ def score(
         val_probs=val.probs,
         val_labels=td.labels["val"],
         seed=trial.seed,
+        logits=out.logits,  # AUROC ranks the logits: float32 probabilities saturate at 0 and 1
+        val_logits=val.logits,
     )
     return result, arrays
 
@@ -380,7 +387,7 @@ def run_trial(
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": metrics.bce_loss(val.probs, td.labels["val"]),
-                "val_auc": _val_auc(val.probs, td.labels["val"]),
+                "val_auc": _val_auc(val, td.labels["val"]),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - t0,
                 "train_images_per_s": seen / max(t_train, 1e-9),
