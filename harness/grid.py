@@ -1,4 +1,4 @@
-"""Grid YAML -> list[Trial]: base, profile, axes (cartesian), include/exclude, seeds, --set overrides.
+"""Grid YAML -> list[Trial]: base, profile (and its `when` rules), axes (cartesian), include/exclude, seeds, --set.
 
 An axis is either a Trial field with a list of values (``loss: [bce, focal]``) or a new name with a
 mapping of named groups, each setting several fields together (``init: {scratch: {pretrained: false},
@@ -102,11 +102,46 @@ def _seeds(value: Any, where: str) -> list[int]:
     return [coerce("seed", s, f"{where}[{i}]") for i, s in enumerate(value)]
 
 
-def _profile(values: Any, where: str) -> tuple[dict[str, Any], list[int] | None]:
-    """A profile's fields, and its seeds when it lists some (`seeds: [0, 1, 2]`)."""
+class Rule(NamedTuple):
+    """A profile's `when` entry: cells matching `labels` (grouped axis -> group) and `match` get `fields`."""
+
+    labels: dict[str, str]
+    match: dict[str, Any]
+    fields: dict[str, Any]
+
+
+def _profile(values: Any, where: str) -> tuple[dict[str, Any], list[int] | None, list[Any]]:
+    """A profile's fields, its seeds when it lists some (`seeds: [0, 1, 2]`) and its `when` rules (unparsed)."""
     values = dict(_mapping(values, where))
     seeds = _seeds(values.pop("seeds"), f"{where}.seeds") if "seeds" in values else None
-    return _fields(values, where), seeds
+    when = _list(values.pop("when", None), f"{where}.when")
+    return _fields(values, where), seeds, when
+
+
+def _rules(entries: list[Any], groups: Mapping[str, Mapping[str, dict[str, Any]]], where: str) -> list[Rule]:
+    """`when: [{match: {arch: resnet152}, set: {epochs: 1}}]`: overrides for the cells a match selects."""
+    rules = []
+    for i, entry in enumerate(entries):
+        at = f"{where}.when[{i}]"
+        entry = _mapping(entry, at)
+        for key in entry:
+            if key not in ("match", "set"):
+                raise unknown_key(str(key), ["match", "set"], at)
+        if not entry.get("match") or not entry.get("set"):
+            raise ConfigError(f"{at}: expected {{match: {{FIELD: VALUE}}, set: {{FIELD: VALUE}}}}, both non-empty")
+        labels, match = _cell(entry["match"], groups, f"{at}.match", include=False)
+        fields = _fields(entry["set"], f"{at}.set")
+        if "seed" in fields:
+            raise ConfigError(f"{at}.set.seed: list seeds under 'seeds:', not in a rule")
+        rules.append(Rule(labels, match, fields))
+    return rules
+
+
+def _matches(labels: Mapping[str, str], values: Mapping[str, Any], want: Mapping[str, str], fields: Mapping[str, Any]):
+    """Whether a cell (its groups and its field values) is selected by an exclude entry or a rule's match."""
+    return all(labels.get(a) == g for a, g in want.items()) and all(
+        values.get(k, _DEFAULTS[k]) == v for k, v in fields.items()
+    )
 
 
 def _group_axis(name: str, groups: Mapping[Any, Any], where: str) -> list[Choice]:
@@ -241,9 +276,11 @@ def expand(
     if profile is not None and profile not in profiles:
         valid = ", ".join(map(str, profiles)) or "none defined"
         raise ConfigError(f"{where}: unknown profile {profile!r}; valid: {valid}")
+    parsed_profiles = {}
     for name, values in profiles.items():  # a typo in an unused profile is still a typo
-        fields, profile_seeds = _profile(values, f"{where}: profiles.{name}")
+        parsed_profiles[name] = _profile(values, f"{where}: profiles.{name}")
         if name == profile:
+            fields, profile_seeds, _ = parsed_profiles[name]
             base.update(fields)
             seed_list = profile_seeds or seed_list
     if seeds is not None:
@@ -251,6 +288,10 @@ def expand(
 
     axes = _axes(spec.get("axes"), where)
     groups = {name: dict(choices) for name, choices in axes.items() if choices[0][0] is not None}
+    rules: list[Rule] = []
+    for name, (_, _, when) in parsed_profiles.items():
+        parsed = _rules(when, groups, f"{where}: profiles.{name}")
+        rules = parsed if name == profile else rules
     overrides = dict(overrides or {})
     forced = bool(overrides)  # --set can make two cells equal; that is no mistake in the file
     for name in overrides.keys() & groups.keys():  # --set AXIS=GROUP keeps that one group
@@ -277,12 +318,11 @@ def expand(
     seen: dict[str, str] = {}
     for labels, fields in cells:
         values = {**base, **fields}
-        if any(
-            all(labels.get(a) == g for a, g in ex_labels.items())
-            and all(values.get(k, _DEFAULTS[k]) == v for k, v in ex_fields.items())
-            for ex_labels, ex_fields in excludes
-        ):
+        if any(_matches(labels, values, ex_labels, ex_fields) for ex_labels, ex_fields in excludes):
             continue
+        for rule in rules:  # matched on the cell as written; a later rule wins over an earlier one
+            if _matches(labels, {**base, **fields}, rule.labels, rule.match):
+                values.update(rule.fields)
         for seed in seed_list:
             trial = Trial(**{**values, "seed": seed, **overrides})
             key = trial.key

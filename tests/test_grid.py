@@ -118,7 +118,9 @@ def test_repo_grids_expand():
         g = load_grid(path)
         assert len(g.trials) == n
     smoke = load_grid("grids/paper.yaml", profile="smoke")
-    assert {t.epochs for t in smoke.trials} == {2}
+    # The costly archs train briefly so the demo fits a CPU; every cell keeps the whole test split.
+    assert {t.arch: t.epochs for t in smoke.trials} == {"alexnet": 5, "resnet152": 1, "inception_v3": 2}
+    assert {t.image_size for t in smoke.trials} == {80} and not any(t.subset_test for t in smoke.trials)
 
 
 def test_set_collapses_the_axis_it_names(tmp_path):
@@ -323,3 +325,50 @@ def test_a_thousand_trial_grid_expands_to_exactly_its_keys(tmp_path):
 def test_a_group_named_by_a_list_is_one_clear_line(tmp_path):
     with pytest.raises(ConfigError, match=r"exclude\[0\]\.init: unknown group \['a'\] of axis init"):
         load_grid(write(tmp_path, "axes: {init: {a: {freeze: 1}, b: {freeze: 2}}}\nexclude: [{init: [a]}]\n"))
+
+
+RULES = """
+    name: g
+    axes:
+      arch: [alexnet, resnet50]
+      init: {scratch: {pretrained: false}, imagenet: {pretrained: true, freeze: 2}}
+    profiles:
+      quick:
+        epochs: 4
+        when:
+          - {match: {arch: resnet50}, set: {epochs: 1, batch_size: 8}}
+          - {match: {init: imagenet, arch: resnet50}, set: {lr: 1.0e-5}}
+"""
+
+
+def test_profile_rules_override_only_the_cells_they_match(tmp_path):
+    path = write(tmp_path, RULES)
+    trials = {(t.arch, t.pretrained): t for t in load_grid(path, profile="quick").trials}
+    assert {k: (t.epochs, t.batch_size, t.lr) for k, t in trials.items()} == {
+        ("alexnet", False): (4, 64, 1e-4),
+        ("alexnet", True): (4, 64, 1e-4),
+        ("resnet50", False): (1, 8, 1e-4),
+        ("resnet50", True): (1, 8, 1e-5),  # a group in the match; both rules apply, in order
+    }
+    assert all(t.epochs == 20 for t in load_grid(path).trials)  # without the profile, no rule applies
+    forced = load_grid(path, profile="quick", overrides=["epochs=2"]).trials
+    assert {t.epochs for t in forced} == {2}  # --set still wins over a rule
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("{match: {arc: resnet50}, set: {epochs: 1}}", "did you mean 'arch'"),
+        ("{match: {arch: resnet50}, set: {epoch: 1}}", "profiles.unused.when[0].set.epoch"),
+        ("{match: {arch: resnet50}}", "both non-empty"),
+        ("{match: {init: pretrained}, set: {epochs: 1}}", "unknown group 'pretrained' of axis init"),
+        ("{match: {arch: resnet50}, set: {seed: 1}}", "list seeds under 'seeds:'"),
+        ("{when: {arch: resnet50}, set: {epochs: 1}}", "when[0]"),
+    ],
+)
+def test_bad_rules_are_one_clear_line_even_in_an_unused_profile(tmp_path, rule, message):
+    text = RULES.replace("quick:", "unused:").replace(
+        "- {match: {arch: resnet50}, set: {epochs: 1, batch_size: 8}}", f"- {rule}"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_grid(write(tmp_path, text))

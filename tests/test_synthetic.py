@@ -250,7 +250,7 @@ def test_default_root_generates_once_even_when_asked_twice_at_once(tmp_path, mon
     for t in threads:
         t.join()
     assert len(calls) == 1
-    assert roots[0] == roots[1] == tmp_path / f"synthetic-n30-s32-seed2-v{sy.GENERATOR_VERSION}"
+    assert roots[0] == roots[1] == tmp_path / f"synthetic-n30-s32-d0.2-seed2-v{sy.GENERATOR_VERSION}"
     assert sy.default_root(tmp_path, n=30, size=32, seed=2) == roots[0] and len(calls) == 1
     assert nih.load(roots[0]).dataset == "synthetic"
 
@@ -258,7 +258,7 @@ def test_default_root_generates_once_even_when_asked_twice_at_once(tmp_path, mon
 def test_default_root_clears_half_built_trees_of_killed_runs(tmp_path):
     dead = subprocess.Popen(["true"])
     dead.wait()
-    name = f"synthetic-n20-s32-seed0-v{sy.GENERATOR_VERSION}"
+    name = f"synthetic-n20-s32-d0.2-seed0-v{sy.GENERATOR_VERSION}"
     stale = tmp_path / f"{name}.tmp-{dead.pid}"
     (stale / "images_001" / "images").mkdir(parents=True)
     root = sy.default_root(tmp_path, n=20, size=32, seed=0)
