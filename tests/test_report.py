@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -397,10 +399,37 @@ def test_missing_or_empty_results_are_one_line_errors(tmp_path):
         report.write_report(tmp_path / "empty")
 
 
-def test_importing_report_does_not_import_torch_or_ray():
-    code = "import sys, harness.report; print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+def test_a_report_never_imports_torch_or_ray(built, tmp_path):
+    """Neither importing the report nor writing one through the command line loads torch or ray."""
+    heavy = "sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules)"
+    grid_dir = built["nih"][0]
+    for code in (
+        f"import sys, harness.report; print({heavy})",
+        f"import sys; from harness import cli; cli.main(['report', {str(grid_dir)!r}, '--out', {str(tmp_path)!r}]); "
+        f"print({heavy})",
+    ):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+REPORT_MODULES = ("paper", "cells", "tables", "context", "build", "paired", "figures", "page", "write")
+
+
+def test_report_modules_import_one_way():
+    """Each module of the report package imports only those before it in REPORT_MODULES, and is kept short."""
+    folder = Path(report.__file__).parent
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted([*REPORT_MODULES, "__init__"])
+    for i, name in enumerate(REPORT_MODULES):
+        source = (folder / f"{name}.py").read_text()
+        assert len(source.splitlines()) <= 400, name
+        tree = ast.parse(source)
+        assert ast.get_docstring(tree), name
+        used = {
+            n.module.rsplit(".", 1)[1]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("harness.report.")
+        }
+        assert used <= set(REPORT_MODULES[:i]), f"{name} imports {sorted(used - set(REPORT_MODULES[:i]))}"
 
 
 def test_unverified_pretrained_weights_are_flagged(tmp_path):

@@ -12,6 +12,10 @@ from harness.report.context import Context
 from harness.report.paper import PAPER_VALUES
 from harness.report.tables import Table
 
+# Past this many bars, curves or heat-map columns their labels overlap into an unreadable band (and drawing
+# them costs most of a large report's figures): they are left off, and the tables name every row.
+LABELLED_UP_TO = 30
+
 
 def _figure(width: float, height: float):
     # The object API with the Agg canvas: no pyplot global state, no GUI backend, any thread.
@@ -59,7 +63,7 @@ def bar_figure(ctx: Context, cells: list[Cell], names: list[str], *, pretrained:
             pv = [paper.get(c.arch, {}).get(label) for c in cells]
             ax.bar(x + width / 2, [np.nan if v is None else v for v in pv], width, label="paper", color="0.7")
             ax.legend(fontsize=8)
-        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        _label_x(ax, names, rotation=30, fontsize=8, what="rows of the table, in order")
         ax.set_ylabel("mean AUROC" if label == "auc" else "macro F1")
         ax.set_ylim(0, 1)
         if label == "auc":
@@ -92,7 +96,10 @@ def loss_figure(ctx: Context) -> tuple[str | None, list[str]]:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (solid: training, dashed: validation BCE)")
-    ax.legend(fontsize=7, ncol=2 if drawn > 8 else 1)
+    if drawn <= LABELLED_UP_TO:
+        ax.legend(fontsize=7, ncol=2 if drawn > 8 else 1)
+    else:
+        ax.set_title(f"{drawn} trials, too many to label", fontsize=8)
     fig.suptitle(f"Figure 3. Training loss per epoch ({ctx.dataset_title})", fontsize=10)
     return _save(ctx, fig, "fig3_training_loss"), skipped
 
@@ -168,16 +175,25 @@ def heatmap_figure(ctx: Context, table: Table, names: list[str]) -> str:
     ax = fig.add_subplot(1, 1, 1)
     lo = min(0.5, float(np.nanmin(data))) if np.isfinite(data).any() else 0.5
     im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto")
-    for (i, j), v in np.ndenumerate(data):
+    for (i, j), v in np.ndenumerate(data) if len(cols) <= LABELLED_UP_TO else ():
         if np.isfinite(v):
             ax.text(
                 j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < (lo + 1.0) / 2 else "black"
             )
-    ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=7)
+    _label_x(ax, cols, rotation=35, fontsize=7, what="columns of the per-finding table, in order")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(im, ax=ax, label="AUROC")
     fig.suptitle(f"Per-finding AUROC ({ctx.dataset_title})", fontsize=10)
     return _save(ctx, fig, "per_finding_auroc")
+
+
+def _label_x(ax, names: list[str], *, rotation: int, fontsize: int, what: str) -> None:
+    """Each x position named, or, past LABELLED_UP_TO of them, the axis says what they are."""
+    if len(names) <= LABELLED_UP_TO:
+        ax.set_xticks(range(len(names)), names, rotation=rotation, ha="right", fontsize=fontsize)
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(names)} {what}", fontsize=fontsize)
 
 
 def _colors(n: int) -> list:
