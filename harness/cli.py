@@ -101,10 +101,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     grid_dir = Path(args.results_dir)
     if not grid_dir.is_dir():
         raise ConfigError(f"{grid_dir}: no such results directory; run a grid first (harness run GRID)")
-    index = report.write_report(
+    written = report.write_report(
         grid_dir, Path(args.out) if args.out else None, recompute=args.recompute, reference=args.reference
     )
-    print(f"report: {index}")
+    for key in written.healed:
+        print(f"harness: healed {key}: metrics recomputed from its predictions", file=sys.stderr)
+    for line in written.broken:
+        print(f"harness: broken trial left out of the report: {line}", file=sys.stderr)
+    print(f"report: {written.index}")
+    if written.broken:
+        print(
+            f"harness: {len(written.broken)} broken trial(s) left out; `harness run` redoes them "
+            "(--recompute rebuilds a damaged metrics.json from intact predictions)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 

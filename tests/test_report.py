@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import ast
 import html
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from harness import metrics, report, store
+from harness import cli, metrics, report, store
 from harness.config import ConfigError, Trial
+from harness.report.paired import ALL_PAIRS_UP_TO
 
 FINDINGS = [
     "Atelectasis",
@@ -59,46 +62,59 @@ def write_trial(
     grid_dir, trial: Trial, *, dataset: str, strength: float, noise_seed: int, other_images: bool = False
 ) -> None:
     """One finished trial exactly as train.py leaves it: trial.json, predictions, metrics, history, DONE."""
-    st = store.Store(grid_dir)
-    files = st.begin(trial, grid_dir.name)
     labels, patient, image_index = _test_set()
     if other_images:  # a test set drawn differently, as subset_test does per seed
         image_index = np.char.replace(image_index, "_000", "_001")
-    probs = _probs(labels, strength, noise_seed)
-    val_labels = labels[:60]
-    val_probs = _probs(val_labels, strength, noise_seed + 100)
-    files.write_predictions(
-        probs=probs,
-        labels=labels,
-        image_index=image_index,
-        patient_id=patient.astype(np.int64),
-        val_probs=val_probs,
-        val_labels=val_labels,
-        val_patient_id=patient[:60].astype(np.int64),
-        names=np.array(FINDINGS),
-    )
-    m = metrics.evaluate(
-        probs,
-        labels,
+    predictions = trial_predictions(labels, patient, image_index, strength=strength, noise_seed=noise_seed)
+    store_trial(grid_dir, trial, predictions, trial_metrics(predictions, seed=trial.seed), dataset=dataset)
+
+
+def trial_predictions(labels, patient, image_index, *, strength: float, noise_seed: int) -> dict[str, np.ndarray]:
+    """predictions.npz as train.py writes it: test probs and labels, a validation slice, patients and names."""
+    n_val = max(1, len(labels) // 4)
+    return {
+        "probs": _probs(labels, strength, noise_seed),
+        "labels": labels,
+        "image_index": image_index,
+        "patient_id": patient.astype(np.int64),
+        "val_probs": _probs(labels[:n_val], strength, noise_seed + 100),
+        "val_labels": labels[:n_val],
+        "val_patient_id": patient[:n_val].astype(np.int64),
+        "names": np.array(FINDINGS),
+    }
+
+
+def trial_metrics(predictions: dict[str, np.ndarray], *, seed: int, n_boot: int = EVAL_BOOT) -> dict:
+    """metrics.json's statistics, computed from the predictions as train.py does."""
+    p = predictions
+    return metrics.evaluate(
+        p["probs"],
+        p["labels"],
         names=FINDINGS,
-        patient_ids=patient,
-        val_probs=val_probs,
-        val_labels=val_labels,
-        n_boot=EVAL_BOOT,
-        seed=trial.seed,
+        patient_ids=p["patient_id"],
+        val_probs=p["val_probs"],
+        val_labels=p["val_labels"],
+        n_boot=n_boot,
+        seed=seed,
     )
-    m.update(
-        {
-            "key": trial.key,
-            "label": trial.label,
-            "dataset": dataset,
-            "split": "official",
-            "harness_version": "0.1.0",
-            "git_commit": "0123abcd",
-            "train_seconds": 12.0,
-            "train_images_per_s": 100.0,
-        }
-    )
+
+
+def store_trial(grid_dir, trial: Trial, predictions: dict[str, np.ndarray], stats: dict, *, dataset: str) -> None:
+    """Write a trial through the store's writers, the ones train.py uses, then mark it done."""
+    st = store.Store(grid_dir)
+    files = st.begin(trial, grid_dir.name)
+    files.write_predictions(**predictions)
+    m = {
+        **stats,
+        "key": trial.key,
+        "label": trial.label,
+        "dataset": dataset,
+        "split": "official",
+        "harness_version": "0.1.0",
+        "git_commit": "0123abcd",
+        "train_seconds": 12.0,
+        "train_images_per_s": 100.0,
+    }
     files.write_metrics(m)
     files.write_history(
         [
@@ -136,7 +152,7 @@ def built(tmp_path_factory):
     for dataset, archs in (("synthetic", ARCHS), ("nih", ("alexnet",))):
         root = tmp_path_factory.mktemp(dataset)
         grid_dir = make_paper_grid(root, dataset=dataset, archs=archs)
-        index = report.write_report(grid_dir, root / "report", n_boot=REPORT_BOOT)
+        index = report.write_report(grid_dir, root / "report", n_boot=REPORT_BOOT).index
         out[dataset] = (grid_dir, index.parent, index)
     return out
 
@@ -184,7 +200,7 @@ def test_paper_tables_hold_every_arch_with_the_metrics_and_intervals(built, stem
         for text in (md, tex):
             assert auc_text in text and f1_text in text
             assert f"{m['bce']:.4f}" in text and f"{m['focal']:.4f}" in text
-        assert report.ARCH_NAMES[arch] in md
+        assert report.arch_name(arch) in md
     assert "\\toprule" in tex and "\\bottomrule" in tex
 
 
@@ -214,7 +230,7 @@ def test_bold_and_dagger_only_where_significant(built):
 def test_reference_row_can_be_chosen_and_out_dir_defaults_to_reports_grid(tmp_path, monkeypatch, built):
     grid_dir = _subgrid(built["synthetic"][0], tmp_path / "pretrained", pretrained=True)
     monkeypatch.chdir(tmp_path)
-    index = report.write_report(grid_dir, reference="resnet152", n_boot=REPORT_BOOT)
+    index = report.write_report(grid_dir, reference="resnet152", n_boot=REPORT_BOOT).index
     assert index.resolve() == (tmp_path / "reports" / "pretrained" / "index.html").resolve()
     t2 = pd.read_csv(index.parent / "table2_pretrained.csv").set_index("arch")
     assert bool(t2.loc["resnet152", "reference"])
@@ -269,14 +285,14 @@ def test_comparison_table_has_the_varied_axes_and_paired_tests(built):
     assert (tests["p_holm"] >= tests["p"]).all()
     pre = tests[tests["axis"] == "pretrained"]
     assert (pre["diff"] > 0.1).all() and (pre["p_holm"] < 0.05).all()
-    assert list(pre["a"]) == [f"pretrained {report.ARCH_NAMES[a]}" for a in ARCHS]
+    assert list(pre["a"]) == [f"pretrained {report.arch_name(a)}" for a in ARCHS]
 
 
 def test_conclusions_claim_only_what_the_tests_support(built):
     _, out_dir, _index = built["synthetic"]
     text = _read(out_dir, "report.md").split("## What can be concluded")[1].split("\n## ")[0]
     for arch in ARCHS:
-        name = report.ARCH_NAMES[arch]
+        name = report.arch_name(arch)
         assert f"pretrained {name} beats scratch {name} by" in text.replace("Pretrained", "pretrained")
     # Identical models: no winner, only "no significant difference".
     for a, b in (("AlexNet", "ResNet152"), ("AlexNet", "InceptionV3"), ("ResNet152", "InceptionV3")):
@@ -348,7 +364,7 @@ def test_several_seeds_show_mean_std_and_combined_interval(tmp_path):
     for seed in (0, 1):
         trial = Trial(dataset="synthetic", arch="alexnet", pretrained=True, epochs=2, seed=seed)
         write_trial(grid_dir, trial, dataset="synthetic", strength=0.8, noise_seed=10 + seed)
-    index = report.write_report(grid_dir, tmp_path / "out", n_boot=100)
+    index = report.write_report(grid_dir, tmp_path / "out", n_boot=100).index
     csv = pd.read_csv(tmp_path / "out" / "table2_pretrained.csv").set_index("arch")
     assert list(csv["seeds"]) == [2]
     aucs = [r.metrics["auc_macro"] for r in store.load_results(grid_dir)]
@@ -383,10 +399,37 @@ def test_missing_or_empty_results_are_one_line_errors(tmp_path):
         report.write_report(tmp_path / "empty")
 
 
-def test_importing_report_does_not_import_torch_or_ray():
-    code = "import sys, harness.report; print(sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+def test_a_report_never_imports_torch_or_ray(built, tmp_path):
+    """Neither importing the report nor writing one through the command line loads torch or ray."""
+    heavy = "sorted(m for m in ('torch', 'ray', 'torchvision') if m in sys.modules)"
+    grid_dir = built["nih"][0]
+    for code in (
+        f"import sys, harness.report; print({heavy})",
+        f"import sys; from harness import cli; cli.main(['report', {str(grid_dir)!r}, '--out', {str(tmp_path)!r}]); "
+        f"print({heavy})",
+    ):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+REPORT_MODULES = ("paper", "cells", "tables", "context", "build", "paired", "figures", "page", "write")
+
+
+def test_report_modules_import_one_way():
+    """Each module of the report package imports only those before it in REPORT_MODULES, and is kept short."""
+    folder = Path(report.__file__).parent
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted([*REPORT_MODULES, "__init__"])
+    for i, name in enumerate(REPORT_MODULES):
+        source = (folder / f"{name}.py").read_text()
+        assert len(source.splitlines()) <= 400, name
+        tree = ast.parse(source)
+        assert ast.get_docstring(tree), name
+        used = {
+            n.module.rsplit(".", 1)[1]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("harness.report.")
+        }
+        assert used <= set(REPORT_MODULES[:i]), f"{name} imports {sorted(used - set(REPORT_MODULES[:i]))}"
 
 
 def test_unverified_pretrained_weights_are_flagged(tmp_path):
@@ -400,7 +443,7 @@ def test_unverified_pretrained_weights_are_flagged(tmp_path):
             strength=2.0,
             noise_seed=1,
         )
-    index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT)
+    index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT).index
     page = index.read_text()
     assert "UNVERIFIED WEIGHTS" in page
     table2 = (tmp_path / "out" / "table2_pretrained.md").read_text()
@@ -409,7 +452,9 @@ def test_unverified_pretrained_weights_are_flagged(tmp_path):
         if r.trial.get("pretrained"):
             m = dict(r.metrics, weights={"imagenet_verified": True})
             r.files.replace_metrics(m)
-    assert "UNVERIFIED WEIGHTS" not in report.write_report(grid, tmp_path / "out2", n_boot=REPORT_BOOT).read_text()
+    assert (
+        "UNVERIFIED WEIGHTS" not in report.write_report(grid, tmp_path / "out2", n_boot=REPORT_BOOT).index.read_text()
+    )
 
 
 def test_cam_scores_and_figures_are_in_the_report(tmp_path):
@@ -441,8 +486,88 @@ def test_cam_scores_and_figures_are_in_the_report(tmp_path):
     fig = plt.figure(figsize=(1, 1))
     fig.savefig(results[0].path / "cam" / "grid.png")
     plt.close(fig)
-    index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT)
+    index = report.write_report(grid, tmp_path / "out", n_boot=REPORT_BOOT).index
     table = (tmp_path / "out" / "cam_scores.md").read_text()
     assert "0.500 (0.120)" in table and "0.600 (0.120)" in table and "pointing game" in table
     copied = f"cam_{results[0].key}_grid.png"
     assert (tmp_path / "out" / copied).is_file() and copied in index.read_text()
+
+
+def test_every_registered_arch_has_a_display_name():
+    from harness import models  # torch, in this test only: the report itself never imports it
+
+    names = {a: report.arch_name(a) for a in models.MODELS}
+    assert all(shown != arch for arch, shown in names.items()), names
+    assert len(set(names.values())) == len(names)
+    assert names["inception_v3"] == "InceptionV3" and names["efficientnet_b0"] == "EfficientNetB0"
+
+
+# --- damaged trials: named, left out, healed where the predictions allow --------------------------------
+
+
+def _report_cli(capsys, grid_dir, out, *flags) -> tuple[int, list[str]]:
+    code = cli.main(["report", str(grid_dir), "--out", str(out), *flags])
+    return code, capsys.readouterr().err.splitlines()
+
+
+def _keys(out_dir) -> set[str]:
+    return set(pd.read_csv(out_dir / "comparison.csv")["key"])
+
+
+def test_a_corrupt_metrics_file_is_named_left_out_and_healed_by_recompute(tmp_path, capsys, built):
+    grid_dir = shutil.copytree(built["nih"][0], tmp_path / "paper")
+    results = store.load_results(grid_dir)
+    victim, kept = results[0], results[1]
+    metrics_path = victim.files.path / store.TrialFiles.METRICS
+    metrics_path.write_text('{"auc_macro": 0.9,')
+
+    code, err = _report_cli(capsys, grid_dir, tmp_path / "out")
+    assert code == cli.EXIT_FAILED
+    named = [line for line in err if victim.key in line]
+    assert named == [
+        f"harness: broken trial left out of the report: {victim.key}: {metrics_path}: unreadable "
+        "(JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 19 (char 18))"
+    ]
+    assert not any("Traceback" in line for line in err)
+    assert _keys(tmp_path / "out") == {kept.key}  # the rest of the report is written
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Broken trials, left out (1)" in page and "1 broken (left out)" in page
+
+    code, err = _report_cli(capsys, grid_dir, tmp_path / "healed", "--recompute")
+    assert code == cli.EXIT_OK
+    assert f"harness: healed {victim.key}: metrics recomputed from its predictions" in err
+    assert _keys(tmp_path / "healed") == {kept.key, victim.key}
+    healed = store.TrialFiles(victim.path)
+    assert healed.problems() == [] and healed.read_metrics()["auc_macro"] == pytest.approx(victim.metrics["auc_macro"])
+    assert "reading trials" in "".join(err) and "paired tests" in "".join(err)  # the progress bars
+
+
+def test_truncated_predictions_are_named_and_left_out_even_with_recompute(tmp_path, capsys, built):
+    grid_dir = shutil.copytree(built["nih"][0], tmp_path / "paper")
+    victim, kept = store.load_results(grid_dir)
+    path = victim.files.path / store.TrialFiles.PREDICTIONS
+    path.write_bytes(path.read_bytes()[:100])
+    for flags in ((), ("--recompute",)):
+        code, err = _report_cli(capsys, grid_dir, tmp_path / "out", *flags)
+        assert code == cli.EXIT_FAILED
+        line = f"harness: broken trial left out of the report: {victim.key}: {path}: changed since the trial finished"
+        assert [e for e in err if victim.key in e] == [line + " (checksum differs)"]
+        assert _keys(tmp_path / "out") == {kept.key}
+
+
+# --- scale --------------------------------------------------------------------------------------------
+
+
+def test_a_long_axis_is_tested_between_neighbouring_values(tmp_path):
+    """All pairs up to six values of an axis; beyond, each with the next: the tests grow linearly with the grid."""
+    grid_dir = tmp_path / "sweep"
+    lrs = [1e-5 * (i + 1) for i in range(ALL_PAIRS_UP_TO + 2)]
+    for i, lr in enumerate(lrs):
+        trial = Trial(dataset="synthetic", arch="alexnet", pretrained=True, epochs=1, lr=lr)
+        write_trial(grid_dir, trial, dataset="synthetic", strength=0.5, noise_seed=i)
+    report.write_report(grid_dir, tmp_path / "out", n_boot=20, progress=False)
+    tests = pd.read_csv(tmp_path / "out" / "paired_tests.csv")
+    assert list(tests["axis"]) == ["lr"] * (len(lrs) - 1)
+    assert list(tests["a"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[:-1]]
+    assert list(tests["b"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[1:]]
+    assert "tested against the next value only: lr" in _read(tmp_path / "out", "paired_tests.md")
