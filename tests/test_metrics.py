@@ -346,12 +346,8 @@ def test_two_models_are_passed_by_keyword():
         M.delong(p[:, 0], other[:, 0], y[:, 0])
     with pytest.raises(TypeError):
         compare.paired_bootstrap(p, other, y, pid)
-    # callers written before still get the same numbers from harness.metrics, with a warning
-    with pytest.warns(DeprecationWarning, match="pass probs_a=, probs_b=, labels=, patient_ids= by keyword"):
-        old = M.paired_bootstrap(p, other, y, pid, n_boot=50)
-    assert old == M.paired_bootstrap(probs_a=p, probs_b=other, labels=y, patient_ids=pid, n_boot=50)
-    with pytest.raises(TypeError, match="multiple values for labels"):
-        M.paired_bootstrap(p, other, y, labels=y, patient_ids=pid)
+    with pytest.raises(TypeError):
+        M.paired_bootstrap(p, other, y, pid)
 
 
 def slow_delong(a, b, y):

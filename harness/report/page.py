@@ -152,7 +152,7 @@ def build_sections(ctx: Context) -> list[Section]:
         ]
         sections.append(_listing("Failed trials", items))
     if ctx.broken:
-        sections.append(_listing("Broken trials, left out", ctx.broken))
+        sections.append(_listing("Broken trials, left out", [str(b) for b in ctx.broken]))
     return sections
 
 

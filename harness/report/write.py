@@ -41,18 +41,18 @@ def _fresh_metrics(files: store.TrialFiles, trial: dict[str, Any], old: dict[str
         patient_ids=p["patient_id"],
         val_probs=p.get("val_probs"),
         val_labels=p.get("val_labels"),
+        logits=p.get("logits"),  # as training scored it; None for predictions saved before logits were
+        val_logits=p.get("val_logits"),
         **kwargs,
     )
     return {**old, **fresh}  # keep provenance, timings and the dataset actually used
 
 
-def heal(grid_dir: Path, line: str) -> store.Result | None:
-    """A broken trial (a line of store.scan's) whose only damaged file is metrics.json, with its metrics rebuilt
-    from its intact predictions; None when anything else is damaged."""
-    files = store.TrialFiles(grid_dir / line.split(":", 1)[0])
-    metrics_path = str(files.path / files.METRICS)
-    problems = files.problems(weights=False)
-    if not problems or not all(p.startswith(metrics_path + ":") for p in problems):
+def heal(grid_dir: Path, broken: store.Broken) -> store.Result | None:
+    """A broken trial whose only damaged file is metrics.json, with its metrics rebuilt from its intact
+    predictions; None when anything else is damaged."""
+    files = store.TrialFiles(grid_dir / broken.key)
+    if set(broken.damaged) != {files.METRICS}:
         return None
     try:
         trial = files.read_trial()
@@ -106,11 +106,11 @@ def write_report(
     )
     if recompute and broken:
         with ctx.bar(total=len(broken), desc="healing broken trials", unit="trial") as bar:
-            for line in broken:
-                if (r := heal(grid_dir, line)) is not None:
+            for b in broken:
+                if (r := heal(grid_dir, b)) is not None:
                     healed.append(r)
                 else:
-                    ctx.broken.append(line)
+                    ctx.broken.append(b)
                 bar.update()
     else:
         ctx.broken = list(broken)

@@ -9,7 +9,7 @@ import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from harness.config import ConfigError, Trial
 from harness.store.trial import Result, TrialFiles
@@ -105,13 +105,23 @@ class Store:
         )
 
 
+class Broken(NamedTuple):
+    """A trial marked done whose files are not intact: its key and, per damaged file, what is wrong."""
+
+    key: str
+    damaged: dict[str, str]
+
+    def __str__(self) -> str:
+        return f"{self.key}: " + "; ".join(self.damaged.values())
+
+
 @dataclass
 class Scan:
     """What a grid folder holds: usable results, trials whose last attempt failed, and broken ones."""
 
     results: list[Result]
     failures: list[dict[str, Any]]
-    broken: list[str]  # one line each: the trial and what is wrong with its files
+    broken: list[Broken]
 
 
 def scan(grid_dir: Path | str, *, weights: bool = False) -> Scan:
@@ -121,9 +131,9 @@ def scan(grid_dir: Path | str, *, weights: bool = False) -> Scan:
     for d in sorted(p for p in grid_dir.iterdir() if p.is_dir()) if grid_dir.is_dir() else []:
         files = TrialFiles(d)
         if files.is_done():
-            problems = files.problems(weights=weights)
-            if problems:
-                broken.append(f"{d.name}: " + "; ".join(problems))
+            damaged = files.damaged(weights=weights)
+            if damaged:
+                broken.append(Broken(d.name, damaged))
             else:
                 results.append(Result(trial=files.read_trial(), metrics=files.read_metrics(), path=d))
         elif (failure := files.failure()) is not None:

@@ -200,27 +200,36 @@ class TrialFiles:
         """DONE, metrics.json and trial.json are there (cheap; `problems` also checks the contents)."""
         return all(self._file(n).is_file() for n in (self.DONE, self.METRICS, self.TRIAL))
 
-    def problems(self, *, weights: bool = True) -> list[str]:
-        """Why a trial marked done is not a usable result: [] when every recorded file is intact.
+    def damaged(self, *, weights: bool = True) -> dict[str, str]:
+        """File name -> what is wrong with it, for a trial marked done; {} when every recorded file is intact.
 
+        Every file is checked (an unreadable metrics.json does not hide a truncated predictions.npz), so a
+        caller can tell a trial that recomputing its metrics heals from one that must be retrained.
         weights=False skips hashing model.pt (hundreds of MB); a report never reads it.
         """
+        out: dict[str, str] = {}
         try:
             done = self._read_json(self.DONE)
-            self._read_json(self.TRIAL)
-            self._read_json(self.METRICS)
         except Unreadable as exc:
-            return [str(exc)]
-        out = []
+            return {self.DONE: str(exc)}
+        for name in (self.TRIAL, self.METRICS):
+            try:
+                self._read_json(name)
+            except Unreadable as exc:
+                out[name] = str(exc)
         for name, digest in (done.get("sha256") or {}).items():
-            if name == self.WEIGHTS and not weights:
+            if name in out or (name == self.WEIGHTS and not weights):
                 continue
             path = self._file(name)
             if not path.is_file():
-                out.append(f"{path}: missing")
+                out[name] = f"{path}: missing"
             elif sha256(path) != digest:
-                out.append(f"{path}: changed since the trial finished (checksum differs)")
+                out[name] = f"{path}: changed since the trial finished (checksum differs)"
         return out
+
+    def problems(self, *, weights: bool = True) -> list[str]:
+        """damaged(), as one line per file."""
+        return list(self.damaged(weights=weights).values())
 
     def mark_failed(self, record: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
