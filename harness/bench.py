@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -187,6 +188,28 @@ def bare_loop(
     return model, step
 
 
+@dataclass
+class StepPair:
+    """A trial's step and the bare loop's, each on the same batch already on the device."""
+
+    model: torch.nn.Module  # the module the trial steps (its torch.compile when compiling)
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[], torch.Tensor]  # train.train_step on the batch; returns the detached loss
+    bare_model: torch.nn.Module
+    bare: Callable[[], torch.Tensor]  # bare_loop's step on the batch; returns the detached loss
+
+
+def step_pair(
+    trial: Trial, device: torch.device, *, prevalence: np.ndarray | None = None, compile: bool = False
+) -> StepPair:
+    """The trial's training set-up and step beside bare_loop's, both on one random batch of its shape."""
+    x, y = _batch(trial, device)
+    model, loss_fn, optimizer, step = _step_setup(trial, device, prevalence, compile, batch=(x, y))
+    bare_model, bare = bare_loop(trial.arch, x, y, lr=trial.lr, compile=compile)
+    return StepPair(model, loss_fn, optimizer, step, bare_model, bare)
+
+
 def interleaved(
     steps: dict[str, Callable[[], object]], *, batch_size: int, device: torch.device, per_window: int, windows: int
 ) -> dict[str, list[tuple[int, float]]]:
@@ -280,11 +303,8 @@ def bench_step(
             f"bench step needs a batch of {batch_size} training images; the train split of {td.data.root} "
             f"holds {n}: use a larger data set or a smaller --batch"
         )
-    x, y = _batch(trial, device)
-    model, loss_fn, optimizer, step = _step_setup(
-        trial, device, prevalence=td.labels["train"].mean(0), compile=runtime.compile, batch=(x, y)
-    )
-    bare_model, bare = bare_loop(arch, x, y, lr=trial.lr, compile=runtime.compile)
+    pair = step_pair(trial, device, prevalence=td.labels["train"].mean(0), compile=runtime.compile)
+    model, loss_fn, optimizer, step, bare = pair.model, pair.loss_fn, pair.optimizer, pair.step, pair.bare
     t0 = time.perf_counter()
     step()  # cuDNN autotuning, and the whole compile when compiling
     _sync(device)
@@ -348,7 +368,7 @@ def bench_step(
         "step_images": sum(images for images, _ in timed["step"]),
         "bare_images": sum(images for images, _ in timed["bare"]),
         "params": _params(model),
-        "bare_params": _params(bare_model),
+        "bare_params": _params(pair.bare_model),
         "step_window_images_per_s": rates["step"],
         "bare_window_images_per_s": rates["bare"],
         "step_images_per_s": step_rate,

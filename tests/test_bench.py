@@ -139,21 +139,18 @@ def test_bench_step_text_names_both_sides_and_passes_the_options(tree, monkeypat
 @pytest.mark.parametrize("arch", sorted(models.MODELS))
 def test_bare_loop_builds_the_network_a_trial_trains(arch):
     """Same layers, same shapes, same head (InceptionV3's auxiliary one included at its native size)."""
-    trial = Trial(arch=arch, batch_size=2)
-    x, y = bench_mod._batch(trial, torch.device("cpu"))
-    bare, _ = bench_mod.bare_loop(arch, x, y, lr=trial.lr)
+    pair = bench_mod.step_pair(Trial(arch=arch, batch_size=2), torch.device("cpu"))
 
     def shapes(model):
         return sorted(tuple(p.shape) for p in model.parameters())
 
-    assert shapes(bare) == shapes(models.build(trial))
+    assert shapes(pair.bare_model) == shapes(pair.model)
 
 
 def test_bare_loop_trains():
     torch.manual_seed(0)
-    trial = Trial(arch="alexnet", image_size=64, batch_size=4)
-    x, y = bench_mod._batch(trial, torch.device("cpu"))
-    model, step = bench_mod.bare_loop("alexnet", x, y, lr=trial.lr)
+    x, y = torch.randn(4, 3, 64, 64), (torch.rand(4, 14) < 0.1).float()
+    model, step = bench_mod.bare_loop("alexnet", x, y, lr=1e-4)
     before = [p.detach().clone() for p in model.parameters()]
     losses = [step().item() for _ in range(6)]
     assert losses[-1] < losses[0] - 0.1  # the same batch six times: learned, not just run
