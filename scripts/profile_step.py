@@ -5,7 +5,9 @@ side), the host time outside any op (Python), and the harness's own Python funct
 is profiled twice, in the order A B B A, so that drift falls on both. On a loaded machine compare calls
 first: they do not depend on the load; times do.
 
-    PYTHONPATH=. python scripts/profile_step.py --arch resnet50 --size 64 --batch 8 --steps 10
+    PYTHONPATH=. python scripts/profile_step.py --arch resnet50 --size 64 --batch 8 --steps 10 [--epoch]
+
+--epoch adds the trial's epoch (train_one_epoch over loader batches) against its one-batch step.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import argparse
 import collections
 import cProfile
 import pstats
+import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from harness import bench, hardware
+from harness import bench, hardware, train
 from harness.config import Trial
+from harness.data import loader
 
 
 def op_profile(step, steps: int) -> tuple[dict[str, list[float]], float, str]:
@@ -45,12 +50,58 @@ def python_profile(step, steps: int) -> pstats.Stats:
     return pstats.Stats(prof)
 
 
+def epoch_rates(pair: bench.StepPair, trial: Trial, steps: int, rounds: int = 4) -> dict[str, list[float]]:
+    """images/s of the trial's step on its one batch, the bare loop's, the trial's steps over loader batches
+    made beforehand, and train_one_epoch over the same batches (the loader's threads cutting them meanwhile),
+    in rounds whose order reverses each time. Random uint8 images stand in for the cache."""
+    size = trial.image_size
+    rng = np.random.default_rng(0)
+    n = trial.batch_size * steps
+    images = rng.integers(0, 255, (n, loader.load_size(size), loader.load_size(size)), dtype=np.uint8)
+    labels = (rng.random((n, 14)) < 0.1).astype(np.float32)
+    batches = loader.Batches(images, labels, batch_size=trial.batch_size, crop=size, train=True, drop_last=True)
+    made = list(batches)  # epoch 0's batches, as train_one_epoch below sees them
+    cpu = torch.device("cpu")
+
+    def fixed() -> None:
+        for _ in range(steps):
+            pair.step()
+
+    def bare() -> None:
+        for _ in range(steps):
+            pair.bare()
+
+    def loop() -> None:
+        for x, y in made:
+            train.train_step(pair.model, x, y, loss_fn=pair.loss_fn, optimizer=pair.optimizer, device=cpu)
+
+    def epoch() -> None:
+        train.train_one_epoch(
+            pair.model, batches, trial=trial, loss_fn=pair.loss_fn, optimizer=pair.optimizer, device=cpu, epoch=0
+        )
+
+    runs = {
+        "trial step, one batch": fixed,
+        "bare loop, one batch": bare,
+        "trial step, loader batches made first": loop,
+        "train_one_epoch, loader threads running": epoch,
+    }
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+            t0 = time.perf_counter()
+            runs[name]()
+            rates[name].append(n / (time.perf_counter() - t0))
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="profiled steps per side and round")
+    p.add_argument("--epoch", action="store_true", help="also time the trial's epoch against its step")
     args = p.parse_args(argv)
 
     hardware.keep_freed_memory()
@@ -129,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in sorted(ours.keys() | theirs.keys()):
         if ours[key] != theirs[key]:
             print(f"{key[:90]:<92}{ours[key] / args.steps:6.1f}{theirs[key] / args.steps:6.1f}")
+    if args.epoch:
+        print(f"\n## images/s, {args.steps} steps a run, 4 runs in turn (order reversed each round)")
+        for name, rates in epoch_rates(pair, trial, args.steps).items():
+            print(f"{name:<44}{statistics.median(rates):8.1f}   runs {' '.join(f'{r:.1f}' for r in rates)}")
     return 0
 
 
