@@ -85,7 +85,7 @@ collect() {  # the grid's figures into OUT, as they stand
   cp "$work/gpu.csv" "$out/gpu.csv" 2>/dev/null || true
   cp "$grid_cache/packing.json" "$out/packing.json" 2>/dev/null || true
   $py "$here/gpu_summary.py" grid "$work" "$out/grid_summary.json" epochs="$epochs" synthetic_n="$n" \
-    gpu="$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["gpu"] or "none")' "$out/env.json")"
+    gpu_name="$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["gpu"] or "none")' "$out/env.json")"
   [ -f "$work/end" ] || echo "grid still running after $(( $(date +%s) - ${grid_start%.*} )) s; next call: $0 OUT wait"
 }
 

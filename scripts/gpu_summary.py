@@ -142,7 +142,7 @@ def regress_summary(head: Path, old: Path, commit: str) -> list[dict[str, Any]]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["grid"] and len(argv) >= 3:
         extra = dict(a.split("=", 1) for a in argv[3:])
-        result: Any = grid_summary(Path(argv[1]), {k: _number(v) for k, v in extra.items()})
+        result: Any = grid_summary(Path(argv[1]), {k: _value(v) for k, v in extra.items()})
     elif argv[:1] == ["regress"] and len(argv) == 5:
         result = regress_summary(Path(argv[1]), Path(argv[2]), argv[3])
         argv = [*argv[:2], argv[4]]
@@ -155,14 +155,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _number(text: str) -> Any:
+def _value(text: str) -> Any:
+    """A KEY=VALUE value as JSON reads it (2 -> 2, 1.5 -> 1.5), else the text itself."""
     try:
-        return int(text)
+        return json.loads(text)
     except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
+        return text
 
 
 if __name__ == "__main__":
