@@ -1,18 +1,21 @@
-"""Throughput benchmarks: the cached loader against a naive PNG DataLoader, and a model step against a trial's."""
+"""Throughput benchmarks: the cached loader against a naive PNG DataLoader, a trial's step against a bare loop's."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 
 from harness import hardware, models, train
-from harness.config import Runtime, Trial
+from harness.config import ConfigError, Runtime, Trial
 from harness.data import cache, loader, nih
 
 
@@ -111,39 +114,120 @@ def bench_loader(
         "naive_workers": workers,
         "cache_build_images_per_s": built.rate or None,
         "cached_images_per_s": cached_rate,
+        "naive_images": seen,
         "naive_png_images_per_s": naive_rate,
         "ratio": cached_rate / naive_rate,
     }
 
 
-def _step_setup(trial: Trial, device: torch.device, prevalence: np.ndarray | None = None, compile: bool = False):
-    """A trial's training set-up (train.training_setup) and a step of it on one random batch already on the
-    device; returns the module that steps, the loss, the optimiser and the step."""
-    prevalence = np.full(len(nih.FINDINGS), 0.1) if prevalence is None else prevalence
-    model, step_model, loss_fn, optimizer = train.training_setup(trial, device, prevalence=prevalence, compile=compile)
+def _batch(trial: Trial, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random training batch of the trial's shape, already on the device (channels_last on CUDA)."""
     size = models.image_size(trial)
     x = torch.randn(trial.batch_size, 3, size, size, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(trial.batch_size, len(nih.FINDINGS), device=device) < 0.1).float()
+    return x, y
+
+
+def _step_setup(
+    trial: Trial,
+    device: torch.device,
+    prevalence: np.ndarray | None = None,
+    compile: bool = False,
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
+    """A trial's training set-up (train.training_setup) and a step of it on one batch already on the device
+    (random unless given); returns the module that steps, the loss, the optimiser and the step."""
+    prevalence = np.full(len(nih.FINDINGS), 0.1) if prevalence is None else prevalence
+    model, step_model, loss_fn, optimizer = train.training_setup(trial, device, prevalence=prevalence, compile=compile)
+    x, y = _batch(trial, device) if batch is None else batch
     models.train_mode(model, trial)
 
-    def step() -> None:
-        train.train_step(step_model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
+    def step() -> torch.Tensor:
+        return train.train_step(step_model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
 
     return step_model, loss_fn, optimizer, step
 
 
-def _step_rate(step: Callable[[], None], batch_size: int, *, device: torch.device, steps: int) -> float:
-    """Model-step-only images/s: the same batch already on the device, forward + backward + step."""
-    for _ in range(3):
-        step()
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * batch_size / (time.perf_counter() - t0)
+def bare_loop(
+    arch: str, x: torch.Tensor, y: torch.Tensor, *, lr: float, compile: bool = False
+) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """The baseline a trial's step is held to: what a plain PyTorch script does with no harness in between.
+
+    torchvision's model built directly with y.shape[1] logits, Adam at lr, BCE with logits, bf16 autocast
+    and channels_last on CUDA, on the batch x, y already on the device. Returns the model and one step,
+    which returns the detached loss.
+    """
+    device = x.device
+    cuda = device.type == "cuda"
+    # InceptionV3: torchvision's auxiliary head only fits inputs of 299 px and more; it trains, weighted
+    # 0.4 as in torchvision's reference recipe, wherever it is built.
+    options = {"aux_logits": x.shape[-1] >= 299, "init_weights": True} if arch == "inception_v3" else {}
+    model = torchvision.models.get_model(arch, weights=None, num_classes=y.shape[1], **options).to(device)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    forward = torch.compile(model) if compile else model
+
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            out = forward(x)
+            if isinstance(out, tuple):
+                loss = criterion(out[0], y) + 0.4 * criterion(out[1], y)
+            else:
+                loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return model, step
+
+
+@dataclass
+class StepPair:
+    """A trial's step and the bare loop's, each on the same batch already on the device."""
+
+    model: torch.nn.Module  # the module the trial steps (its torch.compile when compiling)
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[], torch.Tensor]  # train.train_step on the batch; returns the detached loss
+    bare_model: torch.nn.Module
+    bare: Callable[[], torch.Tensor]  # bare_loop's step on the batch; returns the detached loss
+
+
+def step_pair(
+    trial: Trial, device: torch.device, *, prevalence: np.ndarray | None = None, compile: bool = False
+) -> StepPair:
+    """The trial's training set-up and step beside bare_loop's, both on one random batch of its shape."""
+    x, y = _batch(trial, device)
+    model, loss_fn, optimizer, step = _step_setup(trial, device, prevalence, compile, batch=(x, y))
+    bare_model, bare = bare_loop(trial.arch, x, y, lr=trial.lr, compile=compile)
+    return StepPair(model, loss_fn, optimizer, step, bare_model, bare)
+
+
+def interleaved(
+    steps: dict[str, Callable[[], object]], *, batch_size: int, device: torch.device, per_window: int, windows: int
+) -> dict[str, list[tuple[int, float]]]:
+    """(images, seconds) of each step function over `windows` windows of per_window steps, the functions
+    taking turns (A B, B A, A B, ...) so that drift (clocks, heat, other work on the machine) falls on each
+    alike and neither always goes first."""
+    timed: dict[str, list[tuple[int, float]]] = {name: [] for name in steps}
+    names = list(steps)
+    for w in range(windows):
+        for name in names if w % 2 == 0 else names[::-1]:
+            images = 0
+            t0 = time.perf_counter()
+            for _ in range(per_window):
+                steps[name]()
+                images += batch_size
+            _sync(device)
+            timed[name].append((images, time.perf_counter() - t0))
+    return timed
 
 
 def step_window(
@@ -179,6 +263,10 @@ def step_window(
     }
 
 
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def bench_step(
     runtime: Runtime,
     *,
@@ -186,15 +274,19 @@ def bench_step(
     batch_size: int = 64,
     image_size: int = 0,
     steps: int = 20,
+    windows: int = 5,
     pretrained: bool = False,
     eval_batch_size: int = 0,
 ) -> dict[str, Any]:
-    """A trial's end-to-end training images/s (cache, augmentation, step) beside the model step alone, and its
-    evaluation images/s at eval_batch_size (0: the size a trial uses).
+    """A trial's model step beside a bare PyTorch loop's (bare_loop) on the same batch, timed in alternating
+    windows of `steps` steps in one process; then the trial's end-to-end training images/s (cache,
+    augmentation, step) and its evaluation images/s at eval_batch_size (0: the size a trial uses).
 
-    With runtime.compile both use torch.compile, as a trial does; first_step_seconds then holds the compile.
+    step_vs_bare, the median over window pairs of trial step / bare step, is the figure that carries from
+    machine to machine; images/s are medians over windows. With runtime.compile the trial, the bare loop
+    and the epoch all use torch.compile; first_step_seconds then holds the trial's compile.
     """
-    hardware.keep_freed_memory()
+    hardware.keep_freed_memory()  # process-wide: the bare loop gets it too
     trial = Trial(
         arch=arch,
         batch_size=batch_size,
@@ -206,14 +298,26 @@ def bench_step(
     device = hardware.pick_device(runtime.device)
     td = train.prepare_data(trial.replace(subset_fraction=1.0), runtime)
     n = min(len(td.labels["train"]), batch_size * (steps + 3))
-    model, loss_fn, optimizer, step = _step_setup(
-        trial, device, prevalence=td.labels["train"].mean(0), compile=runtime.compile
-    )
+    if n < batch_size:  # the epoch would hold no whole batch and time nothing
+        raise ConfigError(
+            f"bench step needs a batch of {batch_size} training images; the train split of {td.data.root} "
+            f"holds {n}: use a larger data set or a smaller --batch"
+        )
+    pair = step_pair(trial, device, prevalence=td.labels["train"].mean(0), compile=runtime.compile)
+    model, loss_fn, optimizer, step, bare = pair.model, pair.loss_fn, pair.optimizer, pair.step, pair.bare
     t0 = time.perf_counter()
     step()  # cuDNN autotuning, and the whole compile when compiling
     _sync(device)
     first_step = time.perf_counter() - t0
-    step_rate = _step_rate(step, batch_size, device=device, steps=steps)
+    for _ in range(3):
+        bare()
+        step()
+    _sync(device)
+    timed = interleaved(
+        {"step": step, "bare": bare}, batch_size=batch_size, device=device, per_window=steps, windows=windows
+    )
+    rates = {name: [images / seconds for images, seconds in w] for name, w in timed.items()}
+    pairs = [s / b for s, b in zip(rates["step"], rates["bare"])]
     size = models.image_size(trial)
 
     batches = loader.Batches(
@@ -248,6 +352,7 @@ def bench_step(
     t0 = time.perf_counter()
     train.predict(model, evaluation, device=device)
     eval_rate = n / (time.perf_counter() - t0)
+    step_rate, bare_rate = statistics.median(rates["step"]), statistics.median(rates["bare"])
     return {
         "bench": "step",
         "arch": arch,
@@ -258,8 +363,20 @@ def bench_step(
         "dataset": td.data.dataset,
         "compile": runtime.compile,
         "first_step_seconds": first_step,
+        "windows": windows,
+        "steps_per_window": steps,
+        "step_images": sum(images for images, _ in timed["step"]),
+        "bare_images": sum(images for images, _ in timed["bare"]),
+        "params": _params(model),
+        "bare_params": _params(pair.bare_model),
+        "step_window_images_per_s": rates["step"],
+        "bare_window_images_per_s": rates["bare"],
         "step_images_per_s": step_rate,
+        "bare_images_per_s": bare_rate,
+        "step_vs_bare": statistics.median(pairs),
+        "step_vs_bare_range": [min(pairs), max(pairs)],
         "trial_images_per_s": e2e_rate,
+        "trial_vs_bare": e2e_rate / bare_rate,
         "ratio": e2e_rate / step_rate,
         "eval_batch_size": evaluation.batch_size,
         "eval_images_per_s": eval_rate,

@@ -304,6 +304,7 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         image_size=args.image_size,
         steps=args.steps,
+        windows=args.windows,
         eval_batch_size=args.eval_batch,
     )
     return _print_bench(
@@ -313,9 +314,14 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
             f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}"
             + (" (compiled)" if r["compile"] else ""),
             f"first step        {r['first_step_seconds']:10.1f} s",
-            f"model step only   {r['step_images_per_s']:10.0f} images/s",
-            f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
-            f"ratio             {r['ratio']:10.2f}",
+            f"trial step        {r['step_images_per_s']:10.0f} images/s (median of {r['windows']} windows "
+            f"of {r['steps_per_window']} steps, taking turns with the bare loop)",
+            f"bare PyTorch loop {r['bare_images_per_s']:10.0f} images/s",
+            f"step / bare       {r['step_vs_bare']:10.2f}    (window pairs "
+            f"{r['step_vs_bare_range'][0]:.2f}-{r['step_vs_bare_range'][1]:.2f})",
+            f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s (one epoch from the cache)",
+            f"trial / bare      {r['trial_vs_bare']:10.2f}",
+            f"trial / step      {r['ratio']:10.2f}",
             f"evaluation        {r['eval_images_per_s']:10.0f} images/s (batch {r['eval_batch_size']})",
         ],
     )
@@ -418,13 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("action", choices=("where", "placeholder"))
     w.add_argument("archs", nargs="+")
 
-    b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; model step vs trial")
+    b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; trial step vs bare loop")
     bsub = b.add_subparsers(dest="bench_command", required=True)
     bl = bsub.add_parser("loader", help="cached-loader images/s, naive PNG DataLoader images/s, ratio")
-    bs = bsub.add_parser("step", help="model-step-only images/s beside a trial's end-to-end images/s")
+    bs = bsub.add_parser(
+        "step", help="a trial's step beside a bare PyTorch loop's (ratio), and the trial's end-to-end images/s"
+    )
     bs.add_argument("--arch", required=True)
     bs.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
-    bs.add_argument("--steps", type=_count(1), default=20)
+    bs.add_argument("--steps", type=_count(1), default=20, help="steps per timed window")
+    bs.add_argument("--windows", type=_count(1), default=5, help="timed windows each for the trial and the bare loop")
     bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
     bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch (0 = what a trial uses)")
     for sp, batch in ((bl, 64), (bs, 64)):
