@@ -55,14 +55,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         for t in grid.trials:
             print(f"{t.key}  {t.label}")
         return EXIT_OK
-    from harness import train, tune
+    from harness import train
+    from harness.runner.grid import run_grid
 
     for t in grid.trials:
         train.check_trial(t)
     runtime = _runtime(args)
     trials, runtime = train.resolve_dataset(list(grid.trials), runtime)
     train.prepare_all(trials, runtime)
-    summary = tune.run_grid(grid.name, trials, runtime)
+    summary = run_grid(grid.name, trials, runtime)
     print("\n".join(summary.lines()))
     print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
     return summary.exit_code

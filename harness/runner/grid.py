@@ -1,0 +1,175 @@
+"""A grid through Ray Tune: every trial not yet done, each in a worker, its files written into the store."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from tqdm.auto import tqdm
+
+from harness import store as store_mod
+from harness import train
+from harness.config import Runtime, Trial
+from harness.runner import placement
+from harness.runner.attempt import attempt
+from harness.runner.cluster import largest_node, start_ray, use_reserved_cpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a run left behind, read back from the store (the source of truth, not Ray's state)."""
+
+    grid: str
+    total: int
+    done: list[str]
+    failed: list[dict[str, Any]]  # key, label, reason
+    pending: list[str]
+    skipped: int  # already done before this run
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if not self.failed and not self.pending else 1
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{self.grid}: {len(self.done)}/{self.total} trials done "
+            f"({self.skipped} already done before this run), {len(self.failed)} failed, {len(self.pending)} not run"
+        ]
+        out += [f"  FAILED {f['label']} ({f['key']}): {f['reason']}" for f in self.failed]
+        out += [f"  NOT RUN {k}" for k in self.pending]
+        return out
+
+
+def summarize(grid: str, trials: Sequence[Trial], store: store_mod.Store, skipped: int = 0) -> Summary:
+    done, failed, pending = [], [], []
+    for t in trials:
+        if store.is_done(t):
+            done.append(t.key)
+        elif (f := store.failure(t)) is not None:
+            failed.append({"key": t.key, "label": t.label, "reason": f.get("reason", "unknown")})
+        else:
+            pending.append(t.key)
+    return Summary(grid=grid, total=len(trials), done=done, failed=failed, pending=pending, skipped=skipped)
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """Runs inside a Ray worker: one trial, its files written straight into the store."""
+    trial = Trial(**config["trial"])
+    runtime: Runtime = config["runtime"]
+    st = store_mod.Store(config["grid_dir"])
+    use_reserved_cpus()
+    where = {"ray_node_id": ray.get_runtime_context().get_node_id()}
+    if attempt(
+        st,
+        trial,
+        lambda: train.run_trial(
+            trial, runtime, out_dir=st.trial_dir(trial), report=lambda row: tune.report(row), context=where
+        ),
+        tell_failed=lambda: tune.report({"failed": 1}),
+    ):
+        st.mark_done(trial)
+
+
+class Progress(tune.Callback):
+    """A live view: trials done / running / failed and each running trial's epoch."""
+
+    def __init__(self, total: int, already: int) -> None:
+        self.bar = tqdm(total=total, initial=already, desc="trials", unit="trial", dynamic_ncols=True, file=sys.stderr)
+        self.running: dict[str, str] = {}
+        self.failed = 0
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(
+            f"running {len(self.running)}, failed {self.failed} | " + "; ".join(sorted(self.running.values()))[:160]
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        t = trial.config["trial"]
+        if "epoch" in result:
+            self.running[trial.trial_id] = (
+                f"{t['arch']}{'/pt' if t['pretrained'] else ''}/{t['loss']} "
+                f"ep {result['epoch']}/{t['epochs']} auc {result['val_auc']:.3f}"
+            )
+        if result.get("failed"):
+            self.failed += 1
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.running.pop(trial.trial_id, None)
+        self.bar.update(1)
+        self._show()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.running.pop(trial.trial_id, None)
+        self.failed += 1
+        self.bar.update(1)
+        self._show()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _fit(
+    name: str,
+    trials: Sequence[Trial],
+    runtime: Runtime,
+    st: store_mod.Store,
+    shape: Any,
+    progress: Progress | None,
+) -> None:
+    """One Tuner over the trials; shape(trial) gives a trial's resources."""
+    # Resources per trial from its shape, so an AlexNet trial can share a GPU with a ResNet152 one.
+    trainable = tune.with_resources(
+        _trainable,
+        lambda config: tune.PlacementGroupFactory([{k.upper(): v for k, v in shape(Trial(**config["trial"])).items()}]),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "trial": tune.grid_search([t.to_dict() for t in trials]),
+            "runtime": runtime,
+            "grid_dir": str(st.root.resolve()),
+        },
+        # A finished trial's worker process runs the next trial of the same resources: no new
+        # process, no second import of torch; run_trial resets seeds and peak-memory counts.
+        tune_config=tune.TuneConfig(reuse_actors=runtime.reuse_workers),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(st.tune_dir.resolve()),
+            failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
+            verbose=0,
+            callbacks=[progress] if progress else None,
+            log_to_file=True,
+        ),
+    )
+    tuner.fit()
+
+
+def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
+    """Run every trial not already done; return the summary read back from the store."""
+    st = store_mod.Store(Path(runtime.results_dir) / grid)
+    st.check_writable()
+    with st.lock():
+        pending = [t for t in trials if not st.is_done(t)]
+        already = len(trials) - len(pending)
+        if pending:
+            start_ray(runtime)
+            node = largest_node()
+            per_gpu = placement.per_gpu(pending, runtime, node)
+            progress = Progress(len(trials), already) if runtime.progress else None
+            try:
+                for t in pending:
+                    st.begin(t, grid)
+                _fit(grid, pending, runtime, st, lambda t: placement.resources(t, runtime, node, per_gpu), progress)
+            finally:
+                if progress:
+                    progress.close()
+        return summarize(grid, trials, st, skipped=already)
