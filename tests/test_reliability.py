@@ -1,4 +1,5 @@
-"""Faults for real: a run killed with SIGKILL resumes without loss or double counting; a two-node Ray cluster."""
+"""Faults for real: a run killed with SIGKILL resumes without loss or double counting; damaged results are mended
+or redone; a two-node Ray cluster."""
 
 import json
 import os
@@ -10,8 +11,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+
+from harness import store
+from harness.config import Trial
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -52,6 +57,17 @@ def done_dirs(grid_dir):
     return sorted(d for d in grid_dir.iterdir() if (d / "DONE").is_file()) if grid_dir.is_dir() else []
 
 
+def mid_trial(grid_dir):
+    """Trial folders with a finished epoch's resume state and no DONE: a trial part-way through."""
+    return [d for d in grid_dir.iterdir() if (d / "last.pt").is_file() and not (d / "DONE").exists()]
+
+
+def finished_epochs(trial_dir):
+    import torch
+
+    return torch.load(trial_dir / "last.pt", weights_only=True)["epoch"] + 1
+
+
 def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env, tmp_path):
     grid = grid_file(tmp_path, "killed", epochs=3, seeds=[0, 1, 2])
     results = tmp_path / "results"
@@ -61,20 +77,25 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env,
     )
     grid_dir = results / "killed"
     try:
+        # On a CPU the trials run one after another: wait for one done and the next part-way through.
         deadline = time.time() + 600
-        while not done_dirs(grid_dir) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-        assert done_dirs(grid_dir), "no trial finished before the deadline"
+        while time.time() < deadline and proc.poll() is None and not (done_dirs(grid_dir) and mid_trial(grid_dir)):
+            time.sleep(0.2)
+        assert done_dirs(grid_dir) and mid_trial(grid_dir), "no trial finished and none was part-way by the deadline"
         assert proc.poll() is None, "the run ended before it could be killed; make the grid longer"
     finally:
         # Pre-emption: the driver and every process it started (its local Ray) die at once.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in done_dirs(grid_dir)}
+    resumed = {d.name: finished_epochs(d) for d in mid_trial(grid_dir)}
 
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
     assert f"3/3 trials done ({len(first)} already done before this run), 0 failed" in again.stdout
+    for key, epochs in resumed.items():  # the resume path ran, from the last epoch the killed run finished
+        label = json.loads((grid_dir / key / "trial.json").read_text())["label"]
+        assert f"{label}: resuming after epoch {epochs}" in again.stderr, again.stderr[-3000:]
     finished = done_dirs(grid_dir)
     assert len(finished) == 3
     for d in finished:
@@ -86,6 +107,111 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env,
         json.loads((d / "metrics.json").read_text())
     leftovers = [p for p in grid_dir.rglob("*.tmp") if ".tune" not in p.parts]
     assert leftovers == []
+
+
+# --- done means intact: a damaged result is mended from its predictions, or trained again -----------------------
+
+
+def finished_trial(grid_dir, seed=0):
+    """A trial folder as the runner leaves it, written through the store, with made-up predictions."""
+    import torch
+
+    from harness import metrics
+    from harness.data import nih
+
+    rng = np.random.default_rng(seed)
+    trial = Trial(arch="alexnet", image_size=64, epochs=2, seed=seed)
+    st = store.Store(grid_dir)
+    files = st.begin(trial, grid_dir.name)
+    n, k = 80, len(nih.FINDINGS)
+    arrays = {
+        "probs": rng.random((n, k)).astype(np.float32),
+        "labels": (rng.random((n, k)) < 0.3).astype(np.uint8),
+        "patient_id": np.arange(n) // 2,
+        "image_index": np.array([f"{i:08d}_000.png" for i in range(n)]),
+        "val_probs": rng.random((n // 2, k)).astype(np.float32),
+        "val_labels": (rng.random((n // 2, k)) < 0.3).astype(np.uint8),
+        "val_patient_id": np.arange(n // 2),
+        "names": np.array(nih.FINDINGS),
+    }
+    files.write_predictions(**arrays)
+    files.save_weights({"w": torch.arange(4.0)})
+    files.write_history([{"epoch": e, "val_auc": 0.5 + e / 10, "seconds": 1.5} for e in (1, 2)])
+    result = metrics.evaluate(
+        arrays["probs"],
+        arrays["labels"],
+        names=nih.FINDINGS,
+        patient_ids=arrays["patient_id"],
+        val_probs=arrays["val_probs"],
+        val_labels=arrays["val_labels"],
+        seed=seed,
+    )
+    files.write_metrics({**result, "key": trial.key, "train_seconds": 3.0, "device": "cpu"})
+    st.mark_done(trial)
+    return files, result
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_damaged_metrics_are_recomputed_from_intact_predictions(tmp_path):
+    from harness.runner.intact import intact
+
+    files, result = finished_trial(tmp_path / "g")
+    history = (files.path / files.HISTORY).stat().st_mtime_ns
+    (files.path / files.METRICS).write_text('{"auc_macro": 0.9')  # cut off mid-write by a crash
+    assert intact(files) and files.problems() == []
+    mended = files.read_metrics()
+    assert mended["auc_macro"] == result["auc_macro"] and mended["per_finding"] == result["per_finding"]
+    assert mended["split"] == "official" and mended["epochs_run"] == 2 and mended["recomputed"]["from"]
+    assert (files.path / files.HISTORY).stat().st_mtime_ns == history
+
+    edited = {**files.read_metrics(), "auc_macro": 0.99}  # readable, but not what the predictions say
+    store.write_json(files.path / files.METRICS, edited)
+    assert intact(files) and files.read_metrics()["auc_macro"] == result["auc_macro"]
+    assert files.read_metrics()["train_seconds"] == 3.0  # what cannot be recomputed is kept
+
+
+@pytest.mark.parametrize("damage", ["predictions", "weights", "metrics and weights", "done"])
+def test_other_damage_means_the_trial_is_trained_again(tmp_path, damage):
+    from harness.runner.intact import intact
+
+    files, _ = finished_trial(tmp_path / "g")
+    if "predictions" in damage:
+        truncate(files.path / files.PREDICTIONS)
+    if "weights" in damage:
+        truncate(files.weights_path)
+    if "metrics" in damage:  # hides the weights' checksum from a first look
+        (files.path / files.METRICS).write_text("{")
+    if damage == "done":
+        (files.path / files.DONE).write_text("{")
+    assert not intact(files)
+
+
+def test_rerun_mends_or_retrains_damaged_trials(tree, env, tmp_path):
+    grid = grid_file(tmp_path, "damaged", epochs=1, seeds=[0, 1, 2])
+    cmd = [sys.executable, "-m", "harness", "run", grid, "--data-root", tree, "--results", tmp_path / "results"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr[-3000:]
+    dirs = done_dirs(tmp_path / "results" / "damaged")
+    assert len(dirs) == 3
+    mended, no_predictions, no_weights = dirs
+    before = {d.name: (d / "history.csv").stat().st_mtime_ns for d in dirs}
+    auc = json.loads((mended / "metrics.json").read_text())["auc_macro"]
+    (mended / "metrics.json").write_text("{")
+    truncate(no_predictions / "predictions.npz")
+    truncate(no_weights / "model.pt")
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert "3/3 trials done (1 already done before this run), 0 failed" in again.stdout
+    assert (mended / "history.csv").stat().st_mtime_ns == before[mended.name]  # not retrained
+    assert json.loads((mended / "metrics.json").read_text())["auc_macro"] == auc
+    for d in (no_predictions, no_weights):
+        assert (d / "history.csv").stat().st_mtime_ns != before[d.name]  # retrained
+    for d in dirs:
+        assert store.TrialFiles(d).problems() == []
 
 
 def _free_port():

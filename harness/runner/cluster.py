@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from typing import Any
 
 import ray
@@ -24,6 +25,18 @@ def use_reserved_cpus() -> None:
     import torch
 
     torch.set_num_threads(max(1, int(assigned().get("CPU", 1))))
+
+
+def worker_logging() -> None:
+    """In a worker: the harness's warnings, and the line saying where a trial resumes, reach the driver's stderr."""
+    logger = logging.getLogger("harness")
+    if not any(getattr(h, "harness_worker", False) for h in logger.handlers):  # a reused worker runs this again
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("harness: %(message)s"))
+        handler.harness_worker = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)  # a worker's root logger has no handler: nothing prints twice
+    logger.setLevel(logging.WARNING)
+    logging.getLogger("harness.train").setLevel(logging.INFO)  # "resuming after epoch N"
 
 
 def largest_node() -> dict[str, float]:

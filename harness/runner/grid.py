@@ -18,7 +18,8 @@ from harness import train
 from harness.config import Runtime, Trial
 from harness.runner import placement
 from harness.runner.attempt import attempt
-from harness.runner.cluster import largest_node, start_ray, use_reserved_cpus
+from harness.runner.cluster import largest_node, start_ray, use_reserved_cpus, worker_logging
+from harness.runner.intact import intact, redo
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def _trainable(config: dict[str, Any]) -> None:
     runtime: Runtime = config["runtime"]
     st = store_mod.Store(config["grid_dir"])
     use_reserved_cpus()
+    worker_logging()
     where = {"ray_node_id": ray.get_runtime_context().get_node_id()}
     if attempt(
         st,
@@ -153,12 +155,24 @@ def _fit(
     tuner.fit()
 
 
+def _to_run(trials: Sequence[Trial], st: store_mod.Store) -> list[Trial]:
+    """Trials not done, and done ones whose files are damaged beyond mending (their checkpoints dropped)."""
+    out = []
+    for t in trials:
+        if not st.is_done(t):
+            out.append(t)
+        elif not intact(st.files(t)):
+            redo(st.files(t))
+            out.append(t)
+    return out
+
+
 def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
     """Run every trial not already done; return the summary read back from the store."""
     st = store_mod.Store(Path(runtime.results_dir) / grid)
     st.check_writable()
     with st.lock():
-        pending = [t for t in trials if not st.is_done(t)]
+        pending = _to_run(trials, st)
         already = len(trials) - len(pending)
         if pending:
             start_ray(runtime)

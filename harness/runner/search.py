@@ -19,7 +19,7 @@ from harness import train
 from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 from harness.runner import placement, ray_internals
 from harness.runner.attempt import attempt
-from harness.runner.cluster import start_ray, use_reserved_cpus
+from harness.runner.cluster import start_ray, use_reserved_cpus, worker_logging
 from harness.runner.grid import Progress
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def _search_trainable(config: dict[str, Any]) -> None:
     st = store_mod.Store(config["grid_dir"])
     files = st.files(trial)
     use_reserved_cpus()
+    worker_logging()
     if st.is_done(trial):
         for row in files.read_history():
             tune.report({**row, "key": trial.key})
