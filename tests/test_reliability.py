@@ -1,5 +1,5 @@
-"""Faults for real: a run killed with SIGKILL resumes without loss or double counting; damaged results are mended
-or redone; a two-node Ray cluster."""
+"""Faults for real: a run killed with SIGKILL resumes without loss or double counting; Ctrl-C and SIGTERM stop it
+cleanly; a successful run prints no traceback; damaged results are mended or redone; a two-node Ray cluster."""
 
 import json
 import os
@@ -107,6 +107,80 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env,
         json.loads((d / "metrics.json").read_text())
     leftovers = [p for p in grid_dir.rglob("*.tmp") if ".tune" not in p.parts]
     assert leftovers == []
+
+
+def harness_run(grid, tree, results):
+    return [sys.executable, "-m", "harness", "run", str(grid), "--data-root", str(tree), "--results", str(results)]
+
+
+def start_then_signal(cmd, env, grid_dir, signals, *, gap=1.0):
+    """Start a run; once a trial is done and the next is part-way, send the signals: SIGINT to its process group,
+    as a terminal's Ctrl-C does, SIGTERM to the driver, as `kill PID`, `docker stop` or Kubernetes do.
+    Returns the finished process, its output, how long it took to stop, and the epochs of the part-way trial."""
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None and not (done_dirs(grid_dir) and mid_trial(grid_dir)):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be stopped; make the grid longer"
+        assert done_dirs(grid_dir) and mid_trial(grid_dir), "no trial finished and none was part-way by the deadline"
+        resumable = {d.name: finished_epochs(d) for d in mid_trial(grid_dir)}
+        start = time.time()
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(gap)
+            (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+        return proc, out, err, time.time() - start, resumable
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_a_successful_run_prints_no_traceback(tree, env, tmp_path):
+    grid = grid_file(tmp_path, "quiet", epochs=1, seeds=[0, 1])
+    proc = subprocess.run(harness_run(grid, tree, tmp_path / "r"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "SystemExit" not in proc.stderr, proc.stderr[-3000:]
+    assert "Configuration for experiment" not in proc.stdout  # Ray's banner: the harness's summary says it all
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_ends_the_run_in_seconds_and_a_rerun_resumes(tree, env, tmp_path, sig):
+    grid = grid_file(tmp_path, "stopped", epochs=3, seeds=[0, 1, 2])
+    cmd = harness_run(grid, tree, tmp_path / "results")
+    grid_dir = tmp_path / "results" / "stopped"
+    proc, out, err, took, resumable = start_then_signal(cmd, env, grid_dir, [sig])
+    assert proc.returncode == 130, out + err[-3000:]
+    assert took < 60, f"took {took:.0f} s to stop"
+    name = signal.Signals(sig).name
+    assert f"stopped by {name}; every finished epoch is kept. Resume with: python -m harness run {grid}" in out
+    assert "Tuner.restore" not in out + err and "Traceback" not in err and "SIGABRT" not in err, err[-3000:]
+    kept = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in done_dirs(grid_dir)}
+    for key, n in resumable.items():  # its finished epochs are kept (and maybe the one it was in, had it ended)
+        if key not in kept:
+            resumable[key] = finished_epochs(grid_dir / key)
+            assert resumable[key] >= n
+
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert f"3/3 trials done ({len(kept)} already done before this run)" in again.stdout
+    for key, n in resumable.items():
+        label = json.loads((grid_dir / key / "trial.json").read_text())["label"]
+        assert key in kept or f"{label}: resuming after epoch {n}" in again.stderr, again.stderr[-3000:]
+    assert {k: (grid_dir / k / "metrics.json").stat().st_mtime_ns for k in kept} == kept
+
+
+def test_a_second_ctrl_c_stops_at_once(tree, env, tmp_path):
+    grid = grid_file(tmp_path, "twice", epochs=3, seeds=[0, 1, 2])
+    proc, _, err, took, _ = start_then_signal(
+        harness_run(grid, tree, tmp_path / "r"), env, tmp_path / "r" / "twice", [signal.SIGINT, signal.SIGINT]
+    )
+    assert proc.returncode == 130 and "rerun the same command to resume" in err, err[-3000:]
+    assert took < 30, f"took {took:.0f} s to stop"
 
 
 # --- done means intact: a damaged result is mended from its predictions, or trained again -----------------------

@@ -270,6 +270,7 @@ def test_study_refuses_another_metric_or_base(tmp_path):
     assert "secret" not in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the killed search's ask() stands for a real one
 def test_only_trials_whose_heartbeat_stopped_are_failed(tmp_path):
     s = _search(tmp_path)
     storage = study_mod.storage(s, tmp_path, heartbeat_s=1, grace_s=1)

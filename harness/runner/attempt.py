@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+import ray
 
 from harness import hardware, packing, train
 from harness import store as store_mod
@@ -12,6 +17,29 @@ from harness.config import ConfigError, Trial
 from harness.runner.cluster import assigned
 
 RETRY_ALONE = "retry_alone"  # failed.json: ran out of GPU memory beside other trials; the grid retries it alone
+
+_training = threading.Event()  # set while a trial runs in this worker process, or is being stopped
+
+
+def _leave_at_once() -> None:
+    """A worker told to exit mid-epoch (a stopped run) leaves without finalizing the interpreter.
+
+    Ray runs a trial in a daemon thread; finalizing under it while torch computes aborts the process with
+    a C++ stack trace on the user's terminal. The trial's finished epochs are already on disk (atomic
+    writes), so leaving at once loses nothing.
+    """
+    if _training.is_set():
+        os._exit(0)
+
+
+atexit.register(_leave_at_once)
+
+
+def _in_ray_actor() -> bool:
+    try:
+        return ray.get_runtime_context().get_actor_id() is not None
+    except Exception:  # not in Ray at all (a trainable called directly)
+        return False
 
 
 def attempt(st: store_mod.Store, trial: Trial, body: Callable[[], Any], *, tell_failed: Callable[[], None]) -> bool:
@@ -24,16 +52,21 @@ def attempt(st: store_mod.Store, trial: Trial, body: Callable[[], Any], *, tell_
     - Anything else may be transient (out of host memory, a dying node): recorded, then raised again so that
       Ray retries it (FailureConfig).
     """
+    if _in_ray_actor():
+        _training.set()
     try:
         body()
+        _training.clear()
         return True
     except (train.TrialFailed, ConfigError) as exc:
+        _training.clear()
         st.mark_failed(trial, str(exc), detail=traceback.format_exc())
         tell_failed()
         return False
     except (SystemExit, KeyboardInterrupt):
-        raise
+        raise  # the trial's thread is still unwinding when its worker exits: _training stays set
     except BaseException as exc:
+        _training.clear()
         reason = f"{type(exc).__name__}: {exc}"
         share = assigned().get("GPU", 0.0)
         if not packing.retry_alone(exc, gpu_share=share):

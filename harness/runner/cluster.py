@@ -27,14 +27,27 @@ def use_reserved_cpus() -> None:
     torch.set_num_threads(max(1, int(assigned().get("CPU", 1))))
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged: Ray swaps it for each trial's log file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("harness: %(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def worker_logging() -> None:
     """In a worker: the harness's warnings, and the line saying where a trial resumes, reach the driver's stderr."""
     logger = logging.getLogger("harness")
-    if not any(getattr(h, "harness_worker", False) for h in logger.handlers):  # a reused worker runs this again
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("harness: %(message)s"))
-        handler.harness_worker = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)  # a worker's root logger has no handler: nothing prints twice
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):  # a reused worker runs this again
+        logger.addHandler(_Stderr())  # a worker's root logger has no handler: nothing prints twice
     logger.setLevel(logging.WARNING)
     logging.getLogger("harness.train").setLevel(logging.INFO)  # "resuming after epoch N"
 
@@ -69,6 +82,7 @@ def start_ray(runtime: Runtime) -> None:
     address = runtime.address or os.environ.get("RAY_ADDRESS") or "local"
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on stdout: the progress bar says it
     if os.environ.get("TORCH_HOME"):  # local workers inherit the environment; a relative path would move
         os.environ["TORCH_HOME"] = os.path.abspath(os.environ["TORCH_HOME"])
     kwargs: dict[str, Any] = {

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from harness.runner import placement
 from harness.runner.attempt import attempt
 from harness.runner.cluster import largest_node, start_ray, use_reserved_cpus, worker_logging
 from harness.runner.intact import intact, redo
+from harness.runner.stopping import Stop, resume_command, stoppable
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,12 @@ class Summary:
     failed: list[dict[str, Any]]  # key, label, reason
     pending: list[str]
     skipped: int  # already done before this run
+    stopped: str | None = None  # the signal that stopped the run, if one did
 
     @property
     def exit_code(self) -> int:
+        if self.stopped:
+            return 130  # as a shell reports a command ended by Ctrl-C
         return 0 if not self.failed and not self.pending else 1
 
     def lines(self) -> list[str]:
@@ -46,6 +51,8 @@ class Summary:
         ]
         out += [f"  FAILED {f['label']} ({f['key']}): {f['reason']}" for f in self.failed]
         out += [f"  NOT RUN {k}" for k in self.pending]
+        if self.stopped:
+            out.append(f"stopped by {self.stopped}; every finished epoch is kept. Resume with: {resume_command()}")
         return out
 
 
@@ -119,6 +126,19 @@ class Progress(tune.Callback):
         self.bar.close()
 
 
+@contextlib.contextmanager
+def quiet_results() -> Iterator[None]:
+    """Results come from the trials' last reports and the store; Ray's per-trial result files are off, and
+    its notes about them (and about trials a stop left unstarted) say nothing a user needs."""
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def _fit(
     name: str,
     trials: Sequence[Trial],
@@ -126,6 +146,7 @@ def _fit(
     st: store_mod.Store,
     shape: Any,
     progress: Progress | None,
+    stop: Stop,
 ) -> None:
     """One Tuner over the trials; shape(trial) gives a trial's resources."""
     # Resources per trial from its shape, so an AlexNet trial can share a GPU with a ResNet152 one.
@@ -147,12 +168,14 @@ def _fit(
             name=name,
             storage_path=str(st.tune_dir.resolve()),
             failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
+            stop=stop,
             verbose=0,
             callbacks=[progress] if progress else None,
             log_to_file=True,
         ),
     )
-    tuner.fit()
+    with quiet_results():
+        tuner.fit()
 
 
 def _to_run(trials: Sequence[Trial], st: store_mod.Store) -> list[Trial]:
@@ -174,16 +197,20 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
     with st.lock():
         pending = _to_run(trials, st)
         already = len(trials) - len(pending)
+        stopped = None
         if pending:
-            start_ray(runtime)
-            node = largest_node()
-            per_gpu = placement.per_gpu(pending, runtime, node)
-            progress = Progress(len(trials), already) if runtime.progress else None
-            try:
-                for t in pending:
-                    st.begin(t, grid)
-                _fit(grid, pending, runtime, st, lambda t: placement.resources(t, runtime, node, per_gpu), progress)
-            finally:
-                if progress:
-                    progress.close()
-        return summarize(grid, trials, st, skipped=already)
+            start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
+            with stoppable() as stop:
+                node = largest_node()
+                per_gpu = placement.per_gpu(pending, runtime, node)
+                progress = Progress(len(trials), already) if runtime.progress else None
+                try:
+                    for t in pending:
+                        st.begin(t, grid)
+                    shape = lambda t: placement.resources(t, runtime, node, per_gpu)  # noqa: E731
+                    _fit(grid, pending, runtime, st, shape, progress, stop)
+                finally:
+                    if progress:
+                        progress.close()
+            stopped = stop.signal
+        return replace(summarize(grid, trials, st, skipped=already), stopped=stopped)

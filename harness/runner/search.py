@@ -20,7 +20,8 @@ from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 from harness.runner import placement, ray_internals
 from harness.runner.attempt import attempt
 from harness.runner.cluster import start_ray, use_reserved_cpus, worker_logging
-from harness.runner.grid import Progress
+from harness.runner.grid import Progress, quiet_results
+from harness.runner.stopping import Stop, stoppable
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class SearchRun:
     """What this invocation's trials did, from Ray's results and the store."""
 
     trials: list[dict[str, Any]]  # key, label, outcome, epochs_run, reason
+    stopped: str | None = None  # the signal that stopped the search, if one did
 
     def counts(self) -> dict[str, int]:
         return {o: sum(t["outcome"] == o for t in self.trials) for o in OUTCOMES}
@@ -241,11 +243,16 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
     a grid's. A pruned trial keeps trial.json, history.csv and search.json; its weights are removed.
     The caller holds the store's lock.
     """
+    st = store_mod.Store(Path(runtime.results_dir) / plan.name)
+    start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
+    with stoppable() as stop:
+        return _fit(plan, runtime, st, stop)
+
+
+def _fit(plan: SearchPlan, runtime: Runtime, st: store_mod.Store, stop: Stop) -> SearchRun:
+    """One Tuner over plan.samples new points, stopped early by ASHA or by a stop signal."""
     import ray
 
-    grid_dir = Path(runtime.results_dir) / plan.name
-    st = store_mod.Store(grid_dir)
-    start_ray(runtime)
     epochs = plan.base.epochs
     progress = (
         _SearchProgress(plan.samples, metric=plan.metric, epochs=epochs, fields=plan.fields)
@@ -258,7 +265,7 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
             "base": plan.base.to_dict(),
             "fields": list(plan.fields),
             "runtime": runtime,
-            "grid_dir": str(grid_dir.resolve()),
+            "grid_dir": str(st.root.resolve()),
             "grid": plan.name,
             "metric": plan.metric,
         },
@@ -275,19 +282,16 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
             name=f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(st.tune_dir.resolve()),
             failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
+            stop=stop,
             verbose=0,
             callbacks=[progress] if progress else None,
             log_to_file=True,
         ),
     )
-    # Results come from the trials' last reports; Ray's per-trial result files are off (the store holds them).
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
-        results = tuner.fit()
+        with quiet_results():
+            results = tuner.fit()
     finally:
-        quiet.setLevel(level)
         if progress:
             progress.close()
-    return SearchRun(trials=[_trial_row(r, plan, st, epochs) for r in results])
+    return SearchRun(trials=[_trial_row(r, plan, st, epochs) for r in results], stopped=stop.signal)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,12 @@ class Outcome:
     new: dict[str, int]  # complete / pruned / failed among this invocation's trials
     failures: list[str]  # one line per failed trial
     summary: dict[str, Any]  # from export()
+    stopped: str | None = None  # the signal that stopped the search, if one did
 
     @property
     def exit_code(self) -> int:
+        if self.stopped:
+            return 130  # as a shell reports a command ended by Ctrl-C
         return 1 if self.new.get("failed") else 0
 
     def lines(self) -> list[str]:
@@ -53,6 +58,9 @@ class Outcome:
         else:
             out.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()))
         out.append(f"outputs: {s['out']}")
+        if self.stopped:
+            command = shlex.join(["python", "-m", "harness", *sys.argv[1:]])
+            out.append(f"stopped by {self.stopped}; the study keeps every finished trial. Continue it with: {command}")
         return out
 
 
@@ -117,9 +125,21 @@ def run(search: Search, runtime: Runtime) -> Outcome:
         finally:
             live.close()  # trials a stop left unfinished are failed, saying so
         summary = export(search, study, runtime)
-    return Outcome(search=search, new=result.counts(), failures=result.failure_lines(), summary=summary)
+    return Outcome(
+        search=search,
+        new=result.counts(),
+        failures=result.failure_lines(),
+        summary=summary,
+        stopped=result.stopped,
+    )
 
-    return Outcome(search=search, new=result.counts(), failures=result.failure_lines(), summary=summary)
+    return Outcome(
+        search=search,
+        new=result.counts(),
+        failures=result.failure_lines(),
+        summary=summary,
+        stopped=result.stopped,
+    )
 
 
 def main_search(
