@@ -143,3 +143,44 @@ def test_measured_packing_on_a_real_gpu(tmp_path):
     saved = json.loads((tmp_path / packing.PACKING_FILE).read_text())
     (entry,) = [v[packing.shape_key(trial)] for v in saved.values()]
     assert entry["probes"][0]["copies"] == 1 and entry["probes"][0]["images_per_s"] > 0
+
+
+# --- out of GPU memory beside other trials: one more attempt with the GPU to itself ------------------------------
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 139.8 GiB total capacity)"
+
+
+def test_out_of_gpu_memory_while_sharing_is_retried_alone():
+    oom = torch.cuda.OutOfMemoryError(OOM)
+    assert packing.retry_alone(oom, gpu_share=0.25)
+    assert not packing.retry_alone(oom, gpu_share=1.0)  # it had the GPU to itself: a real failure
+    assert not packing.retry_alone(oom, gpu_share=0.0)  # not on a GPU at all
+    assert not packing.retry_alone(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), gpu_share=0.25)
+    assert not packing.retry_alone(MemoryError(), gpu_share=0.25)  # the host's memory, not the GPU's
+    relayed = RuntimeError("the trial's worker failed")
+    relayed.__cause__ = oom  # as Ray relays a worker's exception
+    assert packing.retry_alone(relayed, gpu_share=0.5)
+
+
+def test_attempt_records_the_retry_alone_and_only_when_sharing(tmp_path, monkeypatch):
+    attempt = pytest.importorskip("harness.runner.attempt")
+    from harness import store
+
+    st = store.Store(tmp_path)
+    trial = Trial(arch="alexnet")
+    st.begin(trial, "g")
+    told = []
+
+    def runs_out():
+        raise torch.cuda.OutOfMemoryError(OOM)
+
+    monkeypatch.setattr(attempt, "assigned", lambda: {"CPU": 1.0, "GPU": 0.25})
+    assert attempt.attempt(st, trial, runs_out, tell_failed=lambda: told.append(1)) is False  # Ray does not retry
+    assert told == [1] and attempt.needs_a_whole_gpu(st, trial)
+    assert "on a 0.25 share of a GPU, beside other trials" in st.failure(trial)["reason"]
+
+    monkeypatch.setattr(attempt, "assigned", lambda: {"CPU": 1.0, "GPU": 1.0})
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # alone on its GPU: recorded, and Ray's retries decide
+        attempt.attempt(st, trial, runs_out, tell_failed=lambda: told.append(1))
+    assert told == [1] and not attempt.needs_a_whole_gpu(st, trial)
+    assert st.failure(trial)["reason"].startswith("OutOfMemoryError: CUDA out of memory")

@@ -18,7 +18,7 @@ from harness import store as store_mod
 from harness import train
 from harness.config import Runtime, Trial
 from harness.runner import placement
-from harness.runner.attempt import attempt
+from harness.runner.attempt import attempt, needs_a_whole_gpu
 from harness.runner.cluster import largest_node, start_ray, use_reserved_cpus, worker_logging
 from harness.runner.intact import intact, redo
 from harness.runner.stopping import Stop, resume_command, stoppable
@@ -122,6 +122,12 @@ class Progress(tune.Callback):
         self.bar.update(1)
         self._show()
 
+    def again(self, n: int) -> None:
+        """n trials counted as failed run once more."""
+        self.failed -= n
+        self.bar.n -= n
+        self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 
@@ -190,6 +196,27 @@ def _to_run(trials: Sequence[Trial], st: store_mod.Store) -> list[Trial]:
     return out
 
 
+def _run(
+    grid: str, pending: Sequence[Trial], runtime: Runtime, st: store_mod.Store, progress: Progress | None, stop: Stop
+) -> None:
+    """The pending trials; then, each with a GPU to itself, those that ran out of GPU memory beside others."""
+    node = largest_node()
+    per_gpu = placement.per_gpu(pending, runtime, node)
+    for t in pending:
+        st.begin(t, grid)
+    _fit(grid, pending, runtime, st, lambda t: placement.resources(t, runtime, node, per_gpu), progress, stop)
+    alone = [t for t in pending if needs_a_whole_gpu(st, t)]
+    if not alone or stop.signal:
+        return
+    log.warning("%d trial(s) ran out of GPU memory beside other trials; running each again alone", len(alone))
+    if progress:
+        progress.again(len(alone))
+    for t in alone:
+        st.begin(t, grid)  # its finished epochs stay: it resumes after the last
+    whole = lambda t: placement.resources(t, runtime, node, per_gpu, alone=True)  # noqa: E731
+    _fit(f"{grid}-alone", alone, runtime, st, whole, progress, stop)
+
+
 def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
     """Run every trial not already done; return the summary read back from the store."""
     st = store_mod.Store(Path(runtime.results_dir) / grid)
@@ -200,17 +227,12 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
         stopped = None
         if pending:
             start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
-            with stoppable() as stop:
-                node = largest_node()
-                per_gpu = placement.per_gpu(pending, runtime, node)
-                progress = Progress(len(trials), already) if runtime.progress else None
-                try:
-                    for t in pending:
-                        st.begin(t, grid)
-                    shape = lambda t: placement.resources(t, runtime, node, per_gpu)  # noqa: E731
-                    _fit(grid, pending, runtime, st, shape, progress, stop)
-                finally:
-                    if progress:
-                        progress.close()
+            progress = Progress(len(trials), already) if runtime.progress else None
+            try:
+                with stoppable() as stop:
+                    _run(grid, pending, runtime, st, progress, stop)
+            finally:
+                if progress:
+                    progress.close()
             stopped = stop.signal
         return replace(summarize(grid, trials, st, skipped=already), stopped=stopped)
