@@ -145,6 +145,21 @@ def quiet_results() -> Iterator[None]:
         quiet.setLevel(level)
 
 
+def run_config(
+    name: str, st: store_mod.Store, runtime: Runtime, progress: Progress | None, stop: Stop
+) -> tune.RunConfig:
+    """How every Tuner of the harness runs: its state under the grid's .tune/, retries, a stop, no chatter."""
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(st.tune_dir.resolve()),
+        failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
+        stop=stop,
+        verbose=0,
+        callbacks=[progress] if progress else None,
+        log_to_file=True,
+    )
+
+
 def _fit(
     name: str,
     trials: Sequence[Trial],
@@ -170,15 +185,7 @@ def _fit(
         # A finished trial's worker process runs the next trial of the same resources: no new
         # process, no second import of torch; run_trial resets seeds and peak-memory counts.
         tune_config=tune.TuneConfig(reuse_actors=runtime.reuse_workers),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(st.tune_dir.resolve()),
-            failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
-            stop=stop,
-            verbose=0,
-            callbacks=[progress] if progress else None,
-            log_to_file=True,
-        ),
+        run_config=run_config(name, st, runtime, progress, stop),
     )
     with quiet_results():
         tuner.fit()

@@ -20,7 +20,7 @@ from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 from harness.runner import placement, ray_internals
 from harness.runner.attempt import attempt
 from harness.runner.cluster import start_ray, use_reserved_cpus, worker_logging
-from harness.runner.grid import Progress, quiet_results
+from harness.runner.grid import Progress, quiet_results, run_config
 from harness.runner.stopping import Stop, stoppable
 
 log = logging.getLogger(__name__)
@@ -278,15 +278,7 @@ def _fit(plan: SearchPlan, runtime: Runtime, st: store_mod.Store, stop: Stop) ->
             trial_name_creator=_short_name,
             trial_dirname_creator=_short_name,
         ),
-        run_config=tune.RunConfig(
-            name=f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(st.tune_dir.resolve()),
-            failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
-            stop=stop,
-            verbose=0,
-            callbacks=[progress] if progress else None,
-            log_to_file=True,
-        ),
+        run_config=run_config(f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}", st, runtime, progress, stop),
     )
     try:
         with quiet_results():

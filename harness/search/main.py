@@ -133,14 +133,6 @@ def run(search: Search, runtime: Runtime) -> Outcome:
         stopped=result.stopped,
     )
 
-    return Outcome(
-        search=search,
-        new=result.counts(),
-        failures=result.failure_lines(),
-        summary=summary,
-        stopped=result.stopped,
-    )
-
 
 def main_search(
     path: Path | str, *, profile: str | None = None, samples: int | None = None, runtime: Runtime, dry_run: bool = False

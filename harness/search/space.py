@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 
@@ -98,12 +98,32 @@ def _probe(name: str, points: Iterable[Any], where: str) -> None:
             ) from None
 
 
+@dataclass(frozen=True)
+class _Range(Param):
+    """A numeric range of a field, optionally on a log scale; the ends are what is checked up front."""
+
+    low: Any = 0
+    high: Any = 1
+    log: bool = False
+    DISTRIBUTION: ClassVar[type] = optuna.distributions.FloatDistribution
+    FORMAT: ClassVar[str] = "g"
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        return self.DISTRIBUTION(self.low, self.high, log=self.log)
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.low, self.high)
+
+    def describe(self) -> str:
+        kind, fmt = "float" if self.FORMAT == "g" else "int", self.FORMAT
+        return f"{self.field}: {kind} in [{self.low:{fmt}}, {self.high:{fmt}}]{' (log)' if self.log else ''}"
+
+
 @PARAMS.register("float")
 @dataclass(frozen=True)
-class FloatParam(Param):
+class FloatParam(_Range):
     low: float = 0.0
     high: float = 1.0
-    log: bool = False
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> FloatParam:
@@ -119,22 +139,14 @@ class FloatParam(Param):
         _probe(name, points[1:-1], where)
         return cls(field=name, low=low, high=high, log=log_scale)
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
-
-    def values(self) -> tuple[Any, ...]:
-        return (self.low, self.high)
-
-    def describe(self) -> str:
-        return f"{self.field}: float in [{self.low:g}, {self.high:g}]{' (log)' if self.log else ''}"
-
 
 @PARAMS.register("int")
 @dataclass(frozen=True)
-class IntParam(Param):
+class IntParam(_Range):
     low: int = 0
     high: int = 1
-    log: bool = False
+    DISTRIBUTION: ClassVar[type] = optuna.distributions.IntDistribution
+    FORMAT: ClassVar[str] = "d"
 
     @classmethod
     def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> IntParam:
@@ -143,15 +155,6 @@ class IntParam(Param):
         step = max(1, (high - low) // (RANGE_PROBES - 1))
         _probe(name, range(low, high + 1, step), where)
         return cls(field=name, low=low, high=high, log=log_scale)
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.IntDistribution(self.low, self.high, log=self.log)
-
-    def values(self) -> tuple[Any, ...]:
-        return (self.low, self.high)
-
-    def describe(self) -> str:
-        return f"{self.field}: int in [{self.low}, {self.high}]{' (log)' if self.log else ''}"
 
 
 @PARAMS.register("categorical")
