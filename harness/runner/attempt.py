@@ -36,9 +36,11 @@ atexit.register(_leave_at_once)
 
 
 def _in_ray_actor() -> bool:
+    if not ray.is_initialized():  # a trainable called directly; asking Ray more would start one
+        return False
     try:
         return ray.get_runtime_context().get_actor_id() is not None
-    except Exception:  # not in Ray at all (a trainable called directly)
+    except AttributeError:  # a stand-in runtime context
         return False
 
 
