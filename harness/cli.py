@@ -84,11 +84,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
         return EXIT_OK
-    from harness import train, tune
+    from harness import train
+    from harness.runner.grid import run_grid
 
     trials, runtime = train.resolve_dataset(list(grid.trials), runtime)
     train.prepare_all(trials, runtime)
-    summary = tune.run_grid(grid.name, trials, runtime)
+    summary = run_grid(grid.name, trials, runtime)
     print("\n".join(summary.lines()))
     print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
     return summary.exit_code

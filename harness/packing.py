@@ -2,9 +2,10 @@
 
 A GPU runs the kernels of several processes by time-slicing, so trials side by side only gain where one
 trial alone leaves the GPU idle (launch gaps, small batches, the host's share of a step). That is measured,
-not guessed: 1, 2, then 4 copies of a trial's model step run together on one GPU (tune.py runs them), and
-more copies are kept only while they add at least GAIN of throughput and fit in memory. Decisions are
-remembered per GPU model and torch version in the cache directory, so a GPU is measured once per trial shape.
+not guessed: 1, 2, then 4 copies of a trial's model step run together on one GPU (harness.runner.placement
+runs them), and more copies are kept only while they add at least GAIN of throughput and fit in memory.
+Decisions are remembered per GPU model and torch version in the cache directory, so a GPU is measured once
+per trial shape. A trial that runs out of GPU memory beside others gets one more attempt with a GPU to itself.
 """
 
 from __future__ import annotations
@@ -89,6 +90,24 @@ def measure(probe: Callable[[int], Probe | None], gpu_mb: float) -> list[Probe]:
         if len(probes) > 1 and choose_copies(probes, gpu_mb) != n:
             break
     return probes
+
+
+def out_of_gpu_memory(exc: BaseException) -> bool:
+    """Whether exc, or an exception it came from, is torch running out of GPU memory (also as Ray relays it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if any(c.__name__ == "OutOfMemoryError" and c.__module__.startswith("torch") for c in type(seen).__mro__):
+            return True
+        if "CUDA out of memory" in str(seen) or "torch.OutOfMemoryError" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_alone(exc: BaseException, *, gpu_share: float) -> bool:
+    """Whether a trial that failed with exc gets another attempt with a GPU to itself: it ran out of GPU memory
+    while sharing one, so its neighbours' memory may be what it lacked. A trial alone on its GPU has no such excuse."""
+    return 0 < gpu_share < 1 and out_of_gpu_memory(exc)
 
 
 class Packing:

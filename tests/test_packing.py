@@ -1,4 +1,5 @@
-"""Trials per GPU from measurement: combining copies' windows, the decision, remembering it, and its use by tune."""
+"""Trials per GPU from measurement: combining copies' windows, the decision, remembering it, its use by the runner,
+and the retry alone of a trial that ran out of GPU memory beside others."""
 
 import json
 
@@ -77,17 +78,18 @@ def test_decisions_are_remembered_per_gpu_model_and_torch_version(tmp_path):
     assert entry["copies"] == 2 and [p["copies"] for p in entry["probes"]] == [1, 2, 4]
 
 
-def test_tune_gives_a_trial_its_measured_share_else_the_fixed_one():
-    tune = pytest.importorskip("harness.tune")
+def test_runner_gives_a_trial_its_measured_share_else_the_fixed_one():
+    placement = pytest.importorskip("harness.runner.placement")
     node = {"CPU": 16.0, "GPU": 1.0}
     auto = Runtime(gpus_per_trial="auto", cpus_per_trial=4)
     resnet, alexnet = Trial(arch="resnet152"), Trial(arch="alexnet")
     measured = {packing.shape_key(resnet): 2}
-    assert tune._resources(resnet, auto, node, measured)["gpu"] == 0.5
-    assert tune._resources(alexnet, auto, node, measured)["gpu"] == tune.GPU_SHARE["alexnet"]  # not measured
-    assert tune._resources(resnet, Runtime(gpus_per_trial=1.0), node, measured)["gpu"] == 1.0  # asked for
-    assert tune._resources(resnet, auto, {"CPU": 2.0, "GPU": 0.0}, measured)["gpu"] == 0.0
-    assert tune._per_gpu([resnet], Runtime(device="cpu"), node) == {}  # nothing to measure: no Ray call
+    assert placement.resources(resnet, auto, node, measured)["gpu"] == 0.5
+    assert placement.resources(alexnet, auto, node, measured)["gpu"] == placement.GPU_SHARE["alexnet"]  # not measured
+    assert placement.resources(alexnet, auto, node, measured, alone=True)["gpu"] == 1.0  # ran out beside others
+    assert placement.resources(resnet, Runtime(gpus_per_trial=1.0), node, measured)["gpu"] == 1.0  # asked for
+    assert placement.resources(resnet, auto, {"CPU": 2.0, "GPU": 0.0}, measured)["gpu"] == 0.0
+    assert placement.per_gpu([resnet], Runtime(device="cpu"), node) == {}  # nothing to measure: no Ray call
 
 
 def test_step_window_warms_up_then_measures_from_the_release():
@@ -108,13 +110,13 @@ def test_copies_are_released_together_on_one_logical_gpu(tmp_path, monkeypatch):
     """The Ray side of measuring, on the CPU: Ray's GPUs are logical, so its copies can run anywhere."""
     import ray
 
-    tune = pytest.importorskip("harness.tune")
+    placement = pytest.importorskip("harness.runner.placement")
     monkeypatch.setattr(packing, "WINDOW_S", 1.5)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
     try:
         trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
-        per_gpu = tune._measured_per_gpu(
+        per_gpu = placement.measured_per_gpu(
             [trial, trial.replace(seed=1)], Runtime(cache_dir=str(tmp_path)), cpus=2, device="cpu"
         )
     finally:
@@ -130,12 +132,55 @@ def test_copies_are_released_together_on_one_logical_gpu(tmp_path, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_measured_packing_on_a_real_gpu(tmp_path):
-    tune = pytest.importorskip("harness.tune")
+    placement = pytest.importorskip("harness.runner.placement")
+    from harness.runner.cluster import start_ray
+
     runtime = Runtime(cache_dir=str(tmp_path), progress=False)
-    tune.start_ray(runtime)
+    start_ray(runtime)
     trial = Trial(arch="alexnet", batch_size=64, image_size=128)
-    per_gpu = tune._measured_per_gpu([trial], runtime, cpus=4)
+    per_gpu = placement.measured_per_gpu([trial], runtime, cpus=4)
     assert per_gpu[packing.shape_key(trial)] in packing.COPIES
     saved = json.loads((tmp_path / packing.PACKING_FILE).read_text())
     (entry,) = [v[packing.shape_key(trial)] for v in saved.values()]
     assert entry["probes"][0]["copies"] == 1 and entry["probes"][0]["images_per_s"] > 0
+
+
+# --- out of GPU memory beside other trials: one more attempt with the GPU to itself ------------------------------
+
+OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 139.8 GiB total capacity)"
+
+
+def test_out_of_gpu_memory_while_sharing_is_retried_alone():
+    oom = torch.cuda.OutOfMemoryError(OOM)
+    assert packing.retry_alone(oom, gpu_share=0.25)
+    assert not packing.retry_alone(oom, gpu_share=1.0)  # it had the GPU to itself: a real failure
+    assert not packing.retry_alone(oom, gpu_share=0.0)  # not on a GPU at all
+    assert not packing.retry_alone(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), gpu_share=0.25)
+    assert not packing.retry_alone(MemoryError(), gpu_share=0.25)  # the host's memory, not the GPU's
+    relayed = RuntimeError("the trial's worker failed")
+    relayed.__cause__ = oom  # as Ray relays a worker's exception
+    assert packing.retry_alone(relayed, gpu_share=0.5)
+
+
+def test_attempt_records_the_retry_alone_and_only_when_sharing(tmp_path, monkeypatch):
+    attempt = pytest.importorskip("harness.runner.attempt")
+    from harness import store
+
+    st = store.Store(tmp_path)
+    trial = Trial(arch="alexnet")
+    st.begin(trial, "g")
+    told = []
+
+    def runs_out():
+        raise torch.cuda.OutOfMemoryError(OOM)
+
+    monkeypatch.setattr(attempt, "assigned", lambda: {"CPU": 1.0, "GPU": 0.25})
+    assert attempt.attempt(st, trial, runs_out, tell_failed=lambda: told.append(1)) is False  # Ray does not retry
+    assert told == [1] and attempt.needs_a_whole_gpu(st, trial)
+    assert "on a 0.25 share of a GPU, beside other trials" in st.failure(trial)["reason"]
+
+    monkeypatch.setattr(attempt, "assigned", lambda: {"CPU": 1.0, "GPU": 1.0})
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # alone on its GPU: recorded, and Ray's retries decide
+        attempt.attempt(st, trial, runs_out, tell_failed=lambda: told.append(1))
+    assert told == [1] and not attempt.needs_a_whole_gpu(st, trial)
+    assert st.failure(trial)["reason"].startswith("OutOfMemoryError: CUDA out of memory")

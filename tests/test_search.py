@@ -4,6 +4,7 @@ import json
 import math
 import os
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +14,9 @@ import pytest
 from harness import search, store
 from harness.config import ConfigError, Runtime, Trial
 from harness.grid import load_grid
+from harness.search import optuna_internals
+from harness.search import study as study_mod
+from harness.search import summary as summary_mod
 
 TrialState = optuna.trial.TrialState
 
@@ -164,18 +168,14 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
 
 @pytest.fixture
 def searcher():
-    from harness import tune
+    from harness.runner.search import StudySearcher
 
+    storage = optuna.storages.InMemoryStorage()
+    ot_study = optuna.create_study(storage=storage, direction="minimize", sampler=optuna.samplers.RandomSampler(0))
     space = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
-    return tune._StudySearch(
-        space=space,
-        metric="val_loss",
-        mode="min",
-        sampler=optuna.samplers.RandomSampler(0),
-        study_name="s",
-        finish=search.finish,
-        epochs=3,
-    )
+    live = study_mod.LiveTrials(ot_study, space, storage=storage)
+    yield StudySearcher(live, metric="val_loss", mode="min", epochs=3)
+    live.close()
 
 
 def row(epoch, value, **extra):
@@ -196,7 +196,7 @@ def test_searcher_tells_pruned_complete_and_failed_trials(searcher):
     searcher.on_trial_result("d", row(1, 0.5))
     searcher.on_trial_complete("d", result=row(1, 0.5), error=True)
     searcher.on_trial_complete("e", result=None)  # stopped before it ever ran
-    trials = searcher._ot_study.get_trials()
+    trials = searcher.study.study.get_trials()
     assert [t.state for t in trials] == [
         TrialState.PRUNED,
         TrialState.COMPLETE,
@@ -209,7 +209,7 @@ def test_searcher_tells_pruned_complete_and_failed_trials(searcher):
     assert complete.value == 0.4 and complete.intermediate_values == {1: 0.6, 2: 0.4, 3: 0.45}
     assert pruned.user_attrs["outcome"] == "pruned" and complete.user_attrs["key"] == "k"
     searcher.on_trial_complete("a", result=row(3, 0.1))  # a repeated completion changes nothing
-    assert searcher._ot_study.get_trials()[0].state == TrialState.PRUNED
+    assert searcher.study.study.get_trials()[0].state == TrialState.PRUNED
 
 
 def test_complete_trial_without_a_finite_value_is_a_failure(searcher):
@@ -217,26 +217,18 @@ def test_complete_trial_without_a_finite_value_is_a_failure(searcher):
     for e in (1, 2, 3):
         searcher.on_trial_result("a", row(e, math.nan))
     searcher.on_trial_complete("a", result=row(3, math.nan))
-    (t,) = searcher._ot_study.get_trials()
+    (t,) = searcher.study.study.get_trials()
     assert t.state == TrialState.FAIL and "no finite value" in t.user_attrs["reason"]
 
 
 def test_asha_rungs_start_from_the_studys_earlier_curves():
     from ray.tune.schedulers import TrialScheduler
 
-    from harness import tune
+    from harness.runner import search as runner
 
     def asha(prior):
-        s = tune._ResumedASHA(
-            prior=prior,
-            time_attr="epoch",
-            metric="val_loss",
-            mode="min",
-            max_t=2,
-            grace_period=1,
-            reduction_factor=2,
-            stop_last_trials=False,
-        )
+        plan = SimpleNamespace(metric="val_loss", mode="min", grace_period=1, reduction_factor=2, prior=prior)
+        s = runner._asha(plan, epochs=3)
         t = SimpleNamespace(trial_id="new")
         s.on_trial_add(None, t)
         return s.on_trial_result(None, t, {"epoch": 1, "val_loss": 0.6})
@@ -247,12 +239,12 @@ def test_asha_rungs_start_from_the_studys_earlier_curves():
 
 
 def test_outcome_of_a_result():
-    from harness import tune
+    from harness.runner.search import outcome
 
-    assert tune._outcome({"epoch": 3}, 3) == "complete"
-    assert tune._outcome({"epoch": 1}, 3) == "pruned"
-    assert tune._outcome({"failed": 1}, 3) == "failed"
-    assert tune._outcome(None, 3) == "failed"
+    assert outcome({"epoch": 3}, 3) == "complete"
+    assert outcome({"epoch": 1}, 3) == "pruned"
+    assert outcome({"failed": 1}, 3) == "failed"
+    assert outcome(None, 3) == "failed"
 
 
 # --- the study: persistence guards, stale trials, outputs -------------------------------------------------------
@@ -264,21 +256,60 @@ def _search(tmp_path, extra=""):
     )
 
 
-def test_study_refuses_another_metric_or_base_and_fails_stale_trials(tmp_path):
+def test_study_refuses_another_metric_or_base(tmp_path):
     s = _search(tmp_path)
-    storage = search._storage(s, tmp_path)
-    study = search._open_study(s, storage, s.base)
-    study.ask()  # left RUNNING, as by a killed run
-    assert search.fail_stale(search._open_study(s, storage, s.base)) == 1
-    assert study.get_trials()[0].state == TrialState.FAIL
+    storage = study_mod.storage(s, tmp_path)
+    study_mod.open_study(s, storage, s.base)
     other = _search(tmp_path, "metric: val_loss\n")
     with pytest.raises(ConfigError, match="was run with metric val_auc, not val_loss"):
-        search._open_study(other, storage, other.base)
+        study_mod.open_study(other, storage, other.base)
     with pytest.raises(ConfigError, match=r"other fixed settings \(epochs: 3 -> 4\)"):
-        search._open_study(s, storage, s.base.replace(epochs=4))
+        study_mod.open_study(s, storage, s.base.replace(epochs=4))
     with pytest.raises(ConfigError, match="storage nosuchdb://ann:\\*\\*\\*@x/y") as err:
-        search._storage(_search(tmp_path, "storage: nosuchdb://ann:secret@x/y\n"), tmp_path)
+        study_mod.storage(_search(tmp_path, "storage: nosuchdb://ann:secret@x/y\n"), tmp_path)
     assert "secret" not in str(err.value)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the killed search's ask() stands for a real one
+def test_only_trials_whose_heartbeat_stopped_are_failed(tmp_path):
+    s = _search(tmp_path)
+    storage = study_mod.storage(s, tmp_path, heartbeat_s=1, grace_s=1)
+    study = study_mod.open_study(s, storage, s.base)
+    space = {"lr": s.space["lr"].distribution()}
+    killed = study.ask(space)  # a search killed with kill -9: its last heartbeat, then silence
+    optuna_internals.record_heartbeat(storage, study.study_name, killed.number)
+    live = study_mod.LiveTrials(study, space, storage=storage, heartbeat_s=0.3)  # a search still running
+    live.ask("ray-1")
+    time.sleep(2.5)
+    assert study_mod.fail_stale(study) == 1
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]
+    live.close()  # stopped before its trial ended: the study hears so
+    last = study.get_trials()[1]
+    assert last.state == TrialState.FAIL and last.user_attrs["reason"] == "interrupted: the search was stopped"
+
+
+def test_optuna_contract():
+    """Fails on an Optuna upgrade that moves what harness/search/optuna_internals.py calls, naming it."""
+    assert optuna_internals.contract_problems() == []
+
+
+def test_ray_contract():
+    """Fails on a Ray upgrade that moves what harness/runner/ray_internals.py relies on, naming it."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from harness.runner import ray_internals
+
+    assert ray_internals.contract_problems() == []
+    asha = ASHAScheduler(time_attr="epoch", metric="m", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    try:
+        ray_internals.prime(asha, "epoch", "m", [{1: 0.9, 2: 0.9}, {1: 0.8}])
+    except Exception as exc:
+        pytest.fail(f"ASHA no longer takes a stand-in trial with only a trial_id: {type(exc).__name__}: {exc}")
+    new = SimpleNamespace(trial_id="new")
+    asha.on_trial_add(None, new)
+    assert asha.on_trial_result(None, new, {"epoch": 1, "m": 0.1}) == TrialScheduler.STOP, (
+        "ASHA ignored the primed curves: ray_internals.prime no longer reaches its rungs"
+    )
 
 
 def _add(study, lr, value, state=TrialState.COMPLETE):
@@ -297,11 +328,11 @@ def _add(study, lr, value, state=TrialState.COMPLETE):
 def test_export_with_too_few_trials_is_graceful(tmp_path):
     s = _search(tmp_path)
     rt = Runtime(results_dir=str(tmp_path / "results"))
-    study = search._open_study(s, search._storage(s, tmp_path), s.base)
-    summary = search.export(s, study, rt)
+    study = study_mod.open_study(s, study_mod.storage(s, tmp_path), s.base)
+    summary = summary_mod.export(s, study, rt)
     assert summary["best"] is None and "needs >= 2 completed trials, have 0" in summary["importance"]["skipped"]
     _add(study, 1e-3, 0.7)
-    summary = search.export(s, study, rt)
+    summary = summary_mod.export(s, study, rt)
     assert summary["best"]["value"] == 0.7 and "have 1" in summary["importance"]["skipped"]
     assert Path(summary["grid"]).is_file()
 
@@ -309,17 +340,17 @@ def test_export_with_too_few_trials_is_graceful(tmp_path):
 def test_export_writes_best_importance_plots_and_a_seeded_grid(tmp_path):
     s = _search(tmp_path)
     rt = Runtime(results_dir=str(tmp_path / "results"))
-    study = search._open_study(s, search._storage(s, tmp_path), s.base)
+    study = study_mod.open_study(s, study_mod.storage(s, tmp_path), s.base)
     for lr, v in [(1e-5, 0.55), (1e-4, 0.62), (1e-3, 0.71), (3e-3, 0.66), (1e-2, 0.5)]:
         _add(study, lr, v)
     _add(study, 2e-5, 0.3, TrialState.PRUNED)
-    summary = search.export(s, study, rt)
+    summary = summary_mod.export(s, study, rt)
     out = Path(summary["out"])
     assert out == tmp_path / "results" / s.name / "search" / s.study_name
     best = json.loads((out / "best.json").read_text())
     assert best["number"] == 2 and best["value"] == 0.71 and best["params"] == {"lr": 1e-3}
     assert list(json.loads((out / "importance.json").read_text())) == ["lr"]
-    for stem in search.PLOTS:
+    for stem in summary_mod.PLOTS:
         assert (out / f"{stem}.png").stat().st_size > 1000, summary["plots"][stem]
     grid = load_grid(out / "best.yaml")
     assert len(grid.trials) == 3 and [t.seed for t in grid.trials] == [0, 1, 2]
@@ -392,7 +423,7 @@ def test_search_prunes_weak_trials_and_tells_the_study(first, env):
         else:
             metrics = json.loads((d / "metrics.json").read_text())
             assert metrics["split"] == "validation" and metrics["n_test"] == 0  # never the test split
-            assert "probs" not in search.store_mod.Result(trial={}, metrics=metrics, path=d).predictions()
+            assert "probs" not in store.Result(trial={}, metrics=metrics, path=d).predictions()
 
 
 def test_best_trial_exported_as_a_seeded_grid(first, env):
@@ -419,8 +450,9 @@ def test_rerun_continues_the_study(first, env):
 
 @pytest.fixture
 def trainable(tmp_path, monkeypatch):
-    """Calls tune._search_trainable for one point, with Ray's report() and run_trial replaced."""
-    from harness import train, tune
+    """Calls the search trainable for one point, with Ray's report() and run_trial replaced."""
+    from harness import train
+    from harness.runner import search as runner
 
     reported = []
     monkeypatch.setattr("ray.tune.report", lambda row: reported.append(row))
@@ -437,11 +469,11 @@ def trainable(tmp_path, monkeypatch):
         "grid": "g",
         "metric": "val_loss",
     }
-    st = search.store_mod.Store(tmp_path)
+    st = store.Store(tmp_path)
 
     def run(fake_run_trial):
         monkeypatch.setattr(train, "run_trial", fake_run_trial)
-        tune._search_trainable(config)
+        runner._search_trainable(config)
 
     return SimpleNamespace(run=run, reported=reported, trial=trial, store=st, dir=st.trial_dir(trial))
 
@@ -460,7 +492,7 @@ def test_trainable_replays_a_done_trial_instead_of_training_it(trainable):
     t = trainable
     t.store.begin(t.trial, "g")
     (t.dir / "history.csv").write_text("epoch,train_loss,val_loss,val_auc\n1,0.9,0.7,0.55\n2,0.5,0.6,0.6\n")
-    search.store_mod.write_json(t.dir / "metrics.json", {})
+    store.write_json(t.dir / "metrics.json", {})
     t.store.mark_done(t.trial)
 
     def must_not_train(*a, **k):
@@ -501,7 +533,7 @@ def test_trainable_replays_the_epochs_of_a_killed_attempt_before_resuming(traina
 
     t = trainable
     t.dir.mkdir(parents=True)
-    torch.save({"history": ROWS[:1]}, t.dir / "last.pt")
+    torch.save({"history": ROWS[:1], "epoch": 0}, t.dir / "last.pt")
     seen_before = []
 
     def resumes(trial, runtime, *, out_dir, report, test):

@@ -1,0 +1,101 @@
+"""Starting or joining Ray, the size of its nodes, and what a trial's worker was given."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import ray
+
+from harness.config import ConfigError, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def assigned() -> dict[str, float]:
+    """The resources Ray reserved for the task or actor this runs in (CPU, GPU share)."""
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def use_reserved_cpus() -> None:
+    """Ray sets OMP_NUM_THREADS=1 in workers; give torch the CPUs this trial reserved."""
+    import torch
+
+    torch.set_num_threads(max(1, int(assigned().get("CPU", 1))))
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged: Ray swaps it for each trial's log file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("harness: %(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def worker_logging() -> None:
+    """In a worker: the harness's warnings, and the line saying where a trial resumes, reach the driver's stderr."""
+    logger = logging.getLogger("harness")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):  # a reused worker runs this again
+        logger.addHandler(_Stderr())  # a worker's root logger has no handler: nothing prints twice
+    logger.setLevel(logging.WARNING)
+    logging.getLogger("harness.train").setLevel(logging.INFO)  # "resuming after epoch N"
+
+
+def largest_node() -> dict[str, float]:
+    """CPUs and GPUs of the largest live node: a trial runs on one node, so it can ask for no more."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a HOST:PORT address (Ray retries for long)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "local", "auto": Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it with "
+            "`ray start --head` there, or leave out --address to run locally"
+        ) from None
+
+
+def start_ray(runtime: Runtime) -> None:
+    """Join the cluster at runtime.address (or RAY_ADDRESS), else start a private local Ray."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS") == "":
+        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would read it as an address
+    # "local": without an address, a private Ray for this run, never a cluster someone left running here.
+    address = runtime.address or os.environ.get("RAY_ADDRESS") or "local"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on stdout: the progress bar says it
+    if os.environ.get("TORCH_HOME"):  # local workers inherit the environment; a relative path would move
+        os.environ["TORCH_HOME"] = os.path.abspath(os.environ["TORCH_HOME"])
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": True,
+        "logging_level": logging.WARNING,
+        "configure_logging": True,
+    }
+    _probe(address)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {exc}; start it with `ray start --head` "
+            "or leave out --address to run locally"
+        ) from None

@@ -1,0 +1,148 @@
+"""One `harness search` invocation: check the file, open the study, run new trials through the runner, export."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from harness import store as store_mod
+from harness.config import Runtime, Trial
+from harness.search import study as study_mod
+from harness.search.space import CategoricalParam
+from harness.search.spec import CACHE_FIELDS, DIRECTIONS, Search, check_search, load_search
+from harness.search.summary import export
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """One invocation: what its new trials did, and the study as it stands after it."""
+
+    search: Search
+    new: dict[str, int]  # complete / pruned / failed among this invocation's trials
+    failures: list[str]  # one line per failed trial
+    summary: dict[str, Any]  # from export()
+    stopped: str | None = None  # the signal that stopped the search, if one did
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped:
+            return 130  # as a shell reports a command ended by Ctrl-C
+        return 1 if self.new.get("failed") else 0
+
+    def lines(self) -> list[str]:
+        s, counts = self.summary, self.summary["trials"]
+        out = [
+            f"{self.search.study_name}: {sum(self.new.values())} new trials: {self.new['complete']} complete, "
+            f"{self.new['pruned']} pruned, {self.new['failed']} failed; the study now holds "
+            f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+            + (f", {counts['running']} running elsewhere or only just stopped" if counts.get("running") else "")
+        ]
+        out += [f"  FAILED {line}" for line in self.failures]
+        if s["best"]:
+            params = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["best"]["params"].items()
+            )
+            out.append(f"best: trial #{s['best']['number']} {self.search.metric} {s['best']['value']:.4f} ({params})")
+            out.append(f"rerun it with 3 seeds on the test split: python -m harness run {s['grid']}")
+        if "skipped" in s["importance"]:
+            out.append(f"importance: skipped ({s['importance']['skipped']})")
+        else:
+            out.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()))
+        out.append(f"outputs: {s['out']}")
+        if self.stopped:
+            command = shlex.join(["python", "-m", "harness", *sys.argv[1:]])
+            out.append(f"stopped by {self.stopped}; the study keeps every finished trial. Continue it with: {command}")
+        return out
+
+
+def _cache_trials(search: Search, base: Trial) -> list[Trial]:
+    """The base and every combination of the categorical choices that shape the image cache."""
+    shaping = [p for p in search.space.values() if p.field in CACHE_FIELDS and isinstance(p, CategoricalParam)]
+    return [
+        base.replace(**{p.field: v for p, v in zip(shaping, combo)})
+        for combo in itertools.product(*(p.choices for p in shaping))
+    ]
+
+
+def run(search: Search, runtime: Runtime) -> Outcome:
+    """Add search.samples new trials to the study, then write its outputs. Validation happens before Ray starts."""
+    from harness import train
+    from harness.runner import search as runner
+
+    check_search(search)
+    grid_dir = Path(runtime.results_dir) / search.name
+    st = store_mod.Store(grid_dir)
+    st.check_writable()
+    storage = study_mod.storage(search, grid_dir)  # a bad URL fails here, before any data is generated or cached
+    trials, runtime = train.resolve_dataset([search.base], runtime)
+    base = trials[0]
+    with st.lock():
+        study = study_mod.open_study(search, storage, base)
+        stale = study_mod.fail_stale(study)
+        if stale:
+            log.warning(
+                "%s: %d trial(s) of a search that stopped without finishing them marked failed; "
+                "the study's finished trials are kept",
+                search.study_name,
+                stale,
+            )
+        train.prepare_all(_cache_trials(search, base), runtime)
+        # Offset by the trials so far: a rerun with the seed alone would draw the first run's startup points again.
+        sampler = optuna.samplers.TPESampler(
+            seed=search.seed + len(study.trials),
+            n_startup_trials=search.startup_trials,
+            constant_liar=search.concurrency > 1,
+        )
+        study = optuna.load_study(study_name=search.study_name, storage=storage, sampler=sampler)
+        live = study_mod.LiveTrials(study, {k: p.distribution() for k, p in search.space.items()}, storage=storage)
+        arch = search.space.get("arch")
+        plan = runner.SearchPlan(
+            name=search.name,
+            study_name=search.study_name,
+            base=base,
+            fields=list(search.space),
+            archs=arch.choices if isinstance(arch, CategoricalParam) else (base.arch,),
+            study=live,
+            metric=search.metric,
+            mode=DIRECTIONS[search.direction],
+            samples=search.samples,
+            concurrency=search.concurrency,
+            grace_period=search.pruner.grace_period if search.pruner else None,
+            reduction_factor=search.pruner.reduction_factor if search.pruner else 3.0,
+            prior=study_mod.prior(study),
+        )
+        try:
+            result = runner.run_search(plan, runtime)
+        finally:
+            live.close()  # trials a stop left unfinished are failed, saying so
+        summary = export(search, study, runtime)
+    return Outcome(
+        search=search,
+        new=result.counts(),
+        failures=result.failure_lines(),
+        summary=summary,
+        stopped=result.stopped,
+    )
+
+
+def main_search(
+    path: Path | str, *, profile: str | None = None, samples: int | None = None, runtime: Runtime, dry_run: bool = False
+) -> int:
+    """`harness search SEARCH_YAML`: run the search, print its summary; the exit code is the CLI's."""
+    search = load_search(path, profile=profile, samples=samples)
+    if dry_run:
+        check_search(search)
+        print("\n".join(search.describe()))
+        return 0
+    outcome = run(search, runtime)
+    print("\n".join(outcome.lines()))
+    return outcome.exit_code
