@@ -14,7 +14,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from harness import hardware, models, train
+from harness import hardware, models, prepare, train
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import cache, loader, nih
 
@@ -296,7 +296,7 @@ def bench_step(
     )
     train.check_trial(trial)
     device = hardware.pick_device(runtime.device)
-    td = train.prepare_data(trial.replace(subset_fraction=1.0), runtime)
+    td = prepare.prepare_data(trial.replace(subset_fraction=1.0), runtime)
     n = min(len(td.labels["train"]), batch_size * (steps + 3))
     if n < batch_size:  # the epoch would hold no whole batch and time nothing
         raise ConfigError(
@@ -345,7 +345,7 @@ def bench_step(
         td.labels["train"][:n],
         crop=size,
         train=False,
-        batch_size=eval_batch_size or train.eval_batch_size(trial, device),
+        batch_size=eval_batch_size or prepare.eval_batch_size(trial, device),
         device=device,
     )
     train.predict(model, evaluation, device=device)  # warm-up at this batch size

@@ -84,11 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
         return EXIT_OK
-    from harness import train
+    from harness import prepare
     from harness.runner.grid import run_grid
 
-    trials, runtime = train.resolve_dataset(list(grid.trials), runtime)
-    train.prepare_all(trials, runtime)
+    trials, runtime = prepare.resolve_dataset(list(grid.trials), runtime)
+    prepare.prepare_all(trials, runtime)
     summary = run_grid(grid.name, trials, runtime)
     print("\n".join(summary.lines()))
     print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
@@ -266,9 +266,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_runtime(args: argparse.Namespace) -> Runtime:
-    from harness import train
+    from harness import prepare
 
-    _, runtime = train.resolve_dataset([Trial()], _runtime(args))
+    _, runtime = prepare.resolve_dataset([Trial()], _runtime(args))
     return runtime
 
 

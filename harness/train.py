@@ -19,7 +19,7 @@ from harness import hardware, losses, metrics, models, store
 from harness.checkpoint import CheckpointWriter
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import loader, nih
-from harness.prepare import TrialData, eval_batch_size, prepare_all, prepare_data, resolve_dataset  # noqa: F401 old home
+from harness.prepare import TrialData, prepare_data
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)

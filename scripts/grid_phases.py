@@ -4,8 +4,9 @@
     python scripts/grid_phases.py PHASES.json report -- report RESULTS/paper --out REPORT
 
 NAME covers the whole command. For `run`, the functions that mark a grid's phases are timed too: data
-(train.prepare_all: dataset resolution done, caches built), ray_start (tune.start_ray), packing (tune._per_gpu:
-the trials-per-GPU decision) and grid_runner (tune.run_grid: Ray, packing and every trial). A name the code
+(prepare.prepare_all: dataset resolution done, caches built), ray_start (runner.grid.start_ray), packing
+(runner.placement.per_gpu: the trials-per-GPU decision) and grid_runner (runner.grid.run_grid: Ray, packing
+and every trial). A name the code
 no longer has is listed under "not_timed" rather than failing the run. PHASES.json is rewritten as each
 phase begins and ends, so a run still going, or killed, leaves what it reached; several commands append
 to the same file.
@@ -24,10 +25,10 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 HOOKS = [  # (module, function, phase), in the order they run
-    ("harness.train", "prepare_all", "data"),
-    ("harness.tune", "start_ray", "ray_start"),
-    ("harness.tune", "_per_gpu", "packing"),
-    ("harness.tune", "run_grid", "grid_runner"),
+    ("harness.prepare", "prepare_all", "data"),
+    ("harness.runner.grid", "start_ray", "ray_start"),
+    ("harness.runner.placement", "per_gpu", "packing"),
+    ("harness.runner.grid", "run_grid", "grid_runner"),
 ]
 
 

@@ -272,9 +272,10 @@ def test_grid_summary_of_a_grid_still_deciding_its_packing_without_nvidia_smi(tm
 
 
 def test_grid_phases_records_a_command_and_appends_the_next(tmp_path, capsys):
-    from harness import train, tune
+    from harness import prepare
+    from harness.runner import grid as runner_grid
 
-    prepare_all, run_grid = train.prepare_all, tune.run_grid
+    prepare_all, run_grid = prepare.prepare_all, runner_grid.run_grid
     phases = _script("grid_phases")
     path = tmp_path / "phases.json"
     assert phases.main([str(path), "run", "--", "run", "grids/paper.yaml", "--dry-run"]) == 0
@@ -282,7 +283,7 @@ def test_grid_phases_records_a_command_and_appends_the_next(tmp_path, capsys):
     rows = json.loads(path.read_text())["phases"]
     assert [(r["phase"], r["rc"]) for r in rows] == [("run", 0), ("again", 0)]  # a dry run builds no caches
     assert all(r["start"] < r["end"] for r in rows)
-    assert prepare_all is train.prepare_all and run_grid is tune.run_grid  # the timers are gone afterwards
+    assert prepare_all is prepare.prepare_all and run_grid is runner_grid.run_grid  # the timers are gone afterwards
 
 
 def test_gpu_sampler_without_nvidia_smi_writes_nothing_and_succeeds(tmp_path, monkeypatch, capsys):

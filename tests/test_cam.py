@@ -536,7 +536,7 @@ RANDOM_SEEDS = (1, 2, 3)  # one random model's maps share a spatial bias, so "at
 
 def trained_and_random(work: Path, *, device: str = "auto", workers: int = 0) -> tuple[dict, list[dict], dict]:
     """(trained scores, random-weights scores per seed, test metrics) for LEARNER on a LEARNED synthetic set."""
-    from harness import train
+    from harness import prepare
     from harness.data import synthetic
 
     root = synthetic.generate(work / "synthetic", seed=0, workers=workers, progress=False, **LEARNED)
@@ -544,7 +544,7 @@ def trained_and_random(work: Path, *, device: str = "auto", workers: int = 0) ->
     runtime = Runtime(
         data_root=str(root), cache_dir=str(work / "cache"), device=device, workers=workers, progress=False
     )
-    td = train.prepare_data(LEARNER, runtime)
+    td = prepare.prepare_data(LEARNER, runtime)
     where = hardware.pick_device(runtime.device)
 
     def score(model: nn.Module) -> dict:

@@ -42,12 +42,12 @@ BAD = [
 @pytest.fixture
 def no_training(monkeypatch):
     """A real run that got past validation would read data next: stop it there."""
-    from harness import train
+    from harness import prepare
 
     def reached(*args, **kwargs):
         raise AssertionError("validation passed: the run went on to the data")
 
-    monkeypatch.setattr(train, "resolve_dataset", reached)
+    monkeypatch.setattr(prepare, "resolve_dataset", reached)
 
 
 @pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])

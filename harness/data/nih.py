@@ -13,22 +13,10 @@ import pandas as pd
 
 from harness.config import ConfigError
 
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
+FINDINGS: tuple[str, ...] = (  # the label table's order, which every (n, 14) array follows
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia"
+)  # fmt: skip
 NO_FINDING = "No Finding"
 ENTRY_FILE = "Data_Entry_2017.csv"
 TRAIN_VAL_FILE = "train_val_list.txt"

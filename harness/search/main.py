@@ -75,7 +75,7 @@ def _cache_trials(search: Search, base: Trial) -> list[Trial]:
 
 def run(search: Search, runtime: Runtime) -> Outcome:
     """Add search.samples new trials to the study, then write its outputs. Validation happens before Ray starts."""
-    from harness import train
+    from harness import prepare
     from harness.runner import search as runner
 
     check_search(search)
@@ -83,7 +83,7 @@ def run(search: Search, runtime: Runtime) -> Outcome:
     st = store_mod.Store(grid_dir)
     st.check_writable()
     storage = study_mod.storage(search, grid_dir)  # a bad URL fails here, before any data is generated or cached
-    trials, runtime = train.resolve_dataset([search.base], runtime)
+    trials, runtime = prepare.resolve_dataset([search.base], runtime)
     base = trials[0]
     with st.lock():
         study = study_mod.open_study(search, storage, base)
@@ -95,7 +95,7 @@ def run(search: Search, runtime: Runtime) -> Outcome:
                 search.study_name,
                 stale,
             )
-        train.prepare_all(_cache_trials(search, base), runtime)
+        prepare.prepare_all(_cache_trials(search, base), runtime)
         # Offset by the trials so far: a rerun with the seed alone would draw the first run's startup points again.
         sampler = optuna.samplers.TPESampler(
             seed=search.seed + len(study.trials),

@@ -1,0 +1,91 @@
+"""A finished trial's metrics rebuilt from its stored predictions: `report --recompute`, and the heal of a damaged file.
+
+The same evaluation, seed and bootstrap size as training, so an intact trial gets the same numbers back.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from harness import metrics, store
+from harness.config import TRIAL_FIELDS
+
+
+def rebuilt_metrics(files: store.TrialFiles, *, why: str | None = None) -> dict[str, Any]:
+    """metrics.json from predictions.npz (and trial.json and history.csv where metrics.json is unreadable).
+
+    What cannot be recomputed (timings, provenance, where it ran) is kept from the old metrics when they
+    can be read, else rebuilt from the trial and its history. `why` (a damaged file) is recorded.
+    """
+    record = files.read_trial()
+    trial = {k: v for k, v in record.items() if k in TRIAL_FIELDS}
+    p = files.read_predictions()
+    try:
+        before = files.read_metrics()
+    except store.Unreadable:
+        before = _from_history(files, record, trial, p)
+    kwargs: dict[str, Any] = {"seed": int(trial.get("seed", 0))}  # training evaluates with the trial's seed
+    if "n_boot" in before:
+        kwargs["n_boot"] = int(before["n_boot"])
+    names = [str(n) for n in p["names"]]
+    if "probs" in p:
+        fresh = metrics.evaluate(
+            p["probs"],
+            p["labels"],
+            names=names,
+            patient_ids=p["patient_id"],
+            val_probs=p.get("val_probs"),
+            val_labels=p.get("val_labels"),
+            logits=p.get("logits"),  # as training scored it; None for predictions saved before logits were
+            val_logits=p.get("val_logits"),
+            **kwargs,
+        )
+    else:  # a search trial never looks at the test split: validation metrics only
+        fresh = metrics.evaluate(
+            p["val_probs"],
+            p["val_labels"],
+            names=names,
+            patient_ids=p["val_patient_id"],
+            logits=p.get("val_logits"),
+            **kwargs,
+        )
+    out = {**before, **fresh}
+    if why is not None:
+        out["recomputed"] = {"from": files.PREDICTIONS, "why": why, **store.provenance()}
+    return out
+
+
+def _from_history(
+    files: store.TrialFiles, record: dict[str, Any], trial: dict[str, Any], p: dict[str, Any]
+) -> dict[str, Any]:
+    """What training records beside the statistics, from the trial, its predictions and its history."""
+    history = files.read_history()
+    aucs = [h["val_auc"] for h in history if isinstance(h.get("val_auc"), float) and math.isfinite(h["val_auc"])]
+    test = "probs" in p
+    return {
+        "key": record.get("key", files.key),
+        "label": record.get("label", files.key),
+        "trial": trial,
+        "dataset": trial.get("dataset"),
+        "split": "official" if test else "validation",
+        "n_val": len(p["val_labels"]),
+        "n_test": len(p["labels"]) if test else 0,
+        "best_val_auc": max(aucs) if aucs else None,
+        "epochs_run": len(history),
+        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
+    }
+
+
+def heal(files: store.TrialFiles, damaged: dict[str, str], *, weights: bool) -> bool:
+    """Mend a done trial whose only damaged file is metrics.json from its intact predictions; False otherwise.
+
+    `damaged` is files.damaged(weights=...); after the rewrite every checksum is checked again.
+    """
+    if set(damaged) != {files.METRICS} or not files.has_predictions():
+        return False
+    try:
+        files.replace_metrics(rebuilt_metrics(files, why="; ".join(damaged.values())))
+    except (store.Unreadable, KeyError, ValueError):
+        return False
+    return not files.damaged(weights=weights)

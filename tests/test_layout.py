@@ -1,0 +1,110 @@
+"""The layout DESIGN promises: imports flow one way, heavy libraries stay in their one module, modules stay small."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+
+# Each top-level module or subpackage of harness and its layer: a module imports only from lower layers
+# (or from inside its own package). Read top to bottom, this is the flow from a grid to a report.
+LAYERS = {
+    "config": 0,
+    "registry": 1,
+    "grid": 2,
+    "store": 2,
+    "metrics": 2,
+    "packing": 3,
+    "hardware": 3,
+    "data": 3,
+    "models": 3,
+    "losses": 3,
+    "rescore": 3,  # metrics rebuilt from stored predictions
+    "report": 4,  # reads the store and the metrics only: never torch or ray
+    "cam": 4,
+    "prepare": 4,
+    "checkpoint": 4,
+    "train": 5,
+    "bench": 6,
+    "runner": 7,
+    "search": 8,
+    "cli": 9,
+    "__main__": 10,
+}
+REPORT_READS = {"config", "registry", "store", "metrics", "rescore", "report"}
+# A heavy framework is imported by one part of the package only.
+ONLY_IN = {"ray": {"runner"}, "optuna": {"search"}}
+# Parts that must stay importable without torch (the report, and what it reads).
+NO_TORCH = {"config", "registry", "grid", "store", "metrics", "rescore", "report", "packing"}
+MAX_LINES = 450
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _part(path: Path) -> str:
+    """The top-level module or subpackage a file belongs to: harness/report/tables.py -> report."""
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) == 1 else rel.parts[0]
+
+
+def _imports(path: Path, *, top_level_only: bool) -> set[str]:
+    """Absolute module names a file imports (function-level imports too, unless top_level_only)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def _harness_parts(names: set[str]) -> set[str]:
+    return {n.split(".")[1] for n in names if n.startswith("harness.") and n.split(".")[1] in LAYERS}
+
+
+def test_every_part_of_the_package_has_a_layer():
+    parts = {_part(p) for p in _modules()} - {"__init__"}
+    assert parts <= set(LAYERS), f"give {sorted(parts - set(LAYERS))} a layer in LAYERS (and in the README's layout)"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_flow_one_way(path):
+    part = _part(path)
+    if part == "__init__":
+        return
+    deps = _harness_parts(_imports(path, top_level_only=False)) - {part}
+    upward = sorted(d for d in deps if LAYERS[d] >= LAYERS[part])
+    assert not upward, (
+        f"{path.relative_to(PACKAGE)} ({part}, layer {LAYERS[part]}) imports {upward} from its layer or above"
+    )
+    if part == "report":
+        assert deps <= REPORT_READS, (
+            f"the report reads the store and the metrics only, not {sorted(deps - REPORT_READS)}"
+        )
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_heavy_frameworks_stay_in_their_one_part(path):
+    part = _part(path)
+    tops = {n.split(".")[0] for n in _imports(path, top_level_only=False)}
+    for lib, homes in ONLY_IN.items():
+        assert lib not in tops or part in homes, f"{path.relative_to(PACKAGE)} imports {lib}; only {sorted(homes)} may"
+    if part in NO_TORCH:
+        at_top = {n.split(".")[0] for n in _imports(path, top_level_only=True)}
+        assert not at_top & {"torch", "torchvision"}, (
+            f"{path.relative_to(PACKAGE)} must not import torch at import time"
+        )
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_stay_small_and_say_their_job(path):
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_LINES, f"{path.relative_to(PACKAGE)} is over {MAX_LINES} lines: split it"
+    doc = ast.get_docstring(ast.parse(text))
+    assert path.name in ("__init__.py", "__main__.py") or doc, f"{path.relative_to(PACKAGE)}: open with a docstring"
