@@ -89,7 +89,6 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env,
         proc.wait()
     first = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in done_dirs(grid_dir)}
     resumed = {d.name: finished_epochs(d) for d in mid_trial(grid_dir)}
-    rerun = time.time_ns()
 
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
@@ -106,8 +105,13 @@ def test_kill_9_then_rerun_keeps_finished_trials_and_counts_each_once(tree, env,
         assert history["epoch"].tolist() == [1, 2, 3]  # a resumed trial does not repeat or skip an epoch
         assert not (d / "last.pt").exists()
         json.loads((d / "metrics.json").read_text())
-    # The rerun leaves no temporary file; one the kill cut off mid-write may remain beside the intact file.
-    leftovers = [p for p in grid_dir.rglob("*.tmp") if ".tune" not in p.parts and p.stat().st_mtime_ns >= rerun]
+    # The rerun leaves no temporary file. One the kill cut off mid-write may remain beside the intact file: it is
+    # older than the trial.json the rerun wrote when it began that trial again.
+    leftovers = [
+        p
+        for p in grid_dir.rglob("*.tmp")
+        if ".tune" not in p.parts and p.stat().st_mtime_ns >= (p.parent / "trial.json").stat().st_mtime_ns
+    ]
     assert leftovers == []
 
 
