@@ -46,20 +46,20 @@ def ci_note(ctx: Context, cells: Sequence[Cell], *, losses: bool = False) -> str
     elif any(len(c.results) == 1 for c in cells):
         text = f"[lo, hi]: {patients} for single-seed cells."
     else:
-        text = "[lo, hi]:"
+        text = ""
     if seeded:
         k = " or ".join(map(str, seeded))
         text += (
-            f" Cells with {k} seeds: mean {PM} standard deviation over seeds; AUROC and F1 with a {level:.0%} "
-            f"interval over {k} seeds, then patients (a two-level bootstrap of {ctx.n_boot} resamples: seeds "
-            "drawn with replacement, then test patients, every drawn seed scored on the same patients; "
+            f" Cells with {k} seeds: mean {PM} standard deviation over seeds; [lo, hi] for AUROC and F1: a "
+            f"{level:.0%} interval over {k} seeds, then patients (a two-level bootstrap of {ctx.n_boot} resamples: "
+            "seeds drawn with replacement, then test patients, every drawn seed scored on the same patients; "
             "metrics.seed_bootstrap); other metrics have no interval over seeds."
         )
     elif any(len(c.results) > 1 for c in cells):
         text += f" Several seeds: mean {PM} standard deviation over seeds."
     if losses and any(r.metrics.get("bce_ci") is None for c in cells for r in c.results):
         text += " BCE and focal loss are point values: metrics.json holds no interval for them."
-    return text
+    return text.lstrip()
 
 
 def focal_note(named: Sequence[tuple[str, Cell]]) -> str:
