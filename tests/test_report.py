@@ -13,10 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from harness import cli, metrics, report, store
 from harness.config import ConfigError, Trial
+from harness.report import figures
+from harness.report.figures import DEGENERATE_LABEL
 from harness.report.paired import ALL_PAIRS_UP_TO
+from harness.report.paper import DDAGGER, FREEZE_STAGES, PAPER_BCE_NOTE
 
 FINDINGS = [
     "Atelectasis",
@@ -53,35 +57,62 @@ def _test_set():
     return labels, patient, np.array([f"{i:08d}_000.png" for i in range(N_IMAGES)])
 
 
-def _probs(labels: np.ndarray, strength: float, noise_seed: int) -> np.ndarray:
+def _logits(labels: np.ndarray, strength: float, noise_seed: int, scale: float = 1.0) -> np.ndarray:
     noise = np.random.default_rng(noise_seed).normal(size=labels.shape)
-    return (1 / (1 + np.exp(-(strength * (2.0 * labels - 1) + noise)))).astype(np.float32)
+    z = strength * (2.0 * labels - 1) + noise
+    return z if scale == 1 else scale * z  # a large scale saturates the sigmoid, as a degenerate model does
+
+
+def _probs(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # exp(700) is inf and its sigmoid 0, as float32 saturates anyway
+        return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
 def write_trial(
-    grid_dir, trial: Trial, *, dataset: str, strength: float, noise_seed: int, other_images: bool = False
+    grid_dir,
+    trial: Trial,
+    *,
+    dataset: str,
+    strength: float,
+    noise_seed: int,
+    other_images: bool = False,
+    logits: bool = False,
+    scale: float = 1.0,
+    old: bool = False,
 ) -> None:
-    """One finished trial exactly as train.py leaves it: trial.json, predictions, metrics, history, DONE."""
+    """One finished trial exactly as train.py leaves it: trial.json, predictions, metrics, history, DONE.
+
+    logits: save them, as train.py now does; old: a metrics.json from before the degenerate record."""
     labels, patient, image_index = _test_set()
     if other_images:  # a test set drawn differently, as subset_test does per seed
         image_index = np.char.replace(image_index, "_000", "_001")
-    predictions = trial_predictions(labels, patient, image_index, strength=strength, noise_seed=noise_seed)
-    store_trial(grid_dir, trial, predictions, trial_metrics(predictions, seed=trial.seed), dataset=dataset)
+    predictions = trial_predictions(
+        labels, patient, image_index, strength=strength, noise_seed=noise_seed, logits=logits, scale=scale
+    )
+    stats = trial_metrics(predictions, seed=trial.seed)
+    if old:
+        stats = {k: v for k, v in stats.items() if not k.startswith("degenerate")}
+    store_trial(grid_dir, trial, predictions, stats, dataset=dataset)
 
 
-def trial_predictions(labels, patient, image_index, *, strength: float, noise_seed: int) -> dict[str, np.ndarray]:
-    """predictions.npz as train.py writes it: test probs and labels, a validation slice, patients and names."""
+def trial_predictions(
+    labels, patient, image_index, *, strength: float, noise_seed: int, logits: bool = False, scale: float = 1.0
+) -> dict[str, np.ndarray]:
+    """predictions.npz as train.py writes it: test probs (and logits) and labels, a validation slice, patients
+    and names."""
     n_val = max(1, len(labels) // 4)
-    return {
-        "probs": _probs(labels, strength, noise_seed),
+    z, val_z = _logits(labels, strength, noise_seed, scale), _logits(labels[:n_val], strength, noise_seed + 100, scale)
+    out = {
+        "probs": _probs(z),
         "labels": labels,
         "image_index": image_index,
         "patient_id": patient.astype(np.int64),
-        "val_probs": _probs(labels[:n_val], strength, noise_seed + 100),
+        "val_probs": _probs(val_z),
         "val_labels": labels[:n_val],
         "val_patient_id": patient[:n_val].astype(np.int64),
         "names": np.array(FINDINGS),
     }
+    return {**out, "logits": z.astype(np.float32), "val_logits": val_z.astype(np.float32)} if logits else out
 
 
 def trial_metrics(predictions: dict[str, np.ndarray], *, seed: int, n_boot: int = EVAL_BOOT) -> dict:
@@ -94,6 +125,8 @@ def trial_metrics(predictions: dict[str, np.ndarray], *, seed: int, n_boot: int 
         patient_ids=p["patient_id"],
         val_probs=p["val_probs"],
         val_labels=p["val_labels"],
+        logits=p.get("logits"),
+        val_logits=p.get("val_logits"),
         n_boot=n_boot,
         seed=seed,
     )
@@ -181,9 +214,9 @@ def test_paper_tables_hold_every_arch_with_the_metrics_and_intervals(built, stem
     grid_dir, out_dir, _ = built["synthetic"]
     md, tex = _read(out_dir, f"{stem}.md"), _read(out_dir, f"{stem}.tex")
     csv = pd.read_csv(out_dir / f"{stem}.csv")
-    for header in ("BCE loss", "Focal loss", "F1", "AUC"):
+    for header in ("BCE loss", "Focal loss", "F1", "F1 (val. thr.)", "AUC"):
         assert header in md and header in tex
-    for col in ("bce", "focal", "f1", "auc", "auc_lo", "auc_hi", "f1_lo", "f1_hi", "p_holm_vs_ref"):
+    for col in ("bce", "focal", "f1", "f1_val", "auc", "auc_lo", "auc_hi", "f1_lo", "f1_hi", "p_holm_vs_ref"):
         assert col in csv.columns
     assert list(csv["arch"]) == list(ARCHS)  # the paper's row order
     for arch, r in _results(grid_dir, pretrained=pretrained).items():
@@ -191,6 +224,7 @@ def test_paper_tables_hold_every_arch_with_the_metrics_and_intervals(built, stem
         row = csv[csv["arch"] == arch].iloc[0]
         assert row["auc"] == pytest.approx(m["auc_macro"])
         assert row["f1"] == pytest.approx(m["f1_macro"])
+        assert row["f1_val"] == pytest.approx(m["thresholds"]["val_max_f1"]["f1_macro"])  # beside F1 at 0.5
         assert row["bce"] == pytest.approx(m["bce"])
         assert row["focal"] == pytest.approx(m["focal"])
         assert (row["auc_lo"], row["auc_hi"]) == pytest.approx(tuple(m["auc_macro_ci"]))
@@ -251,6 +285,9 @@ def test_published_values_only_on_nih(built):
         assert "Paper AUC" not in _read(syn, f"{stem}.md")
         assert report.SYNTHETIC_WARNING in _read(syn, f"{stem}.md")
         assert report.SYNTHETIC_WARNING not in _read(nih, f"{stem}.md")
+        # the paper's BCE beside ours, with the reason the two are not the same quantity
+        assert PAPER_BCE_NOTE in _read(nih, f"{stem}.md") and "ln 2 = 0.693" in _read(nih, f"{stem}.tex")
+        assert PAPER_BCE_NOTE not in _read(syn, f"{stem}.md")
     assert "0.80-0.82" in _read(nih, "table2_pretrained.md") and "0.80-0.82" not in _read(syn, "index.html")
     assert "SYNTHETIC phantoms (not NIH)" in _read(syn, "table2_pretrained.md")
     assert "NIH ChestX-ray14" in _read(nih, "table2_pretrained.md")
@@ -271,7 +308,8 @@ def test_per_finding_table_rows_are_findings_with_intervals(built):
     r = _results(grid_dir, pretrained=True)["resnet152"]
     f = r.metrics["per_finding"]["Effusion"]
     assert "{:.3f} [{:.3f}, {:.3f}]".format(f["auc"], *f["auc_ci"]) in md
-    assert len(csv.columns) == 1 + 3 * 6  # finding + (value, lo, hi) per cell
+    assert len(csv.columns) == 1 + 4 * 6  # finding + (value, lo, hi, degenerate) per cell
+    assert not csv[[c for c in csv.columns if c.endswith(" degenerate")]].any().any()
 
 
 def test_comparison_table_has_the_varied_axes_and_paired_tests(built):
@@ -412,7 +450,19 @@ def test_a_report_never_imports_torch_or_ray(built, tmp_path):
         assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-REPORT_MODULES = ("paper", "cells", "tables", "context", "build", "paired", "figures", "page", "write")
+REPORT_MODULES = (
+    "paper",
+    "cells",
+    "tables",
+    "context",
+    "flags",
+    "build",
+    "paired",
+    "figures",
+    "methods",
+    "page",
+    "write",
+)
 
 
 def test_report_modules_import_one_way():
@@ -571,3 +621,309 @@ def test_a_long_axis_is_tested_between_neighbouring_values(tmp_path):
     assert list(tests["a"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[:-1]]
     assert list(tests["b"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[1:]]
     assert "tested against the next value only: lr" in _read(tmp_path / "out", "paired_tests.md")
+
+
+# --- single-seed numbers are those of the report before seed-level statistics ---------------------------
+
+BASELINE = Path(__file__).parent / "report_baseline"  # CSV tables the report wrote at 0b896bb for `built`
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "nih"])
+def test_single_seed_csv_tables_are_byte_identical_to_before(built, dataset):
+    """Every column the tables had before keeps every byte; what is new comes in new columns only."""
+    _, out_dir, _ = built[dataset]
+    stems = sorted(p.name for p in (BASELINE / dataset).glob("*.csv"))
+    assert stems == sorted(
+        f"{s}.csv" for s in ("comparison", "paired_tests", "per_finding_auroc", "table1_scratch", "table2_pretrained")
+    )
+    for name in stems:
+        before = (BASELINE / dataset / name).read_bytes()
+        old_columns = list(pd.read_csv(BASELINE / dataset / name, dtype=str, keep_default_na=False).columns)
+        now = pd.read_csv(out_dir / name, dtype=str, keep_default_na=False)  # text as written, nothing parsed
+        assert now[old_columns].to_csv(index=False).encode() == before, name
+
+
+# --- degenerate output --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def degenerate(tmp_path_factory):
+    """Table 2's archs with InceptionV3 saturated (logits near +-700, as the scratch InceptionV3 that motivated
+    the check) and ranking the labels best of all; Table 1 with a saturated InceptionV3 stored before logits and
+    the degenerate record were. The report's figures are kept for inspection."""
+    root = tmp_path_factory.mktemp("degenerate")
+    grid = root / "grid"
+    for arch, strength, scale in (("alexnet", 0.8, 1), ("resnet152", 1.5, 1), ("inception_v3", 2.0, 350)):
+        trial = Trial(dataset="synthetic", arch=arch, pretrained=True, epochs=3)
+        write_trial(grid, trial, dataset="synthetic", strength=strength, noise_seed=2, logits=True, scale=scale)
+    for arch, strength, scale in (("alexnet", 0.0, 1), ("inception_v3", 0.5, 350)):
+        trial = Trial(dataset="synthetic", arch=arch, pretrained=False, epochs=3)
+        write_trial(grid, trial, dataset="synthetic", strength=strength, noise_seed=1, scale=scale, old=True)
+    saved = {}
+    save = figures._save
+
+    def keep(ctx, fig, stem):
+        saved[stem] = fig
+        return save(ctx, fig, stem)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", keep)
+        report.write_report(grid, root / "out", n_boot=REPORT_BOOT, progress=False)
+    return grid, root / "out", saved
+
+
+def _body(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Model")]
+
+
+def test_a_degenerate_trial_is_marked_explained_and_never_best(degenerate):
+    grid, out, _ = degenerate
+    t2 = pd.read_csv(out / "table2_pretrained.csv").set_index("arch")
+    assert t2["degenerate"].to_dict() == {"alexnet": False, "resnet152": False, "inception_v3": True}
+    assert t2.loc["inception_v3", "auc"] == t2["auc"].max()  # the highest AUROC of the table ...
+    assert not t2.loc["inception_v3", "auc_best_significant"]  # ... is not the best: ResNet152 is
+    assert t2.loc["resnet152", "auc_best_significant"]
+    md, tex = _read(out, "table2_pretrained.md"), _read(out, "table2_pretrained.tex")
+    row = next(line for line in _body(md) if "InceptionV3" in line)
+    assert row.startswith(f"| InceptionV3{DDAGGER} |") and "**" not in row
+    assert row.count(DDAGGER) == 6  # the name and each of its five values
+    assert all(DDAGGER not in line for line in _body(md) if "InceptionV3" not in line)
+    d = _results(grid, pretrained=True)["inception_v3"].metrics["degenerate"]
+    assert d["degenerate"] and d["saturated_share"] > 0.9 and d["median_abs_logit"] > 500
+    found = (
+        f"InceptionV3: {d['saturated_share']:.0%} of test outputs saturated (median |logit| "
+        f"{d['median_abs_logit']:.0f}), 14 of 14 findings degenerate; its AUROC ranks the logits"
+    )
+    assert found in md
+    assert "bn_recalibrate: 16" in md and "lower learning rate" in md and "more training steps" in md
+    assert "\\ddagger" in tex and "\\textbar{}logit\\textbar{}" in tex
+
+    # Table 1: an old result without the record is judged from its predictions, its probabilities only
+    t1 = pd.read_csv(out / "table1_scratch.csv").set_index("arch")
+    assert t1["degenerate"].to_dict() == {"alexnet": False, "inception_v3": True}
+    assert "no logits saved: its AUROC ranks float32 probabilities" in _read(out, "table1_scratch.md")
+
+    comp = pd.read_csv(out / "comparison.csv").set_index("key")
+    assert sorted(comp[comp["degenerate"]]["label"]) == [
+        "inception_v3/pretrained/bce/freeze0/sub1/seed0",
+        "inception_v3/scratch/bce/freeze0/sub1/seed0",
+    ]
+
+
+def test_degenerate_findings_are_marked_in_the_per_finding_table(degenerate):
+    _, out, _ = degenerate
+    csv = pd.read_csv(out / "per_finding_auroc.csv").set_index("finding")
+    assert csv["pretrained InceptionV3 degenerate"].all() and not csv["pretrained AlexNet degenerate"].any()
+    md = _read(out, "per_finding_auroc.md")
+    assert f"| pretrained InceptionV3{DDAGGER} |" in md.splitlines()[2]  # the column's header
+    effusion = next(line for line in md.splitlines() if line.startswith("| Effusion"))
+    assert effusion.count(DDAGGER) == 2  # both InceptionV3 cells
+    assert "on a value: that finding's output is degenerate" in md
+
+
+def test_paired_tests_with_a_degenerate_cell_are_flagged_and_name_no_winner(degenerate):
+    _, out, _ = degenerate
+    tests = pd.read_csv(out / "paired_tests.csv")
+    involved = tests["a"].str.contains("InceptionV3") | tests["b"].str.contains("InceptionV3")
+    assert involved.any() and (tests["degenerate"] == involved).all()
+    md = _read(out, "paired_tests.md")
+    for line in _body(md):
+        assert (DDAGGER in line) == ("InceptionV3" in line)
+    assert "name no winner" in md
+    text = _read(out, "report.md").split("## What can be concluded")[1].split("\n## ")[0]
+    assert "InceptionV3 beats" not in text and "beats pretrained InceptionV3" not in text
+    assert "beats scratch InceptionV3" not in text
+    assert "No conclusion from pretrained AlexNet against pretrained InceptionV3" in text.replace("\u2021", "")
+    assert "pretrained ResNet152 beats pretrained AlexNet" in text.replace("Pretrained", "pretrained")
+
+
+def test_degenerate_bars_are_hatched_and_the_heat_map_marks_cells(degenerate):
+    _, out, saved = degenerate
+    for ax in saved["fig2_pretrained"].axes:  # AUC and F1
+        assert DEGENERATE_LABEL in [t.get_text() for t in ax.get_legend().get_texts()]
+        assert [p.get_hatch() for p in ax.patches] == [None, None, "//"]  # InceptionV3's bar only
+        assert f"InceptionV3{DDAGGER}" in [t.get_text() for t in ax.get_xticklabels()]
+    ax = saved["per_finding_auroc"].axes[0]
+    marked = [t.get_text() for t in ax.texts if DDAGGER in t.get_text()]
+    hatched = [p for p in ax.patches if p.get_hatch() == "xx"]
+    assert len(marked) == len(hatched) == 2 * len(FINDINGS) and DDAGGER in ax.get_title()
+    assert f"pretrained InceptionV3{DDAGGER}" in [t.get_text() for t in ax.get_xticklabels()]
+    page = _read(out, "index.html")
+    assert f"hatched bars ({DDAGGER}): degenerate output" in page and f"hatched, {DDAGGER}: degenerate" in page
+    # the ROC figure of each arch is its best cell that is not degenerate, where it has one
+    assert "roc_inception_v3" in saved and "roc_alexnet" in saved
+
+
+# --- seeds --------------------------------------------------------------------------------------------
+
+SEED_STRENGTHS = {"alexnet": (0.4, 0.8, 1.2), "resnet152": (0.9, 1.3, 1.7)}  # seeds that learn differently
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """Two pretrained archs, three seeds each, with logits."""
+    root = tmp_path_factory.mktemp("seeded")
+    grid = root / "grid"
+    for arch, strengths in SEED_STRENGTHS.items():
+        for seed, strength in enumerate(strengths):
+            trial = Trial(dataset="synthetic", arch=arch, pretrained=True, epochs=2, seed=seed)
+            write_trial(grid, trial, dataset="synthetic", strength=strength, noise_seed=20 + seed, logits=True)
+    report.write_report(grid, root / "out", n_boot=200, progress=False)
+    return grid, root / "out"
+
+
+def _by_arch(grid) -> dict[str, list[store.Result]]:
+    out: dict[str, list[store.Result]] = {}
+    for r in sorted(store.load_results(grid), key=lambda r: r.trial["seed"]):
+        out.setdefault(r.trial["arch"], []).append(r)
+    return out
+
+
+def test_a_seeded_cell_is_the_mean_of_its_seeds_with_a_seed_then_patient_interval(seeded):
+    grid, out = seeded
+    t2 = pd.read_csv(out / "table2_pretrained.csv").set_index("arch")
+    for arch, results in _by_arch(grid).items():
+        per_seed = []
+        for r in results:
+            p = r.predictions()
+            per_seed.append(np.mean([roc_auc_score(p["labels"][:, f], p["logits"][:, f]) for f in range(14)]))
+        assert t2.loc[arch, "seeds"] == 3
+        assert t2.loc[arch, "auc"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert t2.loc[arch, "auc_std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
+        width = t2.loc[arch, "auc_hi"] - t2.loc[arch, "auc_lo"]
+        single = [np.diff(r.metrics["auc_macro_ci"])[0] for r in results]  # each seed's patient interval
+        assert width > max(single)
+    md = _read(out, "table2_pretrained.md")
+    assert "95% interval over 3 seeds, then patients" in md and "metrics.seed_bootstrap" in md
+    assert "tested at the seed level" in md
+
+
+def test_paired_tests_across_seeded_cells_are_seed_level(seeded):
+    grid, out = seeded
+    tests = pd.read_csv(out / "paired_tests.csv")
+    assert list(tests["axis"]) == ["arch"] and list(tests["unit"]) == ["seed, then patient"]
+    t2 = pd.read_csv(out / "table2_pretrained.csv").set_index("arch")
+    # Table 2 tests ResNet152 against its reference row, AlexNet; the axis test reads that same test back
+    b, a = (_by_arch(grid)[arch] for arch in ("alexnet", "resnet152"))
+    pa, pb = [r.predictions() for r in a], [r.predictions() for r in b]
+    ref = metrics.paired_seed_bootstrap(
+        probs_a_by_seed=[p["probs"] for p in pa],
+        probs_b_by_seed=[p["probs"] for p in pb],
+        logits_a_by_seed=[p["logits"] for p in pa],
+        logits_b_by_seed=[p["logits"] for p in pb],
+        labels=pa[0]["labels"],
+        patient_ids=pa[0]["patient_id"],
+        n_boot=200,
+        seed=0,
+    )
+    assert (t2.loc["resnet152", "auc_diff_vs_ref"], t2.loc["resnet152", "p_vs_ref"]) == pytest.approx(
+        (ref["diff"], ref["p"]), abs=1e-12
+    )
+    assert t2.loc["resnet152", "test_unit"] == "seed, then patient"
+    assert (tests.loc[0, "diff"], tests.loc[0, "p"]) == pytest.approx((-ref["diff"], ref["p"]), abs=1e-12)
+    assert (tests.loc[0, "lo"], tests.loc[0, "hi"]) == pytest.approx((-ref["ci"][1], -ref["ci"][0]), abs=1e-12)
+    assert "seed level" in _read(out, "paired_tests.md")
+
+
+# --- like with like -----------------------------------------------------------------------------------
+
+
+def test_the_focal_column_uses_each_trials_own_parameters(tmp_path):
+    grid = tmp_path / "focal"
+    for arch, loss, gamma, alpha in (("alexnet", "focal", 1.0, 0.5), ("resnet152", "bce", 2.0, 0.25)):
+        trial = Trial(dataset="synthetic", arch=arch, pretrained=True, loss=loss, focal_gamma=gamma, focal_alpha=alpha)
+        write_trial(grid, trial, dataset="synthetic", strength=1.0, noise_seed=4)
+    report.write_report(grid, tmp_path / "out", n_boot=20, progress=False)
+    t2 = pd.read_csv(tmp_path / "out" / "table2_pretrained.csv").set_index("arch")
+    results = _results(grid, pretrained=True)
+    p = results["alexnet"].predictions()
+    own = metrics.focal_loss(p["probs"], p["labels"], gamma=1.0, alpha=0.5)
+    assert t2.loc["alexnet", "focal"] == pytest.approx(own, abs=1e-12)
+    assert own != pytest.approx(results["alexnet"].metrics["focal"])  # metrics.json's is at gamma 2, alpha 0.25
+    assert t2.loc["resnet152", "focal"] == results["resnet152"].metrics["focal"]
+    md = _read(tmp_path / "out", "table2_pretrained.md")
+    assert "gamma 1, alpha 0.5 for AlexNet; gamma 2, alpha 0.25 for ResNet152" in md
+    # loss, focal_gamma and focal_alpha vary with arch here: one axis, named arch
+    assert (
+        "focal_alpha, focal_gamma, loss vary with arch (arch alexnet: focal_alpha 0.5, focal_gamma 1, loss focal; "
+        in (_read(tmp_path / "out", "paired_tests.md"))
+    )
+
+
+# --- the paper's recipe: a grouped axis, the smoke profile's per-arch runs, the methods note --------------
+
+RECIPE = {"alexnet": (5, 0.5), "resnet152": (1, 0.2), "inception_v3": (2, 0.3)}  # arch -> epochs, subset
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """grids/paper.yaml with its smoke profile: freeze goes with pretrained, epochs and subset with arch."""
+    root = tmp_path_factory.mktemp("recipe")
+    grid = root / "paper"
+    for arch, (epochs, fraction) in RECIPE.items():
+        for pretrained, freeze in ((False, 0), (True, 2)):
+            trial = Trial(
+                dataset="synthetic",
+                arch=arch,
+                pretrained=pretrained,
+                freeze=freeze,
+                epochs=epochs,
+                subset_fraction=fraction,
+                image_size=80,
+                lr=3e-4,
+                lr_step=10,
+                batch_size=16,
+            )
+            strength, noise = SIGNAL[(pretrained, arch)]
+            write_trial(grid, trial, dataset="synthetic", strength=strength, noise_seed=noise, logits=True)
+    report.write_report(grid, root / "out", n_boot=REPORT_BOOT, progress=False)
+    return grid, root / "out"
+
+
+def test_fields_that_vary_together_are_one_axis(recipe):
+    _, out = recipe
+    tests = pd.read_csv(out / "paired_tests.csv")
+    assert sorted(tests["axis"].value_counts().items()) == [("arch", 6), ("pretrained", 3)]  # no freeze, epochs
+    for stem in ("table1_scratch", "table2_pretrained"):
+        assert list(pd.read_csv(out / f"{stem}.csv")["model"]) == ["AlexNet", "ResNet152", "InceptionV3"]
+    assert set(pd.read_csv(out / "per_finding_auroc.csv").columns[1:19:3]) == {
+        f"{init} {report.arch_name(a)}" for init in ("pretrained", "scratch") for a in ARCHS
+    }
+    md = _read(out, "paired_tests.md")
+    for text in (md, _read(out, "table2_pretrained.md")):
+        assert "freeze varies with pretrained (pretrained false: freeze 0; pretrained true: freeze 2): one axis" in text
+        assert "epochs, subset_fraction vary with arch (arch alexnet: epochs 5, subset_fraction 0.5; " in text
+    assert {"freeze", "epochs", "subset_fraction"} <= set(pd.read_csv(out / "comparison.csv").columns)
+
+
+def test_the_methods_note_lists_the_values_used(recipe):
+    _, out = recipe
+    page = _read(out, "report.md")
+    assert page.index("## Methods") < page.index("## Table 1")
+    note = page.split("## Methods")[1].split("\n## ")[0]
+    for text in (
+        "**Dataset**: SYNTHETIC phantoms (not NIH); test: the official test list (whole)",
+        "**Learning rate and schedule**: lr 0.0003, multiplied by 0.1 (lr_gamma) every 10 epochs (lr_step)",
+        "**Epochs**: AlexNet 5, ResNet152 1, InceptionV3 2",
+        "**Batch**: 16 (training), 32 (evaluation)",
+        "pretrained: AlexNet freeze 2: conv1, conv2 fixed; ResNet152 freeze 2: stem (conv1, bn1), layer1 fixed; "
+        "InceptionV3 freeze 2: stem (Conv2d_1a-4a), Mixed_5b-d fixed. scratch: freeze 0: every layer trains",
+        "subset_fraction AlexNet 0.5, ResNet152 0.2, InceptionV3 0.3 of the train_val patients: whole patients, "
+        "stratified",
+        "**Input size**: 80 px",
+        "**Precise BatchNorm (bn_recalibrate)**: off (0: the paper's recipe)",
+        "**Seeds**: 1 per cell (seed 0)",
+        "**Pretrained weights**: UNVERIFIED",
+        "**AUROC ranks**: the saved logits",
+        "**Losses**: bce",
+    ):
+        assert text in note, text
+
+
+def test_the_freeze_stage_table_follows_models():
+    from harness import models  # torch, in this test only: the report itself never imports it
+
+    for arch in models.MODELS:
+        spec = models.spec(arch)
+        assert len(FREEZE_STAGES[arch]) == len(spec.stages), arch
+        assert all(text.startswith(label) for text, label in zip(FREEZE_STAGES[arch], spec.labels)), arch

@@ -22,6 +22,7 @@ from harness.metrics.core import (
     focal_loss,
     macro,
     per_finding,
+    roc_auc,
     roc_curve_points,
     weighted,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "paired_seed_bootstrap",
     "per_finding",
     "resample_counts",
+    "roc_auc",
     "roc_curve_points",
     "seed_bootstrap",
     "seeds_summary",

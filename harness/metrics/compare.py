@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as sps
-from sklearn.metrics import roc_auc_score
 
 from harness.metrics.bootstrap import _boot_auc, _Data, _defined, _interval, _macro_samples, _prepare, resample_counts
-from harness.metrics.core import MetricsError, _check, _level, _reason
+from harness.metrics.core import MetricsError, _check, _level, _reason, roc_auc
 from harness.metrics.seeds import SEED_STREAM, by_seed, seed_mean, seed_picks
 
 
@@ -46,9 +45,7 @@ def _paired_auc(
     t = np.full(n_f, 0.5)
 
     def cell(data: list[_Data], stream: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        points = [
-            np.array([roc_auc_score(d.y[:, f], d.s[:, f]) if keep[f] else np.nan for f in range(n_f)]) for d in data
-        ]
+        points = [np.where(keep, roc_auc(d.y, d.s), np.nan) for d in data]
         boot = seed_mean(
             [_boot_auc(d, counts, t) for d in data], seed_picks(len(data), len(counts), seed, stream=stream)
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_curve
 
 from harness.registry import Registry
 
@@ -217,11 +217,12 @@ def per_finding(
     n_pos, n_neg = c["tp"] + c["fn"], c["fp"] + c["tn"]
     f1 = _f1(c["tp"], c["fp"], c["fn"])
     sens, spec = _ratio(c["tp"], n_pos), _ratio(c["tn"], n_neg)
+    auc = roc_auc(y, s)
     out: dict[str, dict[str, Any]] = {}
     for f, name in enumerate(names):
         why = _reason(int(n_pos[f]), int(n_neg[f]))
         out[str(name)] = {
-            "auc": None if why else float(roc_auc_score(y[:, f], s[:, f])),
+            "auc": None if why else float(auc[f]),
             "ap": None if why else float(average_precision_score(y[:, f], s[:, f])),
             "f1": _num(f1[f]),
             "sensitivity": _num(sens[f]),
@@ -232,6 +233,31 @@ def per_finding(
             "n_neg": int(n_neg[f]),
             "undefined": why,
         }
+    return out
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(F,) AUROC of each column of checked (N, F) labels and scores; NaN where a column lacks a class.
+
+    The same floating-point operations as sklearn's roc_auc_score (its ROC curve with collinear points
+    dropped, then the trapezoidal rule), so every value equals sklearn's bit for bit, without its input
+    validation, which costs more than the arithmetic on a few hundred images. The order of tied scores
+    is irrelevant: the curve is read only at the end of each block of ties, where the counts are exact.
+    """
+    order = np.argsort(scores, axis=0, kind="stable")[::-1]  # descending
+    out = np.full(scores.shape[1], np.nan)
+    for f in range(scores.shape[1] if len(scores) else 0):
+        s, y = scores[order[:, f], f], labels[order[:, f], f].astype(np.float64)
+        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # end of each block of tied scores
+        tps = np.cumsum(y)[last]
+        fps = 1 + last.astype(np.float64) - tps
+        if tps[-1] <= 0 or fps[-1] <= 0:
+            continue
+        if len(fps) > 2:  # sklearn's drop_intermediate: points collinear with their neighbours
+            corner = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+            fps, tps = fps[corner], tps[corner]
+        fpr, tpr = np.r_[0.0, fps] / fps[-1], np.r_[0.0, tps] / tps[-1]
+        out[f] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0, dtype=np.float64))
     return out
 
 

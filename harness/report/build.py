@@ -9,11 +9,15 @@ from typing import Any
 import pandas as pd
 
 from harness.report.cells import Cell, describe, field_order, field_text, trial_name, varied_fields
-from harness.report.context import ALPHA, Comparison, Context, holm
+from harness.report.context import ALPHA, Comparison, Context, focal_params, holm
+from harness.report.flags import degenerate_note, finding_note, mark
 from harness.report.paper import (
     DAGGER,
     DASH,
+    F1_NOTE,
+    F1_VAL_COLUMN,
     GRID_COLUMNS,
+    PAPER_BCE_NOTE,
     PAPER_COLUMNS,
     PAPER_DIGITS,
     PAPER_SOURCE,
@@ -30,20 +34,67 @@ CAM_SCORES = (("pointing", "pointing game"), ("energy", "energy in box"), ("iou"
 
 
 def ci_note(ctx: Context, cells: Sequence[Cell], *, losses: bool = False) -> str:
+    """How the intervals were made: over test patients for one seed, over seeds then patients for several."""
     m = ctx.results[0].metrics
     level = float(m.get("ci_level", 0.95))
-    text = (
-        f"[lo, hi]: {level:.0%} bootstrap interval over test {m.get('ci_unit', 'patient')}s "
-        f"({m.get('n_boot', '?')} resamples)."
+    seeded = sorted({len(c.results) for c in cells if c.combined})
+    patients = (
+        f"{level:.0%} bootstrap interval over test {m.get('ci_unit', 'patient')}s ({m.get('n_boot', '?')} resamples)"
     )
-    if any(len(c.results) > 1 for c in cells):
+    if not seeded:
+        text = f"[lo, hi]: {patients}."
+    elif any(len(c.results) == 1 for c in cells):
+        text = f"[lo, hi]: {patients} for single-seed cells."
+    else:
+        text = ""
+    if seeded:
+        k = " or ".join(map(str, seeded))
         text += (
-            f" Several seeds: mean {PM} standard deviation over seeds; the AUROC interval combines "
-            "test-set and seed variation (metrics.combine_seeds); other metrics have no combined interval."
+            f" Cells with {k} seeds: mean {PM} standard deviation over seeds; [lo, hi] for AUROC and F1: a "
+            f"{level:.0%} interval over {k} seeds, then patients (a two-level bootstrap of {ctx.n_boot} resamples: "
+            "seeds drawn with replacement, then test patients, every drawn seed scored on the same patients; "
+            "metrics.seed_bootstrap); other metrics have no interval over seeds."
         )
+    elif any(len(c.results) > 1 for c in cells):
+        text += f" Several seeds: mean {PM} standard deviation over seeds."
     if losses and any(r.metrics.get("bce_ci") is None for c in cells for r in c.results):
         text += " BCE and focal loss are point values: metrics.json holds no interval for them."
-    return text
+    return text.lstrip()
+
+
+def focal_note(named: Sequence[tuple[str, Cell]]) -> str:
+    """Which focal parameters the focal column used: each trial's own, read from trial.json."""
+    rows: dict[tuple[float, float], list[str]] = {}
+    for name, cell in named:
+        for r in cell.results:
+            rows.setdefault(focal_params(r.trial), []).append(name)
+
+    def params(g: float, a: float) -> str:
+        return f"gamma {g:g}, alpha {a:g}" + (" (off)" if a == -1 else "")
+
+    text = "Focal loss: mean over images and findings at each trial's own focal_gamma and focal_alpha (trial.json)"
+    if len(rows) == 1:
+        return f"{text}: {params(*next(iter(rows)))} in every row."
+    return f"{text}: " + "; ".join(f"{params(*k)} for {', '.join(dict.fromkeys(v))}" for k, v in rows.items()) + "."
+
+
+def _value(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else field_text(v)  # as a grid file writes it
+
+
+def lockstep_notes(ctx: Context) -> list[str]:
+    """One line per axis that other fields vary with: together they are one axis, tested and named as it."""
+    out = []
+    for axis, followers in ctx.followers.items():
+        pairs: dict[str, list[str]] = {}
+        for c in ctx.cells:
+            pairs.setdefault(_value(c.fields.get(axis)), [_value(c.fields.get(f)) for f in followers])
+        values = "; ".join(
+            f"{axis} {k}: " + ", ".join(f"{f} {v}" for f, v in zip(followers, vs)) for k, vs in pairs.items()
+        )
+        verb = "varies" if len(followers) == 1 else "vary"
+        out.append(f"{', '.join(followers)} {verb} with {axis} ({values}): one axis, named {axis}.")
+    return out
 
 
 def synthetic_first(ctx: Context, notes: list[str]) -> list[str]:
@@ -66,7 +117,7 @@ class PaperPlan:
     cells: list[Cell]
     names: list[str]
     ref: int
-    ranked: list[int]  # rows with an AUC, best first
+    ranked: list[int]  # rows with an AUC and no degenerate output, best first
 
     @property
     def runner_up_test(self) -> bool:
@@ -85,11 +136,14 @@ def paper_plan(ctx: Context, *, number: int, pretrained: bool, stem: str, fig_st
     cells = [c for c in ctx.cells if bool(c.fields.get("pretrained")) == pretrained]
     if not cells:
         return None
-    shown = [a for a in varied_fields([r for c in cells for r in c.results]) if a not in ("pretrained", "seed")]
+    shown = [a for a in varied_fields([r for c in cells for r in c.results]) if a in ctx.axes]
+    shown = [a for a in shown if a not in ("pretrained", "seed")]
     # The reference arch may have no row here (e.g. only pretrained runs of it); the first row stands in.
     ref = next((i for i, c in enumerate(cells) if c.arch == ctx.reference), 0)
     aucs = [c.stat("auc_macro").value for c in cells]
-    ranked = sorted((i for i in range(len(cells)) if aucs[i] is not None), key=lambda i: -aucs[i])
+    # Degenerate rows are tested and shown, never ranked: no "best" claim may rest on one.
+    ok = [i for i in range(len(cells)) if aucs[i] is not None and not cells[i].degenerate]
+    ranked = sorted(ok, key=lambda i: -aucs[i])
     names = [describe(c.fields, shown) for c in cells]
     return PaperPlan(number, pretrained, stem, fig_stem, what, cells, names, ref, ranked)
 
@@ -118,18 +172,19 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
         else:
             top = extra
 
-    columns = ["Model"] + [c.header for c in PAPER_COLUMNS]
+    ours = [*PAPER_COLUMNS[:3], F1_VAL_COLUMN, *PAPER_COLUMNS[3:]]  # F1 at validation thresholds beside F1
+    columns = ["Model"] + [c.header for c in ours]
     paper = PAPER_VALUES[plan.pretrained] if ctx.is_nih else {}
     if paper:
         columns += [f"Paper {c.header}" for c in PAPER_COLUMNS]
     rows, records, bold = [], [], set()
-    auc_col = 1 + [c.name for c in PAPER_COLUMNS].index("auc")
+    auc_col = 1 + [c.name for c in ours].index("auc")
     for i, c in enumerate(cells):
-        row = [names[i]]
+        row = [mark(names[i], c.degenerate)]
         rec = {"model": names[i], "arch": c.arch, "seeds": len(c.results), "keys": " ".join(r.key for r in c.results)}
-        for col in PAPER_COLUMNS:
+        for col in ours:
             s = c.stat(col.metric)
-            text = s.text(col.digits)
+            text = mark(s.text(col.digits), c.degenerate and s.value is not None)
             if col.name == "auc" and i in vs_ref and vs_ref[i].p_holm < ALPHA:
                 text += DAGGER
             row.append(text)
@@ -154,32 +209,39 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
                 v = published.get(col.name)
                 row.append(DASH if v is None else f"{v:.{PAPER_DIGITS[plan.pretrained]}f}")
                 rec[f"paper_{col.name}"] = v
+        rec.update({"degenerate": bool(c.degenerate), "test_unit": cmp.unit if cmp else None})
         rows.append(row)
         records.append(rec)
 
     title = f"Table {plan.number}. {plan.what} ({ctx.dataset_title})"
+    named = list(zip(names, cells))
     notes = [
-        ci_note(ctx, cells, losses=True) + " F1: macro over findings at the paper's fixed 0.5 threshold.",
+        ci_note(ctx, cells, losses=True) + " " + F1_NOTE + " " + focal_note(named),
         f"{DAGGER} mean AUROC differs from the reference row ({names[ref]}) at p < {ALPHA}: paired bootstrap "
         f"over test patients (both models scored on the same {ctx.n_boot} patient resamples), Holm-corrected "
         f"over the {len(family)} comparison(s) made in this table.",
         "Bold: best AUC, only where it beats the runner-up under that same test (Holm-adjusted p < "
         f"{ALPHA}); no bold means the best is not significantly better.",
+        *degenerate_note(named),
     ]
-    if any(len(c.results) > 1 for c in cells):
-        notes.append("Cells with several seeds are tested through their seed-averaged probabilities.")
+    if any(c.combined for c in cells):
+        notes.append(
+            "Cells with several seeds are tested at the seed level: every resample draws each cell's seeds with "
+            "replacement, then the test patients (metrics.paired_seed_bootstrap)."
+        )
     differ = [names[i] for i, c in enumerate(cells) if c.seeds_differ]
     if differ:
         notes.append(
             f"Seeds scored on different test images, so no combined interval and no test: {', '.join(differ)}."
         )
+    notes += lockstep_notes(ctx)
     if ctx.reference is not None and cells[ref].arch != ctx.reference:
         notes.append(f"{arch_name(ctx.reference)} has no row in this table: the first row is the reference.")
     missing = [names[i] for i, c in enumerate(cells) if i != ref and i not in vs_ref and not c.seeds_differ]
     if missing:
         notes.append(f"Not tested (not the reference's test images, or no AUROC to compare): {', '.join(missing)}.")
     if paper:
-        notes += [f"Paper: {PAPER_SOURCE}.", PUBLISHED_AUROC]
+        notes += [f"Paper: {PAPER_SOURCE}.", PAPER_BCE_NOTE, PUBLISHED_AUROC]
     else:
         notes.insert(0, SYNTHETIC_WARNING)
     if plan.pretrained and ctx.unverified_weights:
@@ -191,22 +253,28 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
 
 
 def per_finding_table(ctx: Context, names: list[str]) -> Table:
-    """Rows findings, columns cells: AUROC with its interval."""
+    """Rows findings, columns cells: AUROC with its interval; degenerate findings and trials marked."""
     shown = [a for a in ctx.axes if a != "seed"]
     cols = [describe(c.fields, shown) for c in ctx.cells]
+    bad = [c.degenerate_findings() for c in ctx.cells]
     rows, records = [], []
     for name in [*names, "Mean (macro)"]:
         stats = [c.stat("auc_macro") if name == "Mean (macro)" else c.finding_stat(name) for c in ctx.cells]
-        rows.append([name] + [s.text(3) for s in stats])
+        flags = [bool(c.degenerate) if name == "Mean (macro)" else name in b for c, b in zip(ctx.cells, bad)]
+        rows.append([name] + [mark(s.text(3), flag and s.value is not None) for s, flag in zip(stats, flags)])
         rec: dict[str, Any] = {"finding": name}
         for col, s in zip(cols, stats):
             rec.update(s.columns(col, sep=" "))
+        rec.update({f"{col} degenerate": flag for col, flag in zip(cols, flags)})
         records.append(rec)
     notes = [ci_note(ctx, ctx.cells), f"{DASH}: undefined (no positive or no negative test images for that finding)."]
+    if any(bad):
+        notes.append(finding_note())
+    notes += degenerate_note(list(zip(cols, ctx.cells)))
     return Table(
         "per_finding_auroc",
         f"Per-finding AUROC ({ctx.dataset_title})",
-        ["Finding", *cols],
+        ["Finding", *(mark(col, c.degenerate) for col, c in zip(cols, ctx.cells))],
         rows,
         pd.DataFrame(records),
         notes=synthetic_first(ctx, notes),
@@ -215,22 +283,27 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
 
 def comparison_table(ctx: Context) -> Table:
     """Every result: the fields the grid varied, then the metrics with their intervals."""
-    axes = ctx.axes
+    axes = ctx.varied  # every varied field, those that vary together with an axis too: this is the full record
     columns = ["Trial"] + axes + [c.header for c in GRID_COLUMNS]
     rows, records = [], []
     results = sorted(ctx.results, key=lambda r: tuple(field_order(a, r.trial.get(a)) for a in axes))
     for r in results:
         cell = Cell.of(r)
-        row = [r.key] + [field_text(r.trial.get(a)) for a in axes]
+        row = [mark(r.key, cell.degenerate)] + [field_text(r.trial.get(a)) for a in axes]
         rec: dict[str, Any] = {"key": r.key, "label": r.trial.get("label", ""), **{a: r.trial.get(a) for a in axes}}
         for col in GRID_COLUMNS:
             s = cell.stat(col.metric)
-            row.append(s.text(col.digits))
+            row.append(mark(s.text(col.digits), cell.degenerate and s.value is not None))
             rec.update(s.columns(col.name))
+        rec["degenerate"] = bool(cell.degenerate)
         rows.append(row)
         records.append(rec)
     title = f"Results over the grid's axes ({ctx.dataset_title})"
-    notes = [ci_note(ctx, [Cell.of(r) for r in ctx.results], losses=True)] if ctx.results else []
+    named = [(r.key, Cell.of(r)) for r in results]
+    notes = []
+    if ctx.results:
+        cells = [c for _, c in named]
+        notes = [ci_note(ctx, cells, losses=True) + " " + focal_note(named), *degenerate_note(named)]
     if not axes:
         notes.append("Every result has the same settings: the grid varied nothing.")
     return Table("comparison", title, columns, rows, pd.DataFrame(records), notes=synthetic_first(ctx, notes))
@@ -249,7 +322,7 @@ def cam_table(ctx: Context) -> Table | None:
         overall = r.metrics["cam"]["overall"]
         name = trial_name(r, shown, seeds="seed" in varied)
         rows.append(
-            [name, str(overall.get("n", 0))]
+            [mark(name, Cell.of(r).degenerate), str(overall.get("n", 0))]
             + [
                 f"{overall.get(k, float('nan')):.3f} ({overall.get(k + '_chance', float('nan')):.3f})"
                 for k, _ in CAM_SCORES

@@ -49,13 +49,22 @@ def _ci(v: Any) -> tuple[float, float] | None:
     return (float(v[0]), float(v[1])) if v is not None and len(v) == 2 and None not in v else None
 
 
+# metrics.json keys -> the seed_bootstrap statistic that gives them an interval over seeds, then patients
+SEED_STATS = {"auc_macro": "auc", "f1_macro": "f1"}
+
+
+def degenerate_record(result: store.Result) -> dict[str, Any]:
+    """The trial's metrics.degenerate record ({} when neither metrics.json nor the report supplied one)."""
+    return result.metrics.get("degenerate") or {}
+
+
 @dataclass
 class Cell:
     """One configuration (every trial field but the seed) and its results, one per seed."""
 
     fields: dict[str, Any]
     results: list[store.Result]
-    combined: dict[str, Any] | None = None  # metrics.combine_seeds over the seeds (+ "names"), when several
+    combined: dict[str, Any] | None = None  # metrics.seed_bootstrap over the seeds (+ "names"), when several
     seeds_differ: bool = False  # the seeds were scored on different test images (e.g. subset_test)
 
     @classmethod
@@ -71,6 +80,15 @@ class Cell:
     def arch(self) -> str:
         return str(self.fields.get("arch", "?"))
 
+    @property
+    def degenerate(self) -> list[store.Result]:
+        """The seeds whose output is degenerate (metrics.degenerate); a cell with any is marked and never 'best'."""
+        return [r for r in self.results if degenerate_record(r).get("degenerate")]
+
+    def degenerate_findings(self) -> set[str]:
+        """Findings whose output is degenerate in any seed (constant or mostly saturated columns)."""
+        return {str(n) for r in self.results for n in degenerate_record(r).get("findings") or ()}
+
     def stat(self, metric: str) -> Stat:
         if len(self.results) == 1:
             m = self.results[0].metrics
@@ -80,8 +98,10 @@ class Cell:
         if not values:
             return Stat(None)
         s = metrics.seeds_summary(values)
-        ci = _ci(self.combined.get(f"{metric}_ci")) if self.combined else None
-        return Stat(float(s["mean"]), ci, s["std"])
+        two_level = self.combined.get(SEED_STATS.get(metric, "")) if self.combined else None
+        if two_level is None or two_level["value"] is None:
+            return Stat(float(s["mean"]), None, s["std"])
+        return Stat(float(two_level["value"]), _ci(two_level["ci"]), s["std"])
 
     def finding_stat(self, name: str) -> Stat:
         def one(m: dict[str, Any]) -> dict[str, Any]:
@@ -94,10 +114,13 @@ class Cell:
         if not values:
             return Stat(None)
         s = metrics.seeds_summary(values)
-        ci = None
-        if self.combined and name in self.combined["names"]:
-            ci = _ci(self.combined["auc_per_finding_ci"][self.combined["names"].index(name)])
-        return Stat(float(s["mean"]), ci, s["std"])
+        if not (self.combined and name in self.combined["names"]):
+            return Stat(float(s["mean"]), None, s["std"])
+        f = self.combined["names"].index(name)
+        value = self.combined["auc"]["per_finding"][f]
+        return Stat(
+            float(s["mean"] if value is None else value), _ci(self.combined["auc"]["per_finding_ci"][f]), s["std"]
+        )
 
 
 def hashable(v: Any) -> str:
@@ -123,6 +146,35 @@ def varied_fields(results: Sequence[store.Result]) -> list[str]:
     """Trial fields whose values differ across results, in trial.json order (seed included)."""
     names = list(dict.fromkeys(k for r in results for k in r.trial if k not in ("key", "label", "grid")))
     return [k for k in names if len({hashable(r.trial.get(k)) for r in results}) > 1]
+
+
+# The field that names a set of fields varying together: the one a reader knows (freeze goes with pretrained
+# in the paper grid, epochs with arch in its smoke profile); otherwise the first in trial.json order.
+LEADERS = ("arch", "pretrained", "loss")
+
+
+def lockstep(results: Sequence[store.Result], varied: Sequence[str]) -> dict[str, list[str]]:
+    """Each varied field (seed aside) that leads others -> the fields whose values determine its values and
+    are determined by them: one axis, not several. Fields that vary on their own are left out."""
+    rows = {hashable(cell_fields(r)): cell_fields(r) for r in results}.values()
+    fields = [f for f in varied if f != "seed"]
+
+    def determines(a: str, b: str) -> bool:
+        seen: dict[str, str] = {}
+        return all(seen.setdefault(hashable(r.get(a)), hashable(r.get(b))) == hashable(r.get(b)) for r in rows)
+
+    groups: list[list[str]] = []
+    for f in fields:
+        home = next((g for g in groups if determines(g[0], f) and determines(f, g[0])), None)
+        if home is None:
+            groups.append([f])
+        else:
+            home.append(f)
+    out = {}
+    for g in (g for g in groups if len(g) > 1):
+        leader = min(g, key=lambda f: (LEADERS.index(f) if f in LEADERS else len(LEADERS), g.index(f)))
+        out[leader] = [f for f in g if f != leader]
+    return out
 
 
 def group_cells(results: Sequence[store.Result], axes: Sequence[str]) -> list[Cell]:

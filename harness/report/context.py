@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -13,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from harness import metrics, store
-from harness.report.cells import Cell
-from harness.report.paper import DATASET_TITLES
+from harness.report.cells import SEED_STATS, Cell
+from harness.report.paper import DATASET_TITLES, F1_VAL, F1_VAL_RULE
 
 ALPHA = 0.05
 BOOT_SEED = 0  # every paired test uses the same resamples, so a report is reproducible
@@ -25,7 +26,7 @@ MEMORY_BYTES = 1 << 30
 
 @dataclass
 class Comparison:
-    """One paired test of mean AUROC: a minus b over the same test patients."""
+    """One paired test of mean AUROC: a minus b over the same test patients (and, with several seeds, seeds)."""
 
     a: Cell
     b: Cell
@@ -36,6 +37,12 @@ class Comparison:
     p: float
     axis: str = ""
     p_holm: float = float("nan")
+    unit: str = "patient"  # what the test resampled: "patient", or "seed, then patient" when a cell has seeds
+
+    @property
+    def degenerate(self) -> bool:
+        """Either side's output is degenerate: the test is shown, flagged, and names no winner."""
+        return bool(self.a.degenerate or self.b.degenerate)
 
     def result(self) -> dict[str, Any]:
         """The shape metrics.summary_sentence reads, with the Holm-adjusted p."""
@@ -44,22 +51,35 @@ class Comparison:
     def flipped(self) -> Comparison:
         """b minus a: the same test read the other way round."""
         ci = (-self.ci[1], -self.ci[0])
-        return Comparison(self.b, self.a, self.name_b, self.name_a, -self.diff, ci, self.p, self.axis, self.p_holm)
+        return Comparison(
+            self.b, self.a, self.name_b, self.name_a, -self.diff, ci, self.p, self.axis, self.p_holm, self.unit
+        )
 
 
 @dataclass(frozen=True)
 class CellData:
-    """What a paired test needs of a cell: probs (several seeds averaged), labels, patient and image ids."""
+    """What a paired test needs of a cell: each seed's probs and logits (None where not saved) in one image
+    order, the labels, patient and image ids."""
 
-    probs: np.ndarray
+    probs: list[np.ndarray]
+    logits: list[np.ndarray | None]
     labels: np.ndarray
     patient_id: np.ndarray
     image_index: np.ndarray | None
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.probs, self.labels, self.patient_id, self.image_index)
+        arrays = (*self.probs, *self.logits, self.labels, self.patient_id, self.image_index)
         return sum(a.nbytes for a in arrays if a is not None)
+
+    @property
+    def logits_or_none(self) -> list[np.ndarray | None] | None:
+        return None if all(s is None for s in self.logits) else self.logits
+
+    def reordered(self, idx: slice | np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None] | None]:
+        """Each seed's probs and logits put into another cell's image order."""
+        logits = self.logits_or_none
+        return [p[idx] for p in self.probs], None if logits is None else [s if s is None else s[idx] for s in logits]
 
 
 @dataclass
@@ -74,7 +94,9 @@ class Context:
     n_boot: int
     broken: list[str] = field(default_factory=list)  # one line per trial left out: its files are damaged
     progress: bool = True  # progress bars on stderr
-    axes: list[str] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)  # varied fields, one per set that varies together (seed too)
+    varied: list[str] = field(default_factory=list)  # every varied field
+    followers: dict[str, list[str]] = field(default_factory=dict)  # axis -> fields varying with it (cells.lockstep)
     cells: list[Cell] = field(default_factory=list)
     histories: dict[str, pd.DataFrame | None] = field(default_factory=dict)  # None: no readable history.csv
     _data: OrderedDict[str, CellData | None] = field(default_factory=OrderedDict)
@@ -117,54 +139,44 @@ class Context:
     # --- reading: every trial once ---
 
     def read(self) -> None:
-        """Read each trial's predictions and history once; combine each seeded cell's seeds."""
+        """Read each trial's predictions and history once: complete each result's metrics for the report
+        (report_metrics) and give each seeded cell its two-level intervals (metrics.seed_bootstrap)."""
+        views: dict[str, store.Result] = {}
         with self.bar(total=len(self.results), desc="reading trials", unit="trial") as bar:
             for cell in self.cells:
-                seeds = self.seed_probs(cell)
-                cell.seeds_differ = seeds is None
-                if seeds is not None and len(cell.results) > 1:
-                    probs, first = seeds
-                    cell.combined = {
-                        **metrics.combine_seeds(
-                            probs, first["labels"], first["patient_id"], n_boot=self.n_boot, seed=BOOT_SEED
-                        ),
-                        "names": [str(n) for n in first["names"]],
-                    }
-                self._keep(cell, seeds)
+                preds = [self.predictions(r) for r in cell.results]
+                cell.results = [report_metrics(r, p) for r, p in zip(cell.results, preds)]
+                views.update((r.key, r) for r in cell.results)
+                data = _seed_data(preds)
+                cell.seeds_differ = data is None
+                if data is not None and len(cell.results) > 1:
+                    two_level = metrics.seed_bootstrap(
+                        data.probs,
+                        data.labels,
+                        data.patient_id,
+                        logits_by_seed=data.logits_or_none,
+                        stats=tuple(SEED_STATS.values()),
+                        n_boot=self.n_boot,
+                        seed=BOOT_SEED,
+                    )
+                    cell.combined = {**two_level, "names": [str(n) for n in preds[0]["names"]]}
+                self._keep(cell, data)
                 for r in cell.results:
                     self.histories[r.key] = _history(r)
                 bar.update(len(cell.results))
+        self.results = [views.get(r.key, r) for r in self.results]
 
     def predictions(self, r: store.Result) -> dict[str, np.ndarray]:
         return r.predictions()
-
-    def seed_probs(self, cell: Cell) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
-        """Every seed's probs in the first seed's image order, and the first seed's predictions;
-        None when the seeds were scored on different test images."""
-        preds = [self.predictions(r) for r in cell.results]
-        first = preds[0]
-        probs = [first["probs"]]
-        for p in preds[1:]:
-            aligned = _align(p["probs"], first.get("image_index"), p.get("image_index"), n=len(first["probs"]))
-            if aligned is None:
-                return None
-            probs.append(aligned)
-        return probs, first
 
     def _cell_data(self, cell: Cell) -> CellData | None:
         """The cell's test-set predictions, read once and kept while the memory budget allows."""
         if cell.id in self._data:
             self._data.move_to_end(cell.id)
             return self._data[cell.id]
-        return self._keep(cell, self.seed_probs(cell))
+        return self._keep(cell, _seed_data([self.predictions(r) for r in cell.results]))
 
-    def _keep(self, cell: Cell, seeds: tuple[list[np.ndarray], dict[str, np.ndarray]] | None) -> CellData | None:
-        """Several seeds averaged into one ensemble; None when they were scored on different test images."""
-        data = None
-        if seeds is not None:
-            probs, first = seeds
-            mean = probs[0] if len(probs) == 1 else np.mean(probs, axis=0)
-            data = CellData(mean, first["labels"], first["patient_id"], first.get("image_index"))
+    def _keep(self, cell: Cell, data: CellData | None) -> CellData | None:
         self._data[cell.id] = data
         self._data_bytes += data.nbytes if data is not None else 0
         while self._data_bytes > MEMORY_BYTES and len(self._data) > 1:
@@ -182,7 +194,8 @@ class Context:
                 bar.update()
 
     def paired(self, a: Cell, b: Cell) -> dict[str, Any] | None:
-        """metrics.paired_bootstrap of a against b, or None when their test sets differ."""
+        """metrics.paired_seed_bootstrap of a against b (with one seed each: paired_bootstrap's numbers), or
+        None when their test sets differ."""
         if (a.id, b.id) in self._tests:
             return self._tests[(a.id, b.id)]
         if (b.id, a.id) in self._tests:
@@ -191,22 +204,33 @@ class Context:
                 None if other is None else {**other, "diff": -other["diff"], "ci": [-other["ci"][1], -other["ci"][0]]}
             )
         da, db = self._cell_data(a), self._cell_data(b)
-        pb = None if da is None or db is None else _align(db.probs, da.image_index, db.image_index, n=len(da.probs))
+        idx = None
+        if da is not None and db is not None:
+            idx = _order(da.image_index, db.image_index, n_want=len(da.labels), n_have=len(db.labels))
         out = None
-        if pb is not None:
+        if idx is not None:
+            probs_b, logits_b = db.reordered(idx)
             try:
-                res = metrics.paired_bootstrap(
-                    probs_a=da.probs,
-                    probs_b=pb,
+                res = metrics.paired_seed_bootstrap(
+                    probs_a_by_seed=da.probs,
+                    probs_b_by_seed=probs_b,
                     labels=da.labels,
                     patient_ids=da.patient_id,
+                    logits_a_by_seed=da.logits_or_none,
+                    logits_b_by_seed=logits_b,
                     n_boot=self.n_boot,
                     seed=BOOT_SEED,
                 )
             except metrics.MetricsError:
                 res = {"p": None}  # e.g. no finding with both classes: nothing to compare
             if res["p"] is not None and None not in res["ci"]:
-                out = {"diff": float(res["diff"]), "ci": [float(c) for c in res["ci"]], "p": float(res["p"])}
+                seeded = len(da.probs) > 1 or len(probs_b) > 1
+                out = {
+                    "diff": float(res["diff"]),
+                    "ci": [float(c) for c in res["ci"]],
+                    "p": float(res["p"]),
+                    "unit": res["unit"] if seeded else "patient",
+                }
         self._tests[(a.id, b.id)] = out
         return out
 
@@ -214,7 +238,8 @@ class Context:
         res = self.paired(a, b)
         if res is None:
             return None
-        return Comparison(a, b, name_a, name_b, res["diff"], (res["ci"][0], res["ci"][1]), res["p"], axis)
+        ci = (res["ci"][0], res["ci"][1])
+        return Comparison(a, b, name_a, name_b, res["diff"], ci, res["p"], axis, unit=res["unit"])
 
 
 def _history(r: store.Result) -> pd.DataFrame | None:
@@ -226,18 +251,53 @@ def _history(r: store.Result) -> pd.DataFrame | None:
     return None if "epoch" not in h or "train_loss" not in h or h.empty else h
 
 
-def _align(probs: np.ndarray, want: np.ndarray | None, have: np.ndarray | None, *, n: int) -> np.ndarray | None:
-    """probs (ordered by `have`) reordered to `want`; None when the two test sets are not the same images."""
+def _order(want: np.ndarray | None, have: np.ndarray | None, *, n_want: int, n_have: int) -> slice | np.ndarray | None:
+    """Indices that put arrays ordered by `have` into `want`'s order; None when the two test sets differ."""
     if want is None or have is None:
-        return probs if len(probs) == n else None
+        return slice(None) if n_have == n_want else None
     if len(want) != len(have):
         return None
     if np.array_equal(want, have):
-        return probs
+        return slice(None)
     pos = {k: i for i, k in enumerate(have.tolist())}
     if len(pos) != len(have) or any(k not in pos for k in want.tolist()):
         return None
-    return probs[[pos[k] for k in want.tolist()]]
+    return np.array([pos[k] for k in want.tolist()])
+
+
+def _seed_data(preds: Sequence[dict[str, np.ndarray]]) -> CellData | None:
+    """Every seed's predictions in the first seed's image order; None when they were scored on different images."""
+    first = preds[0]
+    probs, logits = [], []
+    for p in preds:
+        idx = _order(first.get("image_index"), p.get("image_index"), n_want=len(first["probs"]), n_have=len(p["probs"]))
+        if idx is None:
+            return None
+        probs.append(p["probs"][idx])
+        logits.append(p["logits"][idx] if "logits" in p else None)
+    return CellData(probs, logits, first["labels"], first["patient_id"], first.get("image_index"))
+
+
+# metrics.evaluate's focal parameters: the ones a metrics.json "focal" was computed with.
+_EVAL_FOCAL = {k: inspect.signature(metrics.evaluate).parameters[k].default for k in ("focal_gamma", "focal_alpha")}
+
+
+def focal_params(trial: dict[str, Any]) -> tuple[float, float]:
+    """(gamma, alpha) of a trial's focal column: its own, as trial.json holds them."""
+    return tuple(float(trial.get(k, v)) for k, v in _EVAL_FOCAL.items())  # type: ignore[return-value]
+
+
+def report_metrics(r: store.Result, p: dict[str, np.ndarray]) -> store.Result:
+    """The result with what the report adds to its metrics.json (in memory only): the degenerate record when
+    metrics.json predates it, the focal loss at the trial's own parameters, and F1 at validation thresholds."""
+    m = dict(r.metrics)
+    if not m.get("degenerate"):
+        m["degenerate"] = metrics.degenerate(p["probs"], logits=p.get("logits"), names=[str(n) for n in p["names"]])
+    gamma, alpha = focal_params(r.trial)
+    if (gamma, alpha) != tuple(_EVAL_FOCAL.values()):
+        m["focal"] = metrics.focal_loss(p["probs"], p["labels"], gamma=gamma, alpha=alpha)
+    m[F1_VAL] = ((m.get("thresholds") or {}).get(F1_VAL_RULE) or {}).get("f1_macro")
+    return store.Result(trial=r.trial, metrics=m, path=r.path)
 
 
 def holm(comparisons: Sequence[Comparison]) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from scipy.stats import rankdata
 
 from harness import metrics, store
-from harness.report.cells import Cell, Stat, describe, field_order, trial_name
+from harness.report.cells import Cell, Stat, degenerate_record, describe, field_order, trial_name
 from harness.report.context import Context
-from harness.report.paper import PAPER_VALUES
+from harness.report.flags import mark
+from harness.report.paper import DDAGGER, PAPER_VALUES
 from harness.report.tables import Table
+
+DEGENERATE_LABEL = f"{DDAGGER} degenerate output (see the table's notes)"
 
 # Past this many bars, curves or heat-map columns their labels overlap into an unreadable band (and drawing
 # them costs most of a large report's figures): they are left off, and the tables name every row.
@@ -50,7 +54,7 @@ def bar_figure(ctx: Context, cells: list[Cell], names: list[str], *, pretrained:
         ax = fig.add_subplot(1, 2, k + 1)
         stats = [c.stat(metric) for c in cells]
         values = [s.value if s.value is not None else np.nan for s in stats]
-        ax.bar(
+        bars = ax.bar(
             x - (width / 2 if paper else 0),
             values,
             width,
@@ -59,11 +63,23 @@ def bar_figure(ctx: Context, cells: list[Cell], names: list[str], *, pretrained:
             label="this run",
             color="tab:blue",
         )
+        for bar, c in zip(bars, cells):
+            if c.degenerate:  # never read as a result: hatched, and named in the legend
+                bar.set_hatch("//")
+                bar.set_edgecolor("black")
+                bar.set_facecolor("0.85")
         if paper:
             pv = [paper.get(c.arch, {}).get(label) for c in cells]
             ax.bar(x + width / 2, [np.nan if v is None else v for v in pv], width, label="paper", color="0.7")
-            ax.legend(fontsize=8)
-        _label_x(ax, names, rotation=30, fontsize=8, what="rows of the table, in order")
+        handles = ax.get_legend_handles_labels()[0]
+        if any(c.degenerate for c in cells):
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(facecolor="0.85", hatch="//", edgecolor="black", label=DEGENERATE_LABEL))
+        if paper or any(c.degenerate for c in cells):
+            ax.legend(handles=handles, fontsize=8)
+        marked = [mark(n, c.degenerate) for n, c in zip(names, cells)]
+        _label_x(ax, marked, rotation=30, fontsize=8, what="rows of the table, in order")
         ax.set_ylabel("mean AUROC" if label == "auc" else "macro F1")
         ax.set_ylim(0, 1)
         if label == "auc":
@@ -83,9 +99,8 @@ def loss_figure(ctx: Context) -> tuple[str | None, list[str]]:
         if h is None:
             skipped.append(r.key)
             continue
-        (line,) = ax.plot(
-            h["epoch"], h["train_loss"], marker="o", ms=3, label=trial_name(r, shown, seeds="seed" in shown)
-        )
+        name = mark(trial_name(r, shown, seeds="seed" in shown), degenerate_record(r).get("degenerate"))
+        (line,) = ax.plot(h["epoch"], h["train_loss"], marker="o", ms=3, label=name)
         if "val_loss" in h:
             ax.plot(h["epoch"], h["val_loss"], ls="--", color=line.get_color(), lw=0.8)
         drawn += 1
@@ -105,11 +120,15 @@ def loss_figure(ctx: Context) -> tuple[str | None, list[str]]:
 
 
 def _best_per_arch(ctx: Context) -> list[Cell]:
+    """Each arch's best cell by mean AUROC; a degenerate cell only where the arch has nothing else."""
+
+    def rank(c: Cell) -> tuple[bool, float]:
+        v = c.stat("auc_macro").value
+        return (not c.degenerate, -1.0 if v is None else v)
+
     best: dict[str, Cell] = {}
     for c in ctx.cells:
-        v = c.stat("auc_macro").value
-        held = best.get(c.arch)
-        if held is None or (v is not None and v > (held.stat("auc_macro").value or -1)):
+        if c.arch not in best or rank(c) > rank(best[c.arch]):
             best[c.arch] = c
     return [best[a] for a in sorted(best, key=lambda a: field_order("arch", a))]
 
@@ -129,7 +148,9 @@ def roc_figures(ctx: Context) -> list[str]:
             y = p["labels"][:, j]
             if y.min() == y.max():
                 continue  # ROC undefined without both classes
-            fpr, tpr = metrics.roc_curve_points(p["probs"][:, j], y)
+            # The curve depends on the order of the scores only: the logits' ranks keep what saturation ties.
+            scores = p["probs"][:, j] if "logits" not in p else rankdata(p["logits"][:, j]) / len(y)
+            fpr, tpr = metrics.roc_curve_points(scores, y)
             auc = (r.metrics.get("per_finding") or {}).get(name, {}).get("auc")
             ax.plot(fpr, tpr, color=colors[j], lw=1, label=f"{name} ({auc:.2f})" if auc is not None else name)
         ax.plot([0, 1], [0, 1], color="0.5", ls=":", lw=0.8)
@@ -137,7 +158,8 @@ def roc_figures(ctx: Context) -> list[str]:
         ax.set_ylabel("true positive rate")
         ax.legend(fontsize=7, loc="lower right")
         seed = f", seed {r.trial.get('seed')}" if len(cell.results) > 1 else ""
-        fig.suptitle(f"ROC per finding: {describe(cell.fields, shown)}{seed} ({ctx.dataset_title})", fontsize=9)
+        what = mark(describe(cell.fields, shown), cell.degenerate) + seed
+        fig.suptitle(f"ROC per finding: {what} ({ctx.dataset_title})", fontsize=9)
         out.append(_save(ctx, fig, f"roc_{_slug(cell.arch)}"))
     return out
 
@@ -154,7 +176,7 @@ def calibration_figure(ctx: Context, n_bins: int = 10) -> str:
         x = np.array([np.nan if v is None else v for v in cal["mean_predicted"]], dtype=float)
         y = np.array([np.nan if v is None else v for v in cal["observed"]], dtype=float)
         ece = f", ECE {cal['ece']:.3f}" if cal.get("ece") is not None else ""
-        ax.plot(x, y, marker="o", ms=3, label=describe(cell.fields, shown) + ece)
+        ax.plot(x, y, marker="o", ms=3, label=mark(describe(cell.fields, shown), cell.degenerate) + ece)
     ax.set_xlabel("mean predicted probability")
     ax.set_ylabel("fraction positive")
     ax.set_xlim(0, 1)
@@ -165,21 +187,28 @@ def calibration_figure(ctx: Context, n_bins: int = 10) -> str:
 
 
 def heatmap_figure(ctx: Context, table: Table, names: list[str]) -> str:
-    """The per-finding AUROC table as a heat map."""
+    """The per-finding AUROC table as a heat map; degenerate findings hatched and marked."""
     cols = table.columns[1:]
     data = np.array(
         [[np.nan if s.value is None else s.value for s in (c.finding_stat(n) for c in ctx.cells)] for n in names],
         dtype=float,
     )
+    bad = [c.degenerate_findings() for c in ctx.cells]
     fig = _figure(min(24.0, max(5.0, 0.9 * len(cols) + 3)), 0.38 * len(names) + 2.5)
     ax = fig.add_subplot(1, 1, 1)
     lo = min(0.5, float(np.nanmin(data))) if np.isfinite(data).any() else 0.5
     im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto")
     for (i, j), v in np.ndenumerate(data) if len(cols) <= LABELLED_UP_TO else ():
         if np.isfinite(v):
-            ax.text(
-                j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < (lo + 1.0) / 2 else "black"
-            )
+            text = mark(f"{v:.2f}", names[i] in bad[j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v < (lo + 1.0) / 2 else "black")
+    if any(bad):
+        from matplotlib.patches import Rectangle
+
+        for j, findings in enumerate(bad):
+            for i in (i for i, n in enumerate(names) if n in findings):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="xx", edgecolor="red", lw=0))
+        ax.set_title(f"hatched, {DDAGGER}: degenerate output (see the table's notes)", fontsize=8)
     _label_x(ax, cols, rotation=35, fontsize=7, what="columns of the per-finding table, in order")
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(im, ax=ax, label="AUROC")

@@ -16,8 +16,9 @@ from harness.report.figures import (
     loss_figure,
     roc_figures,
 )
+from harness.report.methods import methods
 from harness.report.paired import axis_comparisons, axis_plan, conclusions, paired_table
-from harness.report.paper import DASH, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
+from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
 
 
 @dataclass
@@ -44,6 +45,18 @@ def _listing(title: str, items: list[str]) -> Section:
     )
 
 
+def _methods(ctx: Context) -> Section:
+    items = methods(ctx)
+    lead = "Each choice the paper leaves open, and the value these trials used (read from each trial.json):"
+    return Section(
+        "Methods",
+        f"<p>{html.escape(lead)}</p><ul>"
+        + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in items)
+        + "</ul>\n",
+        lead + "\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in items) + "\n",
+    )
+
+
 def _finding_names(ctx: Context) -> list[str]:
     # metrics.json is written with sorted keys, so the findings' order comes from "names", not per_finding.
     for r in ctx.results:
@@ -60,6 +73,7 @@ def build_sections(ctx: Context) -> list[Section]:
     if ctx.unverified_weights:
         sections.append(_warning(WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))))
     if ctx.results:
+        sections.append(_methods(ctx))
         plans = [
             (number, what, paper_plan(ctx, number=number, pretrained=pretrained, stem=stem, fig_stem=fig, what=what))
             for stem, number, pretrained, fig, what in PAPER_TABLES
@@ -76,16 +90,21 @@ def build_sections(ctx: Context) -> list[Section]:
             fig = bar_figure(
                 ctx,
                 plan.cells,
-                [row[0] for row in table.rows],
+                plan.names,
                 pretrained=plan.pretrained,
                 stem=plan.fig_stem,
                 title=f"Figure {number}. {what}: AUC and F1 ({ctx.dataset_title})",
             )
+            caption = f"Figure {number}: {what}" + (
+                f"; hatched bars ({DDAGGER}): degenerate output, see the table's notes"
+                if any(c.degenerate for c in plan.cells)
+                else ""
+            )
             sections.append(
                 Section(
                     f"Table {number}",
-                    table.html() + _img(fig, f"Figure {number}: {what}"),
-                    table.markdown() + f"\n![Figure {number}]({fig})\n",
+                    table.html() + _img(fig, caption),
+                    table.markdown() + f"\n![{caption}]({fig})\n",
                 )
             )
 
@@ -93,11 +112,14 @@ def build_sections(ctx: Context) -> list[Section]:
         table = per_finding_table(ctx, names)
         table.write(ctx.out_dir)
         fig = heatmap_figure(ctx, table, names)
+        caption = "Per-finding AUROC heat map" + (
+            f"; hatched, {DDAGGER}: degenerate output" if any(c.degenerate_findings() for c in ctx.cells) else ""
+        )
         sections.append(
             Section(
                 "Per-finding AUROC",
-                table.html() + _img(fig, "Per-finding AUROC heat map"),
-                table.markdown() + f"\n![Per-finding AUROC]({fig})\n",
+                table.html() + _img(fig, caption),
+                table.markdown() + f"\n![{caption}]({fig})\n",
             )
         )
 

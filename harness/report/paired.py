@@ -9,10 +9,11 @@ from itertools import combinations, pairwise
 import pandas as pd
 
 from harness import metrics
-from harness.report.build import synthetic_first
+from harness.report.build import lockstep_notes, synthetic_first
 from harness.report.cells import Cell, describe, field_order, hashable
 from harness.report.context import ALPHA, Comparison, Context, holm
-from harness.report.paper import DASH
+from harness.report.flags import degenerate_note, mark
+from harness.report.paper import DASH, DDAGGER
 from harness.report.tables import Table
 
 # Settings equal in every other field are all compared pairwise up to this many values of an axis (15 tests);
@@ -32,9 +33,10 @@ def axis_plan(ctx: Context) -> AxisPlan:
     """Pairs of cells equal in every field but one varied axis, ordered along that axis."""
     plan = AxisPlan()
     for axis in (a for a in ctx.axes if a != "seed"):
+        together = {axis, *ctx.followers.get(axis, ())}  # fields that vary with this axis are part of it
         groups: dict[str, list[Cell]] = {}
         for c in ctx.cells:
-            rest = {k: v for k, v in c.fields.items() if k != axis}
+            rest = {k: v for k, v in c.fields.items() if k not in together}
             groups.setdefault(hashable(rest), []).append(c)
         for group in groups.values():
             group = sorted(group, key=lambda c: field_order(axis, c.fields.get(axis)))
@@ -77,8 +79,8 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
     rows = [
         [
             c.axis,
-            c.name_a,
-            c.name_b,
+            mark(c.name_a, c.a.degenerate),
+            mark(c.name_b, c.b.degenerate),
             f"{_signed(c.diff)} [{_signed(c.ci[0])}, {_signed(c.ci[1])}]",
             _p_text(c.p),
             _p_text(c.p_holm),
@@ -98,15 +100,30 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
                 "hi": c.ci[1],
                 "p": c.p,
                 "p_holm": c.p_holm,
+                "unit": c.unit,
+                "degenerate": c.degenerate,
             }
             for c in tests
         ],
-        columns=["axis", "a", "b", "keys_a", "keys_b", "diff", "lo", "hi", "p", "p_holm"],
+        columns=["axis", "a", "b", "keys_a", "keys_b", "diff", "lo", "hi", "p", "p_holm", "unit", "degenerate"],
     )
     notes = [
         f"Paired bootstrap of mean AUROC over test patients ({ctx.n_boot} resamples), between settings equal "
         f"in every other field; Holm-corrected over all {len(tests)} tests in this table."
     ]
+    if any(c.unit != "patient" for c in tests):
+        notes.append(
+            "Where a cell has several seeds the test is at the seed level: each resample draws each cell's seeds "
+            "with replacement, then the test patients (metrics.paired_seed_bootstrap); the difference is that "
+            "of the seed-mean AUROCs, as the tables show them."
+        )
+    notes += lockstep_notes(ctx)
+    seen: dict[str, Cell] = {}
+    for c in tests:
+        seen.update({c.name_a: c.a, c.name_b: c.b})
+    if any(c.degenerate for c in tests):
+        notes += degenerate_note(list(seen.items()))
+        notes.append(f"Rows with a {DDAGGER} cell are tested and counted in Holm's correction, but name no winner.")
     if plan.neighbours_only:
         notes.append(
             f"Where more than {ALL_PAIRS_UP_TO} values of an axis share every other field, each is tested against "
@@ -122,18 +139,38 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
     )
 
 
+def _degenerate_sentence(c: Comparison) -> str:
+    bad = [mark(n, True) for n, cell in ((c.name_a, c.a), (c.name_b, c.b)) if cell.degenerate]
+    return (
+        f"No conclusion from {c.name_a} against {c.name_b} ({_signed(c.diff)} AUROC): the output of "
+        f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} degenerate (see the paired comparisons' notes)"
+    )
+
+
 def conclusions(ctx: Context, tests: list[Comparison]) -> tuple[str, str]:
-    """A paragraph of one metrics.summary_sentence per paired test (significant ones first), and how it was tested."""
-    ordered = sorted(tests, key=lambda c: (not c.p_holm < ALPHA, -abs(c.diff)))
-    text = " ".join(_sentence(metrics.summary_sentence(c.name_a, c.name_b, c.result(), alpha=ALPHA)) for c in ordered)
+    """A paragraph of one metrics.summary_sentence per paired test (significant ones first), and how it was tested.
+    A test involving a degenerate cell names no winner: it says why instead, after the others."""
+    ordered = sorted(tests, key=lambda c: (c.degenerate, not c.p_holm < ALPHA, -abs(c.diff)))
+    text = " ".join(
+        _sentence(
+            _degenerate_sentence(c)
+            if c.degenerate
+            else metrics.summary_sentence(c.name_a, c.name_b, c.result(), alpha=ALPHA)
+        )
+        for c in ordered
+    )
     if not tests:
         text = (
             "No paired comparison could be made: the grid has no two settings that differ in one field only "
             "and share their test images."
         )
+    seeded = (
+        " (seeds, then patients, where a cell has several seeds)" if any(c.unit != "patient" for c in tests) else ""
+    )
     method = (
-        f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap ({ctx.n_boot} "
+        f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap{seeded} ({ctx.n_boot} "
         f"resamples), Holm-corrected over all {len(tests)} tests in 'Paired comparisons'; a winner is named "
-        f"only where the adjusted p < {ALPHA} and the interval excludes 0."
+        f"only where the adjusted p < {ALPHA} and the interval excludes 0, and never for a degenerate "
+        f"({DDAGGER}) model."
     )
     return text, method

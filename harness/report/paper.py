@@ -41,6 +41,40 @@ SYNTHETIC_WARNING = (
     "not comparable with the paper's or any published values, which are therefore not shown."
 )
 DATASET_TITLES = {"nih": "NIH ChestX-ray14", "synthetic": "SYNTHETIC phantoms (not NIH)"}
+# The paper's BCE column cannot be what this harness (or any mean per-element BCE) reports beside it.
+PAPER_BCE_NOTE = (
+    "The paper's BCE values (0.79-0.94) are above ln 2 = 0.693, the loss of predicting 0.5 everywhere, so "
+    "they cannot be a mean per-element BCE like this table's (the mean over images and findings): the two "
+    "columns are not comparable."
+)
+F1_NOTE = (
+    "F1: macro over findings at the paper's fixed 0.5 threshold. F1 (val. thr.): at the thresholds that "
+    "maximise each finding's F1 on the trial's validation split, fixed before the test set (point values)."
+)
+# What to try when a trial's output is degenerate (a saturated scratch InceptionV3 was the case that set it).
+DEGENERATE_ADVICE = (
+    "Try bn_recalibrate: 16 (precise BatchNorm before each evaluation), a lower learning rate, or more training steps."
+)
+
+# The stages Trial.freeze counts, as models.py defines them (the report never imports it: it needs torch).
+# freeze k keeps the first k fixed; a test checks these against models.py's stages.
+_RESNET_STAGE_TEXT = ("stem (conv1, bn1)", "layer1", "layer2", "layer3", "layer4")
+FREEZE_STAGES: dict[str, tuple[str, ...]] = {
+    "alexnet": ("conv1", "conv2", "conv3", "conv4", "conv5"),
+    "resnet50": _RESNET_STAGE_TEXT,
+    "resnet152": _RESNET_STAGE_TEXT,
+    "inception_v3": ("stem (Conv2d_1a-4a)", "Mixed_5b-d", "Mixed_6a", "Mixed_6b-e", "Mixed_7a-c"),
+    "densenet121": (
+        "stem (conv0, norm0)",
+        "block1 (denseblock1, transition1)",
+        "block2 (denseblock2, transition2)",
+        "block3 (denseblock3, transition3)",
+        "block4 (denseblock4, norm5)",
+    ),
+    "efficientnet_b0": tuple(f"features.{i}" for i in range(9)),
+}
+NATIVE_SIZES = {"inception_v3": 299}  # input size at image_size 0; every other arch: DEFAULT_NATIVE_SIZE
+DEFAULT_NATIVE_SIZE = 224
 
 # An arch's display name is derived from its torchvision name (resnet152 -> ResNet152, inception_v3 ->
 # InceptionV3), so every registered arch has one; the family's spelling is the only thing written down.
@@ -63,6 +97,7 @@ ARCH_FAMILIES = {
 ARCH_ORDER = ("alexnet", "resnet152", "inception_v3")  # the paper's row order; other archs follow by name
 
 DAGGER = "\u2020"
+DDAGGER = "\u2021"  # degenerate output
 PM = "\u00b1"
 DASH = "\u2014"
 
@@ -90,6 +125,11 @@ class Column:
     digits: int
 
 
+# Report-only keys the report adds to each result's metrics (never written to metrics.json).
+F1_VAL = "f1_macro_val"  # test F1 at the thresholds chosen on validation (metrics.json: thresholds.val_max_f1)
+F1_VAL_RULE = "val_max_f1"
+F1_VAL_COLUMN = Column("f1_val", "F1 (val. thr.)", F1_VAL, 3)
+
 PAPER_COLUMNS = (
     Column("bce", "BCE loss", "bce", 4),
     Column("focal", "Focal loss", "focal", 4),
@@ -99,6 +139,7 @@ PAPER_COLUMNS = (
 GRID_COLUMNS = (
     Column("auc", "AUROC", "auc_macro", 3),
     Column("f1", "F1", "f1_macro", 3),
+    F1_VAL_COLUMN,
     Column("ap", "AP", "ap_macro", 3),
     Column("bce", "BCE loss", "bce", 4),
     Column("focal", "Focal loss", "focal", 4),

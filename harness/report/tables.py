@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import store
-from harness.report.paper import DAGGER, DASH, PM
+from harness.report.paper import DAGGER, DASH, DDAGGER, PM
 
 
 @dataclass
@@ -95,8 +95,17 @@ _TEX_ESCAPES = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",
 }
-_TEX_SYMBOLS = {PM: r"$\pm$", DAGGER: r"$^\dagger$", DASH: "--", "\u2265": r"$\geq$", "<": r"$<$", ">": r"$>$"}
+_TEX_SYMBOLS = {
+    PM: r"$\pm$",
+    DAGGER: r"$^\dagger$",
+    DDAGGER: r"$^\ddagger$",
+    DASH: "--",
+    "\u2265": r"$\geq$",
+    "<": r"$<$",
+    ">": r"$>$",
+}
 
 
 def _tex(text: str) -> str:

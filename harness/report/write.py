@@ -8,7 +8,7 @@ from typing import Any
 
 from harness import metrics, store
 from harness.config import ConfigError
-from harness.report.cells import field_order, group_cells, varied_fields
+from harness.report.cells import field_order, group_cells, lockstep, varied_fields
 from harness.report.context import Context
 from harness.report.page import build_sections, render_html, render_markdown
 
@@ -127,8 +127,10 @@ def write_report(
         ctx.results = sorted(ctx.results + healed, key=lambda r: (r.trial.get("label", ""), r.key))  # the store's order
 
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.axes = varied_fields(ctx.results)
-    ctx.cells = group_cells(ctx.results, ctx.axes)
+    ctx.varied = varied_fields(ctx.results)
+    ctx.followers = lockstep(ctx.results, ctx.varied)
+    ctx.axes = [a for a in ctx.varied if not any(a in f for f in ctx.followers.values())]
+    ctx.cells = group_cells(ctx.results, ctx.varied)
     ctx.read()
     sections = build_sections(ctx)
     store.write_bytes(ctx.out_dir / "report.md", render_markdown(ctx, sections).encode())

@@ -1,0 +1,166 @@
+"""The methods note: each choice the paper leaves open, and the value these trials used, read from trial.json."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from harness import store
+from harness.config import TRIAL_FIELDS
+from harness.report.cells import degenerate_record, field_order, field_text, hashable
+from harness.report.context import Context, focal_params
+from harness.report.paper import (
+    DATASET_TITLES,
+    DEFAULT_NATIVE_SIZE,
+    F1_NOTE,
+    FREEZE_STAGES,
+    NATIVE_SIZES,
+    arch_name,
+)
+
+
+def _get(r: store.Result, name: str) -> Any:
+    """A trial field; a trial.json written before the field existed held its default."""
+    return r.trial.get(name, TRIAL_FIELDS[name].default if name in TRIAL_FIELDS else None)
+
+
+def _archs(results: list[store.Result]) -> list[str]:
+    return sorted({str(_get(r, "arch")) for r in results}, key=lambda a: field_order("arch", a))
+
+
+def values(results: list[store.Result], name: str, show: Callable[[Any], str] = field_text, *, get=None) -> str:
+    """One field (or `get`'s value) in words: its value; each arch's where the arch decides it; else every
+    value, as varied."""
+    get = get or (lambda r: _get(r, name))
+    distinct = {hashable(get(r)): get(r) for r in results}
+    if len(distinct) == 1:
+        return show(next(iter(distinct.values())))
+    per_arch: dict[str, set[str]] = {}
+    for r in results:
+        per_arch.setdefault(str(_get(r, "arch")), set()).add(hashable(get(r)))
+    if all(len(v) == 1 for v in per_arch.values()):
+        first = {str(_get(r, "arch")): get(r) for r in results}
+        return ", ".join(f"{arch_name(a)} {show(first[a])}" for a in _archs(results))
+    ordered = sorted(distinct.values(), key=lambda v: field_order(name, v))
+    return "varied: " + ", ".join(show(v) for v in ordered)
+
+
+def _size(r: store.Result) -> tuple[int, bool]:
+    """The input size a trial trained at, and whether it is the arch's own (image_size 0)."""
+    own = not _get(r, "image_size")
+    return (NATIVE_SIZES.get(str(_get(r, "arch")), DEFAULT_NATIVE_SIZE) if own else int(_get(r, "image_size"))), own
+
+
+def _px(size: tuple[int, bool]) -> str:
+    return f"{size[0]} px" + (" (the arch's own)" if size[1] else "")
+
+
+def freeze_text(arch: str, depth: int) -> str:
+    """'freeze 2: conv1, conv2 fixed' from the stage table models.py follows."""
+    if depth == 0:
+        return "freeze 0: every layer trains"
+    stages = FREEZE_STAGES.get(arch)
+    if stages is None:
+        return f"freeze {depth}: the first {depth} stages fixed (see models.py)"
+    return f"freeze {depth}: {', '.join(stages[:depth])} fixed"
+
+
+def _freeze(results: list[store.Result]) -> str:
+    parts = []
+    for pretrained, what in ((True, "pretrained"), (False, "scratch")):
+        chosen = [r for r in results if bool(_get(r, "pretrained")) == pretrained]
+        depths = {a: sorted({int(_get(r, "freeze")) for r in chosen if _get(r, "arch") == a}) for a in _archs(chosen)}
+        if not depths:
+            continue
+        if all(d == [0] for d in depths.values()):
+            parts.append(f"{what}: {freeze_text('', 0)} in every arch")
+        else:
+            per_arch = (f"{arch_name(a)} " + " / ".join(freeze_text(a, d) for d in ds) for a, ds in depths.items())
+            parts.append(f"{what}: " + "; ".join(per_arch))
+    return ". ".join(parts)
+
+
+def _weights(ctx: Context) -> str:
+    pretrained = [r for r in ctx.results if _get(r, "pretrained")]
+    if not pretrained:
+        return "none loaded (no pretrained trials)"
+    unverified = ctx.unverified_weights
+    verified = sorted({str(_get(r, "arch")) for r in pretrained} - set(unverified))
+    parts = []
+    if verified:
+        parts.append(f"torchvision's ImageNet checkpoint, SHA-256 verified, for {', '.join(map(arch_name, verified))}")
+    if unverified:
+        parts.append(
+            f"UNVERIFIED (a placeholder or altered file, not ImageNet weights) for {', '.join(map(arch_name, unverified))}"
+        )
+    return "; ".join(parts)
+
+
+def _losses(results: list[store.Result]) -> str:
+    out = []
+    for loss in sorted({str(_get(r, "loss")) for r in results}):
+        text = loss
+        if loss == "focal":
+            params = sorted({focal_params(r.trial) for r in results if _get(r, "loss") == "focal"})
+            text += " (" + "; ".join(f"gamma {g:g}, alpha {a:g}" for g, a in params) + ")"
+        out.append(text)
+    return ", ".join(out)
+
+
+def _recalibrate(n: Any) -> str:
+    return "off (0: the paper's recipe)" if not n else f"on: {n} training batches before each evaluation"
+
+
+def _seeds(ctx: Context) -> str:
+    counts = sorted({len(c.results) for c in ctx.cells})
+    seeds = sorted({int(_get(r, "seed")) for r in ctx.results})
+    per = " or ".join(map(str, counts))
+    return f"{per} per cell (seed {', '.join(map(str, seeds))})"
+
+
+def _scores(ctx: Context) -> str:
+    kinds = {degenerate_record(r).get("scores") for r in ctx.results}
+    if kinds == {"logits"}:
+        return "the saved logits (they keep the order a saturated float32 sigmoid ties)"
+    if "logits" in kinds:
+        return "the saved logits where a trial has them; the others' probabilities (saved before logits were)"
+    return "the probabilities (no logits saved: these trials predate them)"
+
+
+def methods(ctx: Context) -> list[tuple[str, str]]:
+    """(choice, value used) for each choice the paper leaves open, and the other facts a reader needs."""
+    rs = ctx.results
+    datasets = sorted({str(r.metrics.get("dataset") or _get(r, "dataset")) for r in rs})
+    test = values(rs, "subset_test", lambda v: "shrunk like training (subset_test)" if v else "whole")
+    return [
+        ("Dataset", ", ".join(DATASET_TITLES.get(d, d) for d in datasets) + f"; test: the official test list ({test})"),
+        ("Optimiser", values(rs, "optimizer") + ", weight decay " + values(rs, "weight_decay")),
+        (
+            "Learning rate and schedule",
+            f"lr {values(rs, 'lr')}, multiplied by {values(rs, 'lr_gamma')} (lr_gamma) every "
+            f"{values(rs, 'lr_step')} epochs (lr_step)",
+        ),
+        ("Epochs", values(rs, "epochs") + "; the checkpoint kept is the epoch with the best validation mean AUROC"),
+        ("Batch", f"{values(rs, 'batch_size')} (training), {values(rs, 'eval_batch_size')} (evaluation)"),
+        ("Frozen layers (freeze)", _freeze(rs)),
+        (
+            "Subset",
+            f"subset_fraction {values(rs, 'subset_fraction')} of the train_val patients: whole patients, stratified "
+            f"so each finding keeps its prevalence; validation: {values(rs, 'val_fraction')} of train_val "
+            "(val_fraction), whole patients",
+        ),
+        ("Input size", values(rs, "image_size", _px, get=_size)),
+        ("Augmentation", values(rs, "augment", lambda v: "random crop and horizontal flip" if v else "none")),
+        ("Precise BatchNorm (bn_recalibrate)", values(rs, "bn_recalibrate", _recalibrate)),
+        ("Losses", _losses(rs)),
+        ("Seeds", _seeds(ctx)),
+        ("Pretrained weights", _weights(ctx)),
+        ("AUROC ranks", _scores(ctx)),
+        ("F1 thresholds", F1_NOTE),
+        ("Degenerate output", _rule(rs)),
+    ]
+
+
+def _rule(results: list[store.Result]) -> str:
+    rules = {degenerate_record(r).get("rule") for r in results} - {None}
+    return "; ".join(sorted(rules)) or "not recorded"
