@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from harness import metrics, store
+from harness import rescore, store
 from harness.config import ConfigError
 from harness.report.cells import field_order, group_cells, lockstep, varied_fields
 from harness.report.context import Context
@@ -23,50 +22,19 @@ class Written:
 
 
 def recompute_metrics(result: store.Result) -> store.Result:
-    """metrics.json rebuilt from predictions.npz with metrics.evaluate and the trial's own seed and n_boot."""
-    merged = _fresh_metrics(result.files, result.trial, result.metrics)
+    """metrics.json rebuilt from predictions.npz with the trial's own seed and bootstrap size (rescore)."""
+    merged = rescore.rebuilt_metrics(result.files)
     result.files.replace_metrics(merged)
     return store.Result(trial=result.trial, metrics=merged, path=result.path)
-
-
-def _fresh_metrics(files: store.TrialFiles, trial: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    p = files.read_predictions()
-    kwargs: dict[str, Any] = {"seed": int(trial.get("seed", 0))}  # train.py evaluates with the trial seed
-    if "n_boot" in old:
-        kwargs["n_boot"] = int(old["n_boot"])
-    fresh = metrics.evaluate(
-        p["probs"],
-        p["labels"],
-        names=[str(n) for n in p["names"]],
-        patient_ids=p["patient_id"],
-        val_probs=p.get("val_probs"),
-        val_labels=p.get("val_labels"),
-        logits=p.get("logits"),  # as training scored it; None for predictions saved before logits were
-        val_logits=p.get("val_logits"),
-        **kwargs,
-    )
-    return {**old, **fresh}  # keep provenance, timings and the dataset actually used
 
 
 def heal(grid_dir: Path, broken: store.Broken) -> store.Result | None:
     """A broken trial whose only damaged file is metrics.json, with its metrics rebuilt from its intact
     predictions; None when anything else is damaged."""
     files = store.TrialFiles(grid_dir / broken.key)
-    if set(broken.damaged) != {files.METRICS}:
+    if not rescore.heal(files, broken.damaged, weights=False):
         return None
-    try:
-        trial = files.read_trial()
-        try:
-            old = files.read_metrics()
-        except store.Unreadable:  # what train.py records beside the statistics, from the trial itself
-            old = {"key": files.key, "label": trial.get("label", ""), "dataset": trial.get("dataset")}
-        fresh = _fresh_metrics(files, trial, old)
-    except store.Unreadable:
-        return None
-    files.replace_metrics(fresh)
-    if files.problems(weights=False):  # predictions.npz changed since DONE too: still broken
-        return None
-    return store.Result(trial=trial, metrics=fresh, path=files.path)
+    return store.Result(trial=files.read_trial(), metrics=files.read_metrics(), path=files.path)
 
 
 def write_report(
