@@ -256,6 +256,26 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@COMMANDS.register("grids")
+def cmd_grids(args: argparse.Namespace) -> int:
+    """List the built-in grids with their first comment line, or print one to copy and edit."""
+    from harness.grid import builtin_grids
+
+    builtin = builtin_grids()
+    if args.action == "show":
+        if args.name not in builtin:
+            given = f"{args.name!r} is not a built-in grid" if args.name else "name a grid"
+            raise ConfigError(f"harness grids show: {given}; built-in: {', '.join(builtin)}")
+        print(builtin[args.name].read_text(), end="")
+        return EXIT_OK
+    width = max(map(len, builtin), default=0)
+    for name, path in builtin.items():
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+        print(f"{name:<{width}}  {first.lstrip('#').strip()}")
+    print("run one by name: harness run NAME; copy one to edit: harness grids show NAME > my.yaml")
+    return EXIT_OK
+
+
 BENCH_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("bench command")
 
 
@@ -350,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, default=0, help="decode processes (0 = all cores)")
 
     r = sub.add_parser("run", help="run a grid of trials through Ray Tune")
-    r.add_argument("grid", help="grid YAML file, e.g. grids/paper.yaml")
+    r.add_argument("grid", help="grid YAML file, or a built-in grid's name (harness grids lists them), e.g. paper")
     r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field for every trial")
     r.add_argument("--seeds", metavar="N", help="run every cell with seeds 0..N-1 (in place of the grid's seeds)")
@@ -417,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("weights", help="where ImageNet weights go; placeholder files for offline smoke runs")
     w.add_argument("action", choices=("where", "placeholder"))
     w.add_argument("archs", nargs="+")
+
+    gr = sub.add_parser("grids", help="the built-in grids: list them, or print one to copy and edit")
+    gr.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    gr.add_argument("name", nargs="?", help="with show: the grid to print, e.g. paper")
 
     b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; model step vs trial")
     bsub = b.add_subparsers(dest="bench_command", required=True)

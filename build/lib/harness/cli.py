@@ -1,0 +1,476 @@
+"""The command line: parse, then call one function. Heavy modules are imported inside each subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.config import ConfigError, Runtime, Trial, default_cache_dir
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.grid import Grid
+
+COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    gpus = getattr(args, "gpus_per_trial", "auto")
+    if gpus != "auto":
+        try:
+            gpus = float(gpus)
+        except ValueError:
+            raise ConfigError(f"--gpus-per-trial {gpus!r}: expected a number like 0.25 or 'auto'") from None
+        if not 0 <= gpus <= 8:
+            raise ConfigError(f"--gpus-per-trial {gpus}: expected a share in [0, 8]")
+    data_root = getattr(args, "data_root", None)
+    # Absolute paths: Ray workers run in their own working directories.
+    return Runtime(
+        data_root=str(Path(data_root).resolve()) if data_root else None,
+        results_dir=str(Path(getattr(args, "results", "results")).resolve()),
+        cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
+        device=getattr(args, "device", "auto"),
+        gpus_per_trial=gpus,
+        address=getattr(args, "address", None),
+        max_retries=getattr(args, "retries", 2),
+        compile=getattr(args, "compile", False),
+        workers=getattr(args, "workers", 0),
+        reuse_workers=not getattr(args, "fresh_workers", False),
+    )
+
+
+def _checked_grid(args: argparse.Namespace) -> tuple[Grid, Runtime]:
+    """The grid and runtime of `harness run`, with every check a run makes before it touches data.
+
+    A dry run and a real run both come through here, so they refuse the same inputs with the same line.
+    """
+    from harness import train
+    from harness.grid import load_grid
+
+    grid = load_grid(args.grid, profile=args.profile, overrides=args.set or [], seeds=args.seeds)
+    for t in grid.trials:
+        try:
+            train.check_trial(t)
+        except ConfigError as exc:
+            raise ConfigError(f"{grid.path}: {exc}") from None
+    return grid, _runtime(args)
+
+
+LABEL_FIELDS = ("arch", "pretrained", "loss", "freeze", "subset_fraction", "seed")  # what Trial.label shows
+
+
+def _dry_run_line(grid: Grid, i: int) -> str:
+    """Key and label, then the groups the trial came from and the varied fields its label leaves out."""
+    t = grid.trials[i]
+    extra = [f"{axis}={group}" for axis, group in (grid.choices[i] if grid.choices else {}).items()]
+    extra += [f"{f}={getattr(t, f)}" for f in grid.axes if f not in LABEL_FIELDS]
+    return f"{t.key}  {t.label}" + (f"  {' '.join(extra)}" if extra else "")
+
+
+@COMMANDS.register("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    grid, runtime = _checked_grid(args)
+    if args.dry_run:
+        print(
+            f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
+            f"{', '.join(grid.axes) or 'nothing'})"
+        )
+        print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
+        return EXIT_OK
+    from harness import train, tune
+
+    trials, runtime = train.resolve_dataset(list(grid.trials), runtime)
+    train.prepare_all(trials, runtime)
+    summary = tune.run_grid(grid.name, trials, runtime)
+    print("\n".join(summary.lines()))
+    print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
+    return summary.exit_code
+
+
+@COMMANDS.register("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report
+
+    grid_dir = Path(args.results_dir)
+    if not grid_dir.is_dir():
+        raise ConfigError(f"{grid_dir}: no such results directory; run a grid first (harness run GRID)")
+    written = report.write_report(
+        grid_dir, Path(args.out) if args.out else None, recompute=args.recompute, reference=args.reference
+    )
+    for key in written.healed:
+        print(f"harness: healed {key}: metrics recomputed from its predictions", file=sys.stderr)
+    for line in written.broken:
+        print(f"harness: broken trial left out of the report: {line}", file=sys.stderr)
+    print(f"report: {written.index}")
+    if written.broken:
+        print(
+            f"harness: {len(written.broken)} broken trial(s) left out; `harness run` redoes them "
+            "(--recompute rebuilds a damaged metrics.json from intact predictions)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+@COMMANDS.register("search")
+def cmd_search(args: argparse.Namespace) -> int:
+    from harness import search
+
+    return search.main_search(
+        args.search, profile=args.profile, samples=args.samples, runtime=_runtime(args), dry_run=args.dry_run
+    )
+
+
+@COMMANDS.register("cam")
+def cmd_cam(args: argparse.Namespace) -> int:
+    from harness import cam
+
+    out = cam.run_cam(
+        Path(args.trial_dir),
+        findings=tuple(args.finding or ("Atelectasis", "Effusion")),
+        images=args.images,
+        out_dir=Path(args.out) if args.out else None,
+        method=args.method,
+        layer=args.layer,
+        runtime=_runtime(args),
+        max_images=args.max_images,
+    )
+    for fig in out["figures"]:
+        print(fig)
+    overall = out["scores"].get("overall") or {}
+    if overall:
+        print(
+            f"pointing game {overall.get('pointing', float('nan')):.3f} (chance {overall.get('pointing_chance', float('nan')):.3f}) "
+            f"over {overall.get('n', 0)} boxes"
+        )
+    return EXIT_OK
+
+
+@COMMANDS.register("data")
+def cmd_data(args: argparse.Namespace) -> int:
+    return DATA_COMMANDS[args.data_command](args)
+
+
+DATA_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("data command")
+
+
+@DATA_COMMANDS.register("synth")
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from harness.data import synthetic
+
+    root = synthetic.generate(
+        args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty, label_noise=args.label_noise
+    )
+    print(f"synthetic NIH-layout tree: {root}")
+    return EXIT_OK
+
+
+def _data_root(args: argparse.Namespace) -> Path:
+    from harness.data import nih
+
+    root = nih.locate(args.root)
+    if root is None:
+        raise ConfigError("no data root: give ROOT or set HARNESS_DATA_ROOT")
+    return root
+
+
+@DATA_COMMANDS.register("stats")
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from harness.data import nih
+
+    data = nih.load(_data_root(args))
+    stats = nih.stats(data, val_fraction=args.val_fraction, seed=args.seed)
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+        return EXIT_OK
+    print(
+        f"{data.root} ({data.dataset}): {stats['images']} images, {stats['patients']} patients; "
+        f"missing {stats['missing']}, skipped {stats['skipped']}"
+    )
+    print(
+        "splits: "
+        + ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
+        + f"; patient overlap between splits: {stats['patient_overlap']}"
+    )
+    names = list(nih.FINDINGS)
+    print(f"{'finding':<20}" + "".join(f"{s:>9}" for s in stats["prevalence"]))
+    for f in names:
+        print(f"{f:<20}" + "".join(f"{stats['prevalence'][s][f] * 100:8.2f}%" for s in stats["prevalence"]))
+    return EXIT_OK
+
+
+@DATA_COMMANDS.register("prepare")
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Decode the official splits once at a size, so full-data trials at that size start from the cache."""
+    import time
+
+    from harness.data import cache, nih
+
+    data = nih.load(_data_root(args))
+    t0, total, skipped = time.perf_counter(), 0, 0
+    for name, rows in nih.split(data, val_fraction=args.val_fraction, seed=args.seed).items():
+        cached = cache.build(
+            data, rows, size=args.size, cache_dir=args.cache_dir or default_cache_dir(), workers=args.workers
+        )
+        total, skipped = total + len(cached.rows), skipped + len(cached.skipped)
+        print(f"{name}: {len(cached.rows)} images at {args.size}px" + (" (reused)" if cached.reused else ""))
+    secs = time.perf_counter() - t0
+    print(
+        f"{total} images ready in {secs:.1f} s ({total / max(secs, 1e-9):.0f} images/s); skipped {skipped}. "
+        f"Trials with image_size {round(args.size * 7 / 8)} (cache {args.size}px), subset_fraction 1 and "
+        f"seed {args.seed} read these caches."
+    )
+    return EXIT_OK
+
+
+@COMMANDS.register("weights")
+def cmd_weights(args: argparse.Namespace) -> int:
+    import torch
+    import torchvision
+
+    from harness import models
+
+    for arch in args.archs:
+        path = models.weights_path(arch)
+        if args.action == "where":
+            print(
+                f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_enum(arch).url})"
+            )
+            continue
+        if path.is_file():
+            print(f"{arch}: {path} exists; left as it is")
+            continue
+        # Random init under the real file name: exercises the loading path; its numbers mean nothing.
+        s = models.spec(arch)
+        net = torchvision.models.get_model(s.name, weights=None, **s.options(Trial(arch=arch), bool(s.aux_min_size)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+        print(f"{arch}: PLACEHOLDER weights (random init, NOT ImageNet) written to {path}")
+    return EXIT_OK
+
+
+@COMMANDS.register("grids")
+def cmd_grids(args: argparse.Namespace) -> int:
+    """List the built-in grids with their first comment line, or print one to copy and edit."""
+    from harness.grid import builtin_grids
+
+    builtin = builtin_grids()
+    if args.action == "show":
+        if args.name not in builtin:
+            given = f"{args.name!r} is not a built-in grid" if args.name else "name a grid"
+            raise ConfigError(f"harness grids show: {given}; built-in: {', '.join(builtin)}")
+        print(builtin[args.name].read_text(), end="")
+        return EXIT_OK
+    width = max(map(len, builtin), default=0)
+    for name, path in builtin.items():
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+        print(f"{name:<{width}}  {first.lstrip('#').strip()}")
+    print("run one by name: harness run NAME; copy one to edit: harness grids show NAME > my.yaml")
+    return EXIT_OK
+
+
+BENCH_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("bench command")
+
+
+@COMMANDS.register("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    return BENCH_COMMANDS[args.bench_command](args)
+
+
+def _bench_runtime(args: argparse.Namespace) -> Runtime:
+    from harness import train
+
+    _, runtime = train.resolve_dataset([Trial()], _runtime(args))
+    return runtime
+
+
+def _print_bench(result: dict, as_json: bool, lines: list[str]) -> int:
+    print(json.dumps(result, sort_keys=True) if as_json else "\n".join(lines))
+    return EXIT_OK
+
+
+@BENCH_COMMANDS.register("loader")
+def cmd_bench_loader(args: argparse.Namespace) -> int:
+    from harness import bench
+
+    r = bench.bench_loader(_bench_runtime(args), crop=args.crop, batch_size=args.batch, n_images=args.images)
+    return _print_bench(
+        r,
+        args.json,
+        [
+            f"{r['dataset']} data, {r['images']} images, crop {r['crop']} from {r['cache_size']}px, batch {r['batch_size']}, "
+            f"device {r['device']}",
+            f"cached loader     {r['cached_images_per_s']:10.0f} images/s",
+            f"naive PNG loader  {r['naive_png_images_per_s']:10.0f} images/s ({r['naive_workers']} workers)",
+            f"ratio             {r['ratio']:10.1f}x",
+        ],
+    )
+
+
+@BENCH_COMMANDS.register("step")
+def cmd_bench_step(args: argparse.Namespace) -> int:
+    from harness import bench
+
+    r = bench.bench_step(
+        _bench_runtime(args),
+        arch=args.arch,
+        batch_size=args.batch,
+        image_size=args.image_size,
+        steps=args.steps,
+        eval_batch_size=args.eval_batch,
+    )
+    return _print_bench(
+        r,
+        args.json,
+        [
+            f"{r['arch']} batch {r['batch_size']} at {r['image_size']}px on {r['device_name']}"
+            + (" (compiled)" if r["compile"] else ""),
+            f"first step        {r['first_step_seconds']:10.1f} s",
+            f"model step only   {r['step_images_per_s']:10.0f} images/s",
+            f"trial end-to-end  {r['trial_images_per_s']:10.0f} images/s",
+            f"ratio             {r['ratio']:10.2f}",
+            f"evaluation        {r['eval_images_per_s']:10.0f} images/s (batch {r['eval_batch_size']})",
+        ],
+    )
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= least (argparse turns the ValueError into one line and exit 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"whole number >= {least}"  # argparse names the type in its message
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="harness",
+        description="Benchmark and ablation harness for chest X-ray "
+        "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-root", help="NIH Kaggle-layout root (else $HARNESS_DATA_ROOT, else synthetic)")
+        sp.add_argument("--results", default="results", help="results directory (default: results/)")
+        sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+        sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        sp.add_argument("--workers", type=int, default=0, help="decode processes (0 = all cores)")
+
+    r = sub.add_parser("run", help="run a grid of trials through Ray Tune")
+    r.add_argument("grid", help="grid YAML file, or a built-in grid's name (harness grids lists them), e.g. paper")
+    r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field for every trial")
+    r.add_argument("--seeds", metavar="N", help="run every cell with seeds 0..N-1 (in place of the grid's seeds)")
+    r.add_argument(
+        "--dry-run", action="store_true", help="check the grid as a run does, print the trials and keys; start nothing"
+    )
+    r.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
+    r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
+    r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")
+    r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
+    r.add_argument(
+        "--fresh-workers",
+        action="store_true",
+        help="a new worker process per trial (default: a worker runs trial after trial)",
+    )
+    data_opts(r)
+
+    rp = sub.add_parser("report", help="tables, figures and statistics of a grid's results")
+    rp.add_argument("results_dir", help="results/<grid name>")
+    rp.add_argument("--out", help="output directory (default: reports/<grid name>)")
+    rp.add_argument("--recompute", action="store_true", help="recompute every metric from saved predictions")
+    rp.add_argument("--reference", help="arch of the reference row for significance marks")
+
+    se = sub.add_parser("search", help="hyperparameter search: Optuna TPE through Ray Tune, ASHA pruning")
+    se.add_argument("search", help="search YAML file, e.g. grids/search.yaml")
+    se.add_argument("--profile", help="a named profile of the search file, e.g. smoke")
+    se.add_argument("--samples", type=int, help="new trials to add to the study (default: the file's)")
+    se.add_argument("--dry-run", action="store_true", help="check the file and print the space; start nothing")
+    se.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT")
+    se.add_argument("--gpus-per-trial", default="auto")
+    data_opts(se)
+
+    c = sub.add_parser("cam", help="Grad-CAM overlays, activations and box scores of a finished trial")
+    c.add_argument("trial_dir", help="results/<grid>/<key>")
+    c.add_argument("--finding", action="append", help="finding to explain (repeatable; default Atelectasis, Effusion)")
+    c.add_argument("--images", nargs="+", help="image names (default: test images with a box)")
+    c.add_argument("--out", help="output directory (default: TRIAL_DIR/cam)")
+    c.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or smoothgrad")
+    c.add_argument("--layer", help="dotted module name (default: the arch's last conv block)")
+    c.add_argument("--max-images", type=int, default=8)
+    data_opts(c)
+
+    d = sub.add_parser("data", help="synthetic data, dataset statistics, caches")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write a synthetic NIH-layout tree")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=3000)
+    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (lesion contrast)")
+    s.add_argument("--label-noise", type=float, default=0.0, help="rate of flipped labels in the CSV")
+    st = dsub.add_parser("stats", help="images, patients, splits, overlap, prevalence")
+    st.add_argument("root", nargs="?", help="data root (else $HARNESS_DATA_ROOT)")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--val-fraction", type=float, default=0.1)
+    st.add_argument("--seed", type=int, default=0)
+    pr = dsub.add_parser("prepare", help="decode every image once into the cache")
+    pr.add_argument("root", nargs="?")
+    pr.add_argument("--size", type=int, required=True)
+    pr.add_argument("--cache-dir")
+    pr.add_argument("--workers", type=int, default=0)
+    pr.add_argument("--val-fraction", type=float, default=0.1)
+    pr.add_argument("--seed", type=int, default=0)
+    w = sub.add_parser("weights", help="where ImageNet weights go; placeholder files for offline smoke runs")
+    w.add_argument("action", choices=("where", "placeholder"))
+    w.add_argument("archs", nargs="+")
+
+    gr = sub.add_parser("grids", help="the built-in grids: list them, or print one to copy and edit")
+    gr.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    gr.add_argument("name", nargs="?", help="with show: the grid to print, e.g. paper")
+
+    b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; model step vs trial")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bl = bsub.add_parser("loader", help="cached-loader images/s, naive PNG DataLoader images/s, ratio")
+    bs = bsub.add_parser("step", help="model-step-only images/s beside a trial's end-to-end images/s")
+    bs.add_argument("--arch", required=True)
+    bs.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
+    bs.add_argument("--steps", type=_count(1), default=20)
+    bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
+    bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch (0 = what a trial uses)")
+    for sp, batch in ((bl, 64), (bs, 64)):
+        sp.add_argument("--batch", type=_count(1), default=batch)
+        sp.add_argument("--json", action="store_true")
+        data_opts(sp)
+    bl.add_argument("--crop", type=_count(1), default=224)
+    bl.add_argument("--images", type=_count(1), default=2048, help="images in the cached pass")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="harness: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("harness: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `harness run ... --dry-run | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -1,0 +1,194 @@
+"""Trial (frozen, hashed: everything that can change a result) and Runtime (not hashed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("nih", "synthetic")
+
+
+class ConfigError(ValueError):
+    """Something a user wrote is wrong; the message is one line saying what, where and what is valid."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run. Its key is a hash of these fields, so equal settings share one result."""
+
+    dataset: str = "nih"  # "synthetic" when the embedded phantom dataset stands in for NIH
+    arch: str = "resnet152"
+    pretrained: bool = False  # ImageNet weights from torchvision's cache
+    loss: str = "bce"
+    focal_gamma: float = 2.0  # Lin et al. 2017
+    focal_alpha: float = 0.25  # Lin et al. 2017; -1 weighs positives and negatives equally
+    asl_gamma_neg: float = 4.0  # Ridnik et al. 2021, multi-label defaults
+    asl_gamma_pos: float = 1.0
+    asl_clip: float = 0.05
+    freeze: int = 0  # leading stages kept frozen; 0 fine-tunes everything
+    subset_fraction: float = 1.0  # paper: 0.1 "mini" sets, drawn by patient, stratified
+    subset_test: bool = False  # the paper also shrank the test set; off keeps the official test list whole
+    val_fraction: float = 0.1  # patient-level slice of train_val used for model selection
+    image_size: int = 0  # 0 = the arch's native size (299 for inception_v3, 224 otherwise)
+    epochs: int = 20  # paper
+    batch_size: int = 64  # paper
+    eval_batch_size: int = 32  # paper; cannot change a result, kept for fidelity
+    optimizer: str = "adam"  # paper
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_step: int = 5  # paper: divide by 10 every 5 epochs
+    lr_gamma: float = 0.1
+    augment: bool = True  # paper: random crop + horizontal flip
+    seed: int = 0
+    cam: bool = False  # score Grad-CAM against the boxes after training
+    # Precise BatchNorm: before each evaluation, recompute the running statistics of every BatchNorm that
+    # trains from this many training batches. 0 = off, the paper's recipe; a scratch InceptionV3 saturates
+    # without it after few steps (its statistics trail the weights).
+    bn_recalibrate: int = 0
+
+    @property
+    def key(self) -> str:
+        """Short stable hash of the fields as sorted JSON: the trial's directory name.
+
+        A field added after results were stored is left out while it holds its default, so every earlier
+        trial keeps its key (and its results folder); setting it gives a new key.
+        """
+        values = {
+            k: v for k, v in dataclasses.asdict(self).items() if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
+        }
+        blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        """A readable name for logs and tables."""
+        init = "pretrained" if self.pretrained else "scratch"
+        return f"{self.arch}/{init}/{self.loss}/freeze{self.freeze}/sub{self.subset_fraction:g}/seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Trial:
+        return dataclasses.replace(self, **changes)
+
+
+TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
+# Fields added after the first results were stored -> their default, which the key leaves out. Every later
+# field goes here: listing it keeps all stored trials where they are.
+KEYED_WHEN_SET: dict[str, Any] = {name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate",)}
+
+# Ranges a field must satisfy: (test, description of the valid values).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "freeze": (lambda v: v >= 0, "an integer >= 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "lr_step": (lambda v: v >= 1, "an integer >= 1"),
+    "bn_recalibrate": (lambda v: v >= 0, "an integer >= 0: training batches per recalibration, 0 = off (e.g. 16)"),
+    "image_size": (lambda v: v == 0 or v >= 32, "0 (the arch's own size) or an integer >= 32"),
+    "subset_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "val_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "focal_gamma": (lambda v: v >= 0, "a number >= 0"),
+    "focal_alpha": (lambda v: v == -1 or 0 <= v <= 1, "-1 (off) or a number in [0, 1]"),
+    "asl_gamma_neg": (lambda v: v >= 0, "a number >= 0"),
+    "asl_gamma_pos": (lambda v: v >= 0, "a number >= 0"),
+    "asl_clip": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def unknown_key(name: str, valid: list[str] | tuple[str, ...], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown key {name!r}{hint}; valid keys: {', '.join(sorted(valid))}")
+
+
+def coerce(name: str, value: Any, where: str) -> Any:
+    """Convert one user-written value to the field's type, or raise ConfigError saying why."""
+    if name not in TRIAL_FIELDS:
+        raise unknown_key(name, list(TRIAL_FIELDS), where)
+    kind = type(TRIAL_FIELDS[name].default)
+    bad = ConfigError(f"{where}: {name}={value!r} is not a valid {kind.__name__}")
+    if kind is bool:
+        if isinstance(value, bool):
+            out: Any = value
+        elif isinstance(value, str) and value.lower() in ("true", "false"):
+            out = value.lower() == "true"  # from --set on the command line
+        else:
+            raise bad
+    elif kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, float) and value.is_integer():
+            raise ConfigError(f"{where}: {name}={value!r} must be written as an integer ({int(value)})")
+        if not isinstance(value, int):
+            raise bad
+        out = value
+    elif kind is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string: convert it explicitly.
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        out = float(value)
+    else:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: {name}={value!r} must be a non-empty string")
+        out = value
+    check = _RANGES.get(name)
+    if check and not check[0](out):
+        raise ConfigError(f"{where}: {name}={value!r} is out of range; valid: {check[1]}")
+    return out
+
+
+def trial_from_dict(values: Mapping[str, Any], where: str = "trial") -> Trial:
+    """Build a Trial from user-written values, checking every key, type and range."""
+    return Trial(**{k: coerce(k, v, where) for k, v in values.items()})
+
+
+def default_cache_dir() -> Path:
+    """Where the synthetic dataset and decoded-image caches live unless told otherwise."""
+    env = os.environ.get("HARNESS_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "harness"
+
+
+@dataclass
+class Runtime:
+    """How trials run; nothing here can change a result, so none of it is hashed."""
+
+    data_root: str | None = None  # None: --data-root, else HARNESS_DATA_ROOT, else synthetic
+    cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
+    results_dir: str = "results"
+    device: str = "auto"  # auto: cuda when there is one
+    workers: int = 0  # decode processes for building caches; 0 = all cores
+    gpus_per_trial: float | str = "auto"  # a share of a GPU, or auto from the arch
+    cpus_per_trial: float = 1.0
+    address: str | None = None  # a running Ray cluster (auto or ray://host:port)
+    max_retries: int = 2  # Ray restarts of a trial whose worker died
+    compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
+    reuse_workers: bool = True  # a worker process runs trial after trial (no fresh imports per trial)
+    progress: bool = True

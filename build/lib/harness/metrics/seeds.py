@@ -1,0 +1,199 @@
+"""One setting run with several seeds: summaries over seeds, and intervals that hold seed and patient variation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+from harness.metrics.bootstrap import (
+    BOOT_STATS,
+    _Data,
+    _defined,
+    _interval,
+    _intervals,
+    _macro_samples,
+    _prepare,
+    _stat_fn,
+    resample_counts,
+)
+from harness.metrics.core import MetricsError, _level, _thresholds, macro, per_finding
+
+# Seeds are drawn from a stream of their own, so the patient resamples of a given `seed` are the same
+# whether or not seeds are resampled too; a paired comparison draws its second cell's seeds from the next.
+SEED_STREAM = 1
+
+
+def seeds_summary(values: Sequence[float]) -> dict[str, Any]:
+    """{"mean", "std" (ddof=1; None for a single seed), "n"} of one metric over seeds."""
+    v = np.asarray([x for x in values], dtype=np.float64)
+    if v.size == 0:
+        raise MetricsError("seeds_summary needs at least one value")
+    if not np.all(np.isfinite(v)):
+        raise MetricsError("seeds_summary: values must be finite numbers (a seed with an undefined metric?)")
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, "n": int(v.size)}
+
+
+def combine_seeds(
+    probs_list: Sequence[Any], labels: Any, patient_ids: Any, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """Macro and per-finding AUROC and F1 (at 0.5) of one grid cell run with several seeds on the same test images.
+
+    Method: the metric is the mean over seeds of each seed's value. Test-set uncertainty comes from a
+    patient bootstrap of that seed-mean (every seed scored on the same resamples), giving a percentile
+    interval [lo, hi] around the mean m. Seed-to-seed variation is added on top: each half-width h
+    becomes sqrt(h^2 + (z * s / sqrt(k))^2), with s the between-seed std (ddof=1) of the metric,
+    k the number of seeds and z the normal quantile for `level`. With one seed s is unknown and no
+    widening is done ("seed_spread_known": False). seed_bootstrap resamples the seeds instead.
+    """
+    level = _level(level)
+    data = by_seed(probs_list, labels, patient_ids, what="probs_list", caller="combine_seeds")
+    keep = _defined(data[0].y)
+    if not keep.any():
+        raise MetricsError("no finding has both positives and negatives; there is nothing to combine")
+    n_f, k = keep.size, len(data)
+    counts, _ = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
+    t = np.full(n_f, 0.5)
+    z = float(sps.norm.ppf((1 + level) / 2))
+
+    def widen(m: float, ci: list[float | None], per_seed: np.ndarray) -> list[float | None]:
+        if ci[0] is None or k < 2:
+            return ci
+        extra = (z * float(np.std(per_seed, ddof=1)) / math.sqrt(k)) ** 2
+        return [m - math.sqrt((m - ci[0]) ** 2 + extra), m + math.sqrt((ci[1] - m) ** 2 + extra)]
+
+    out: dict[str, Any] = {}
+    for stat in ("auc", "f1"):
+        fn = BOOT_STATS[stat]
+        # every patient drawn once is the test set itself: the point value, computed the same way
+        point = np.array([fn(d, np.ones((1, d.n_pat)), t)[0] for d in data])  # (k, F)
+        boot = sum(fn(d, counts, t) for d in data) / k  # (B, F) seed-mean per resample
+        macro_seeds = point[:, keep].mean(1)
+        m = float(macro_seeds.mean())
+        boot_macro, dropped = _macro_samples(boot, keep)
+        per_mean = [float(point[:, f].mean()) if keep[f] else None for f in range(n_f)]
+        out.update(
+            {
+                f"{stat}_macro": m,
+                f"{stat}_macro_ci": widen(m, _interval(boot_macro, level), macro_seeds),
+                f"{stat}_per_finding": per_mean,
+                f"{stat}_per_finding_ci": [
+                    widen(per_mean[f], _interval(boot[:, f], level), point[:, f]) if keep[f] else [None, None]
+                    for f in range(n_f)
+                ],
+                f"{stat}_seeds": seeds_summary(macro_seeds),
+                f"{stat}_n_dropped": dropped,
+            }
+        )
+    method = (
+        "mean over seeds; patient-bootstrap percentile CI of the seed-mean, each half-width "
+        "widened by z*s/sqrt(k) in quadrature (s: between-seed std)"
+    )
+    out.update({"seeds": out["auc_seeds"], "seed_spread_known": k > 1})
+    return {**out, **_how(k, counts, level, unit="patient", method=method)}
+
+
+def _how(k: int, counts: np.ndarray, level: float, *, unit: str, method: str) -> dict[str, Any]:
+    """The keys that say how a seed-combined interval was made."""
+    return {"n_seeds": k, "n_boot": int(counts.shape[0]), "level": level, "unit": unit, "method": method}
+
+
+def by_seed(
+    probs_by_seed: Sequence[Any],
+    labels: Any,
+    patient_ids: Any,
+    logits_by_seed: Sequence[Any] | None = None,
+    *,
+    what: str,
+    caller: str,
+) -> list[_Data]:
+    """Each seed's predictions on the same test images, checked and prepared for resampling."""
+    if len(probs_by_seed) == 0:
+        raise MetricsError(f"{caller} needs the predictions of at least one seed")
+    if logits_by_seed is not None and len(logits_by_seed) != len(probs_by_seed):
+        raise MetricsError(f"{caller}: {len(logits_by_seed)} seeds of logits but {len(probs_by_seed)} of probs")
+    return [
+        _prepare(
+            p, labels, patient_ids, logits=None if logits_by_seed is None else logits_by_seed[i], what=f"{what}[{i}]"
+        )
+        for i, p in enumerate(probs_by_seed)
+    ]
+
+
+def seed_picks(n_seeds: int, n_boot: int, seed: int, *, stream: int = SEED_STREAM) -> np.ndarray:
+    """(n_boot, n_seeds) seed indices, drawn with replacement for each resample; all 0 with one seed."""
+    return np.random.default_rng((seed, stream)).integers(0, n_seeds, size=(n_boot, n_seeds))
+
+
+def seed_mean(samples: Sequence[np.ndarray], picks: np.ndarray) -> np.ndarray:
+    """(B, F): each resample's statistic averaged over the seeds it drew; samples[s] is seed s's (B, F) values.
+
+    With one seed this is samples[0] exactly (a mean of one number is that number).
+    """
+    stack = np.stack(samples)  # (k, B, F)
+    return stack[picks, np.arange(picks.shape[0])[:, None]].mean(1)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def seed_bootstrap(
+    probs_by_seed: Sequence[Any],
+    labels: Any,
+    patient_ids: Any,
+    *,
+    logits_by_seed: Sequence[Any] | None = None,
+    stats: Sequence[str] = ("auc", "f1"),
+    thresholds_by_seed: Sequence[float | Sequence[float] | np.ndarray] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """One setting run with several seeds on the same test images: seed-mean values, two-level intervals.
+
+    A statistic's value is the mean over seeds of each seed's value (of the macro: each seed's macro,
+    then their mean). Its percentile interval comes from resampling seeds, then patients: each resample
+    draws as many seeds as there are, with replacement, and one patient resample, shared by the drawn
+    seeds because they were tested on the same patients; it scores every drawn seed on it and averages.
+    The spread of those averages holds seed-to-seed and test-set variation together. The patient
+    resamples are bootstrap()'s for the same `seed` (the seeds come from their own stream), so with one
+    seed every number equals bootstrap()'s and evaluate()'s. `thresholds_by_seed` holds each seed's
+    thresholds (default 0.5); with `logits_by_seed`, auc and ap rank the logits.
+
+    Returns {stat: {"value", "ci": [lo, hi], "per_seed": [each seed's macro], "per_finding": [seed-mean,
+    None where undefined], "per_finding_ci": [[lo, hi], ...], "n_dropped": resamples left out of the
+    macro}, "n_seeds", "n_boot", "level", "unit": "seed, then patient", "method"}.
+    """
+    level = _level(level)
+    fns = {s: _stat_fn(s) for s in stats}
+    data = by_seed(probs_by_seed, labels, patient_ids, logits_by_seed, what="probs_by_seed", caller="seed_bootstrap")
+    k, n_f = len(data), data[0].p.shape[1]
+    if thresholds_by_seed is not None and len(thresholds_by_seed) != k:
+        raise MetricsError(f"thresholds_by_seed has {len(thresholds_by_seed)} entries but there are {k} seeds")
+    ts = [_thresholds(0.5 if thresholds_by_seed is None else thresholds_by_seed[i], n_f) for i in range(k)]
+    names = [str(f) for f in range(n_f)]
+    pers = [per_finding(d.p, d.y, names=names, thresholds=t, logits=d.s) for d, t in zip(data, ts)]
+    counts, _ = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
+    picks = seed_picks(k, counts.shape[0], seed)
+    keep = _defined(data[0].y)
+    out: dict[str, Any] = {}
+    for name, fn in fns.items():
+        ci = _intervals(seed_mean([fn(d, counts, t) for d, t in zip(data, ts)], picks), keep, level)
+        per_seed = [macro(per, name) for per in pers]
+        out[name] = {
+            "value": _mean(per_seed),
+            "ci": ci["macro"],
+            "per_seed": per_seed,
+            "per_finding": [_mean([per[n][name] for per in pers]) for n in names],
+            "per_finding_ci": ci["per_finding"],
+            "n_dropped": ci["n_dropped"],
+        }
+    method = (
+        "mean over seeds; percentile interval of a two-level bootstrap: seeds drawn with "
+        "replacement, then patients, every drawn seed scored on the same patient resample and averaged"
+    )
+    return {**out, **_how(k, counts, level, unit="seed, then patient", method=method)}

@@ -1,0 +1,30 @@
+"""Results to the paper's tables (Markdown, CSV, LaTeX), figures (PNG) and index.html; never imports torch or ray.
+
+paper: the published values, sources, warnings, arch names and columns.
+cells: results grouped into cells (every field but the seed), the fields a grid varied, readable names.
+tables: the Table and its Markdown, LaTeX, HTML and CSV renderings.
+context: the shared state: each cell's predictions read once, each paired test run once, Holm.
+build: Tables 1-2, per finding, the grid and Grad-CAM; paired: the tests along each axis and the conclusions.
+figures: the figures; page: the sections in order and the page; write: `harness report` itself.
+"""
+
+from harness.report.cells import Cell, describe, group_cells, varied_fields
+from harness.report.paper import DAGGER, DASH, PM, SYNTHETIC_WARNING, WEIGHTS_WARNING, arch_name
+from harness.report.write import Written, heal, recompute_metrics, write_report
+
+__all__ = [
+    "DAGGER",
+    "DASH",
+    "PM",
+    "SYNTHETIC_WARNING",
+    "WEIGHTS_WARNING",
+    "Cell",
+    "Written",
+    "arch_name",
+    "describe",
+    "group_cells",
+    "heal",
+    "recompute_metrics",
+    "varied_fields",
+    "write_report",
+]

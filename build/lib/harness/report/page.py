@@ -1,0 +1,207 @@
+"""The report page: its sections in order, each table and figure written as it goes, as index.html and report.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+from dataclasses import dataclass
+
+from harness.report.build import cam_table, comparison_table, paper_plan, paper_table, per_finding_table
+from harness.report.context import Context
+from harness.report.figures import (
+    bar_figure,
+    calibration_figure,
+    cam_figures,
+    heatmap_figure,
+    loss_figure,
+    roc_figures,
+)
+from harness.report.paired import axis_comparisons, axis_plan, conclusions, paired_table
+from harness.report.paper import DASH, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
+
+
+@dataclass
+class Section:
+    title: str
+    html: str
+    markdown: str = ""
+
+
+def _img(name: str, alt: str) -> str:
+    alt = html.escape(alt)
+    return f"<figure><img src='{html.escape(name)}' alt='{alt}'><figcaption>{alt}</figcaption></figure>\n"
+
+
+def _warning(text: str) -> Section:
+    return Section("Warning", f"<p class='warning'>{html.escape(text)}</p>\n", f"**{text}**\n")
+
+
+def _listing(title: str, items: list[str]) -> Section:
+    return Section(
+        f"{title} ({len(items)})",
+        "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>\n",
+        "\n".join(f"- {i}" for i in items) + "\n",
+    )
+
+
+def _finding_names(ctx: Context) -> list[str]:
+    # metrics.json is written with sorted keys, so the findings' order comes from "names", not per_finding.
+    for r in ctx.results:
+        if r.metrics.get("names"):
+            return [str(n) for n in r.metrics["names"]]
+    return [str(n) for n in ctx.predictions(ctx.results[0])["names"]] if ctx.results else []
+
+
+def build_sections(ctx: Context) -> list[Section]:
+    """Every part of the report, in page order; the paired tests run first, then tables and figures are written."""
+    sections: list[Section] = []
+    if not ctx.is_nih and ctx.results:
+        sections.append(_warning(SYNTHETIC_WARNING))
+    if ctx.unverified_weights:
+        sections.append(_warning(WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))))
+    if ctx.results:
+        plans = [
+            (number, what, paper_plan(ctx, number=number, pretrained=pretrained, stem=stem, fig_stem=fig, what=what))
+            for stem, number, pretrained, fig, what in PAPER_TABLES
+        ]
+        axes = axis_plan(ctx)
+        ctx.run([pair for *_, plan in plans if plan for pair in plan.pairs()] + [(a, b) for _, a, b in axes.pairs])
+        for number, what, plan in plans:
+            if plan is None:
+                msg = f"Table {number} ({what}): no such results in this grid."
+                sections.append(Section(f"Table {number}", f"<p>{html.escape(msg)}</p>\n", msg + "\n"))
+                continue
+            table = paper_table(ctx, plan)
+            table.write(ctx.out_dir)
+            fig = bar_figure(
+                ctx,
+                plan.cells,
+                [row[0] for row in table.rows],
+                pretrained=plan.pretrained,
+                stem=plan.fig_stem,
+                title=f"Figure {number}. {what}: AUC and F1 ({ctx.dataset_title})",
+            )
+            sections.append(
+                Section(
+                    f"Table {number}",
+                    table.html() + _img(fig, f"Figure {number}: {what}"),
+                    table.markdown() + f"\n![Figure {number}]({fig})\n",
+                )
+            )
+
+        names = _finding_names(ctx)
+        table = per_finding_table(ctx, names)
+        table.write(ctx.out_dir)
+        fig = heatmap_figure(ctx, table, names)
+        sections.append(
+            Section(
+                "Per-finding AUROC",
+                table.html() + _img(fig, "Per-finding AUROC heat map"),
+                table.markdown() + f"\n![Per-finding AUROC]({fig})\n",
+            )
+        )
+
+        figs_html, figs_md = "", ""
+        loss, skipped = loss_figure(ctx)
+        if loss:
+            figs_html += _img(loss, "Figure 3: training loss per epoch")
+            figs_md += f"![Figure 3]({loss})\n"
+        if skipped:
+            msg = f"No readable history.csv for: {', '.join(skipped)}."
+            figs_html += f"<p class='note'>{html.escape(msg)}</p>\n"
+            figs_md += msg + "\n"
+        for name in [*roc_figures(ctx), calibration_figure(ctx)]:
+            figs_html += _img(name, name[:-4].replace("_", " "))
+            figs_md += f"![{name}]({name})\n"
+        sections.append(Section("Figures", figs_html, figs_md))
+
+        table = comparison_table(ctx)
+        table.write(ctx.out_dir)
+        sections.append(Section("Grid", table.html(), table.markdown()))
+        tests = axis_comparisons(ctx, axes)
+        table = paired_table(ctx, tests, axes)
+        table.write(ctx.out_dir)
+        sections.append(Section("Paired comparisons", table.html(), table.markdown()))
+        text, method = conclusions(ctx, tests)
+        warning = "" if ctx.is_nih else SYNTHETIC_WARNING
+        sections.append(
+            Section(
+                "What can be concluded",
+                (f"<p class='warning'>{html.escape(warning)}</p>\n" if warning else "")
+                + f"<p>{html.escape(text)}</p>\n<p class='note'>{html.escape(method)}</p>\n",
+                (f"**{warning}**\n\n" if warning else "") + f"{text}\n\n{method}\n",
+            )
+        )
+
+    cam = cam_table(ctx)
+    if cam is not None:
+        cam.write(ctx.out_dir)
+        figures = cam_figures(ctx)
+        sections.append(
+            Section(
+                "Explainability",
+                cam.html() + "".join(_img(f, f) for f in figures),
+                cam.markdown() + "".join(f"\n![{f}]({f})" for f in figures) + "\n",
+            )
+        )
+
+    if ctx.failures:
+        items = [
+            f"{f.get('label', '?')} ({f.get('key', '?')}): {f.get('reason', 'no reason recorded')}"
+            for f in ctx.failures
+        ]
+        sections.append(_listing("Failed trials", items))
+    if ctx.broken:
+        sections.append(_listing("Broken trials, left out", [str(b) for b in ctx.broken]))
+    return sections
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:90%}"
+    "th{background:#eee}.note,.files{font-size:85%;color:#444;margin:.2em 0}"
+    ".warning{background:#c00;color:#fff;font-weight:bold;padding:.8em;font-size:110%}"
+    "img{max-width:100%}figure{margin:1em 0}"
+)
+
+
+def _header(ctx: Context) -> tuple[str, list[tuple[str, str]]]:
+    commits = sorted(
+        {
+            f"{r.metrics.get('git_commit', 'unknown')}{'-dirty' if r.metrics.get('git_dirty') else ''}"
+            for r in ctx.results
+        }
+    ) or ["none"]
+    versions = sorted({str(r.metrics.get("harness_version", "?")) for r in ctx.results}) or ["none"]
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"{ctx.grid_dir.name}: {ctx.dataset_title if ctx.results else 'no finished trials'}"
+    trials = f"{len(ctx.results)} done, {len(ctx.failures)} failed" + (
+        f", {len(ctx.broken)} broken (left out)" if ctx.broken else ""
+    )
+    facts = [
+        ("Dataset", ctx.dataset_title if ctx.results else DASH),
+        ("Grid", ctx.grid_dir.name),
+        ("Results", str(ctx.grid_dir)),
+        ("Commit(s)", ", ".join(commits)),
+        ("Harness version(s)", ", ".join(versions)),
+        ("Trials", trials),
+        ("Report date", date),
+    ]
+    return title, facts
+
+
+def render_html(ctx: Context, sections: list[Section]) -> str:
+    title, facts = _header(ctx)
+    facts_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    body = "".join(f"<section><h2>{html.escape(s.title)}</h2>\n{s.html}</section>\n" for s in sections)
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n<table>{facts_html}</table>\n"
+        f"{body}</body></html>\n"
+    )
+
+
+def render_markdown(ctx: Context, sections: list[Section]) -> str:
+    title, facts = _header(ctx)
+    head = "\n".join(f"- {k}: {v}" for k, v in facts)
+    return f"# {title}\n\n{head}\n\n" + "\n".join(f"## {s.title}\n\n{s.markdown}" for s in sections)

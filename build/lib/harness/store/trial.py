@@ -1,0 +1,301 @@
+"""One trial's folder, results/<grid>/<key>/: the only code that names the files inside it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.store.origin import provenance
+from harness.store.writes import atomic_path, sha256, write_bytes, write_json, write_npz
+
+log = logging.getLogger(__name__)
+
+
+class Unreadable(ValueError):
+    """A stored file exists but cannot be read back (truncated, corrupt, or changed since DONE)."""
+
+
+class TrialFiles:
+    """Every file inside one trial's folder, results/<grid>/<key>/: their paths, writers and readers.
+
+    The only code that names them. DONE is written last and records the checksum of each result file,
+    so a trial whose files were truncated, corrupted or lost since is not done and is redone.
+    """
+
+    TRIAL = "trial.json"
+    METRICS = "metrics.json"
+    HISTORY = "history.csv"
+    PREDICTIONS = "predictions.npz"
+    WEIGHTS = "model.pt"  # weights only, best validation AUROC
+    RESUME = "last.pt"  # end-of-epoch state for resuming a killed trial; removed when done
+    SEARCH = "search.json"  # a search trial's outcome (a pruned trial has no DONE)
+    CAM = "cam"  # `harness cam` output folder
+    CAM_SCORES = "cam_scores.json"
+    DONE = "DONE"  # written last: a trial without it is not a result
+    FAILED = "failed.json"
+    CHECKED = (METRICS, PREDICTIONS, WEIGHTS)  # files whose checksums DONE records
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"TrialFiles({str(self.path)!r})"
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    def _file(self, name: str) -> Path:
+        return self.path / name
+
+    # --- the trial's settings, its metrics and its per-epoch history ---
+
+    def write_trial(self, record: dict[str, Any]) -> None:
+        write_json(self._file(self.TRIAL), record)
+
+    def read_trial(self) -> dict[str, Any]:
+        return self._read_json(self.TRIAL)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self._file(self.METRICS), metrics)
+
+    def replace_metrics(self, metrics: dict[str, Any]) -> None:
+        """Rewrite a finished trial's metrics (recomputed from its predictions) and DONE's checksum with them."""
+        done = self._read_json(self.DONE)
+        self.write_metrics(metrics)
+        done.setdefault("sha256", {})[self.METRICS] = sha256(self._file(self.METRICS))
+        write_json(self._file(self.DONE), done)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return self._read_json(self.METRICS)
+
+    def has_metrics(self) -> bool:
+        return self._file(self.METRICS).is_file()
+
+    def write_history(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Per-epoch rows as CSV; columns in first-seen order, a missing value left empty."""
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_bytes(self._file(self.HISTORY), buf.getvalue().encode())
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """The rows write_history wrote, numbers as numbers; [] when there is no history yet."""
+        path = self._file(self.HISTORY)
+        if not path.is_file():
+            return []
+        with open(path, newline="") as fh:
+            return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+    def has_history(self) -> bool:
+        return self._file(self.HISTORY).is_file()
+
+    # --- test (and validation) predictions: statistics are recomputed from them without retraining ---
+
+    def write_predictions(self, **arrays: np.ndarray) -> None:
+        write_npz(self._file(self.PREDICTIONS), **arrays)
+
+    def read_predictions(self) -> dict[str, np.ndarray]:
+        try:
+            with np.load(self._file(self.PREDICTIONS), allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise Unreadable(f"{self._file(self.PREDICTIONS)}: unreadable ({exc})") from None
+
+    def has_predictions(self) -> bool:
+        return self._file(self.PREDICTIONS).is_file()
+
+    # --- weights and resume state (torch only where they are read or written) ---
+
+    def save_weights(self, state_dict: dict[str, Any]) -> None:
+        _torch_save(state_dict, self._file(self.WEIGHTS))
+
+    def load_weights(self, *, map_location: Any = "cpu") -> dict[str, Any]:
+        return _torch_load(self._file(self.WEIGHTS), map_location)
+
+    def has_weights(self) -> bool:
+        return self._file(self.WEIGHTS).is_file()
+
+    @property
+    def weights_path(self) -> Path:
+        """For messages and for readers that take a path (torch.load)."""
+        return self._file(self.WEIGHTS)
+
+    def save_resume(self, state: dict[str, Any]) -> None:
+        _torch_save(state, self._file(self.RESUME))
+
+    def load_resume(self, *, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """The end-of-epoch state of an earlier attempt; None when there is none or it cannot be read.
+
+        An unreadable file (a truncated write from before atomic writes, a corrupt disk) is moved aside to
+        last.pt.unreadable with a warning naming it, so the trial restarts from scratch instead of failing forever.
+        """
+        path = self._file(self.RESUME)
+        if not path.is_file():
+            return None
+        try:
+            state = _torch_load(path, map_location)
+            if not isinstance(state, dict) or "epoch" not in state:
+                raise Unreadable(f"{path}: not a resume state")
+            return state
+        except Exception as exc:  # torch raises RuntimeError, pickle errors, EOFError, ... for a damaged file
+            aside = path.with_name(path.name + ".unreadable")
+            os.replace(path, aside)
+            log.warning("%s is unreadable (%s); moved to %s, the trial restarts from scratch", path, exc, aside.name)
+            return None
+
+    def has_resume(self) -> bool:
+        return self._file(self.RESUME).is_file()
+
+    def drop_checkpoints(self) -> None:
+        """Remove weights and resume state: a trial stopped early keeps its curve, not its weights."""
+        for name in (self.RESUME, self.WEIGHTS):
+            self._file(name).unlink(missing_ok=True)
+
+    # --- a search trial's outcome, and Grad-CAM output ---
+
+    def write_search(self, record: dict[str, Any]) -> None:
+        write_json(self._file(self.SEARCH), record)
+
+    def read_search(self) -> dict[str, Any] | None:
+        return self._read_json(self.SEARCH) if self._file(self.SEARCH).is_file() else None
+
+    def cam_dir(self, out_dir: Path | str | None = None) -> Path:
+        """Where `harness cam` writes its figures: out_dir when given, else the trial's cam/ folder."""
+        return Path(out_dir) if out_dir is not None else self._file(self.CAM)
+
+    def write_cam_scores(self, scores: dict[str, Any], out_dir: Path | str | None = None) -> Path:
+        path = self.cam_dir(out_dir) / self.CAM_SCORES
+        write_json(path, scores)
+        return path
+
+    # --- the commit point: DONE with checksums, or failed.json ---
+
+    def begin(self, record: dict[str, Any]) -> None:
+        """A fresh attempt: trial.json written, and no stale failure or DONE marker."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._file(self.FAILED).unlink(missing_ok=True)
+        self._file(self.DONE).unlink(missing_ok=True)
+        self.write_trial(record)
+
+    def mark_done(self) -> None:
+        """Commit the trial: drop the resume state, then write DONE with a checksum of each result file."""
+        self._file(self.RESUME).unlink(missing_ok=True)
+        files = {name: sha256(self._file(name)) for name in self.CHECKED if self._file(name).is_file()}
+        write_json(self._file(self.DONE), {"key": self.key, "sha256": files, **provenance()})
+
+    def is_done(self) -> bool:
+        """DONE, metrics.json and trial.json are there (cheap; `problems` also checks the contents)."""
+        return all(self._file(n).is_file() for n in (self.DONE, self.METRICS, self.TRIAL))
+
+    def damaged(self, *, weights: bool = True) -> dict[str, str]:
+        """File name -> what is wrong with it, for a trial marked done; {} when every recorded file is intact.
+
+        Every file is checked (an unreadable metrics.json does not hide a truncated predictions.npz), so a
+        caller can tell a trial that recomputing its metrics heals from one that must be retrained.
+        weights=False skips hashing model.pt (hundreds of MB); a report never reads it.
+        """
+        out: dict[str, str] = {}
+        try:
+            done = self._read_json(self.DONE)
+        except Unreadable as exc:
+            return {self.DONE: str(exc)}
+        for name in (self.TRIAL, self.METRICS):
+            try:
+                self._read_json(name)
+            except Unreadable as exc:
+                out[name] = str(exc)
+        for name, digest in (done.get("sha256") or {}).items():
+            if name in out or (name == self.WEIGHTS and not weights):
+                continue
+            path = self._file(name)
+            if not path.is_file():
+                out[name] = f"{path}: missing"
+            elif sha256(path) != digest:
+                out[name] = f"{path}: changed since the trial finished (checksum differs)"
+        return out
+
+    def problems(self, *, weights: bool = True) -> list[str]:
+        """damaged(), as one line per file."""
+        return list(self.damaged(weights=weights).values())
+
+    def mark_failed(self, record: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self._file(self.FAILED), {**record, **provenance()})
+
+    def failure(self) -> dict[str, Any] | None:
+        if not self._file(self.FAILED).is_file():
+            return None
+        try:
+            return self._read_json(self.FAILED)
+        except Unreadable as exc:
+            return {"key": self.key, "label": self.key, "reason": str(exc)}
+
+    def _read_json(self, name: str) -> Any:
+        path = self._file(name)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise Unreadable(f"{path}: missing") from None
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise Unreadable(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _number(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    import torch  # only writers of weights pay for torch; the report never does
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    import torch
+
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+@dataclass
+class Result:
+    """One finished trial as stored on disk."""
+
+    trial: dict[str, Any]
+    metrics: dict[str, Any]
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def files(self) -> TrialFiles:
+        return TrialFiles(self.path)
+
+    def history(self):
+        import pandas as pd  # only readers of history pay for pandas
+
+        return pd.DataFrame(self.files.read_history())
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        return self.files.read_predictions()
