@@ -232,27 +232,22 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 @COMMANDS.register("weights")
 def cmd_weights(args: argparse.Namespace) -> int:
-    import torch
-    import torchvision
-
     from harness import models
 
     for arch in args.archs:
+        models.spec(arch)  # an unknown name fails before anything is written
+    if args.action == "fetch":
+        for arch, path in zip(args.archs, models.fetch_weights(args.archs)):
+            print(f"{arch}: {path}")
+        return EXIT_OK
+    for arch in args.archs:
         path = models.weights_path(arch)
         if args.action == "where":
-            print(
-                f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_enum(arch).url})"
-            )
-            continue
-        if path.is_file():
+            print(f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_url(arch)})")
+        elif models.write_placeholder(arch) is None:
             print(f"{arch}: {path} exists; left as it is")
-            continue
-        # Random init under the real file name: exercises the loading path; its numbers mean nothing.
-        s = models.spec(arch)
-        net = torchvision.models.get_model(s.name, weights=None, **s.options(Trial(arch=arch), bool(s.aux_min_size)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), path)
-        print(f"{arch}: PLACEHOLDER weights (random init, NOT ImageNet) written to {path}")
+        else:
+            print(f"{arch}: PLACEHOLDER weights (random init, NOT ImageNet) written to {path}")
     return EXIT_OK
 
 
@@ -434,8 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=0)
     pr.add_argument("--val-fraction", type=float, default=0.1)
     pr.add_argument("--seed", type=int, default=0)
-    w = sub.add_parser("weights", help="where ImageNet weights go; placeholder files for offline smoke runs")
-    w.add_argument("action", choices=("where", "placeholder"))
+    w = sub.add_parser(
+        "weights", help="where pretrained weights go; download them (fetch); placeholder files for offline smoke runs"
+    )
+    w.add_argument("action", choices=("where", "fetch", "placeholder"))
     w.add_argument("archs", nargs="+")
 
     gr = sub.add_parser("grids", help="the built-in grids: list them, or print one to copy and edit")
