@@ -233,27 +233,42 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 @COMMANDS.register("weights")
 def cmd_weights(args: argparse.Namespace) -> int:
-    import torch
-    import torchvision
-
     from harness import models
 
     for arch in args.archs:
+        models.spec(arch)  # an unknown name fails before anything is written
+    if args.action == "fetch":
+        for arch, path in zip(args.archs, models.fetch_weights(args.archs)):
+            print(f"{arch}: {path}")
+        return EXIT_OK
+    for arch in args.archs:
         path = models.weights_path(arch)
         if args.action == "where":
-            print(
-                f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_enum(arch).url})"
-            )
-            continue
-        if path.is_file():
+            print(f"{arch}: {path} ({'present' if path.is_file() else 'missing'}; from {models.weights_url(arch)})")
+        elif models.write_placeholder(arch) is None:
             print(f"{arch}: {path} exists; left as it is")
-            continue
-        # Random init under the real file name: exercises the loading path; its numbers mean nothing.
-        s = models.spec(arch)
-        net = torchvision.models.get_model(s.name, weights=None, **s.options(Trial(arch=arch), bool(s.aux_min_size)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), path)
-        print(f"{arch}: PLACEHOLDER weights (random init, NOT ImageNet) written to {path}")
+        else:
+            print(f"{arch}: PLACEHOLDER weights (random init, NOT ImageNet) written to {path}")
+    return EXIT_OK
+
+
+@COMMANDS.register("grids")
+def cmd_grids(args: argparse.Namespace) -> int:
+    """List the built-in grids with their first comment line, or print one to copy and edit."""
+    from harness.grid import builtin_grids
+
+    builtin = builtin_grids()
+    if args.action == "show":
+        if args.name not in builtin:
+            given = f"{args.name!r} is not a built-in grid" if args.name else "name a grid"
+            raise ConfigError(f"harness grids show: {given}; built-in: {', '.join(builtin)}")
+        print(builtin[args.name].read_text(), end="")
+        return EXIT_OK
+    width = max(map(len, builtin), default=0)
+    for name, path in builtin.items():
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+        print(f"{name:<{width}}  {first.lstrip('#').strip()}")
+    print("run one by name: harness run NAME; copy one to edit: harness grids show NAME > my.yaml")
     return EXIT_OK
 
 
@@ -357,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--workers", type=int, default=0, help="decode processes (0 = all cores)")
 
     r = sub.add_parser("run", help="run a grid of trials through Ray Tune")
-    r.add_argument("grid", help="grid YAML file, e.g. grids/paper.yaml")
+    r.add_argument("grid", help="grid YAML file, or a built-in grid's name (harness grids lists them), e.g. paper")
     r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field for every trial")
     r.add_argument("--seeds", metavar="N", help="run every cell with seeds 0..N-1 (in place of the grid's seeds)")
@@ -421,9 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--workers", type=int, default=0)
     pr.add_argument("--val-fraction", type=float, default=0.1)
     pr.add_argument("--seed", type=int, default=0)
-    w = sub.add_parser("weights", help="where ImageNet weights go; placeholder files for offline smoke runs")
-    w.add_argument("action", choices=("where", "placeholder"))
+    w = sub.add_parser(
+        "weights", help="where pretrained weights go; download them (fetch); placeholder files for offline smoke runs"
+    )
+    w.add_argument("action", choices=("where", "fetch", "placeholder"))
     w.add_argument("archs", nargs="+")
+
+    gr = sub.add_parser("grids", help="the built-in grids: list them, or print one to copy and edit")
+    gr.add_argument("action", nargs="?", choices=("list", "show"), default="list")
+    gr.add_argument("name", nargs="?", help="with show: the grid to print, e.g. paper")
 
     b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; trial step vs bare loop")
     bsub = b.add_subparsers(dest="bench_command", required=True)

@@ -53,6 +53,9 @@ class Trial:
     # trains from this many training batches. 0 = off, the paper's recipe; a scratch InceptionV3 saturates
     # without it after few steps (its statistics trail the weights).
     bn_recalibrate: int = 0
+    # Test-time augmentation at every evaluation (validation and test): none, or flip (the mean of the logits
+    # of each image and its left-right mirror). models.TTA lists the choices.
+    tta: str = "none"
 
     @property
     def key(self) -> str:
@@ -83,7 +86,7 @@ class Trial:
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # Fields added after the first results were stored -> their default, which the key leaves out. Every later
 # field goes here: listing it keeps all stored trials where they are.
-KEYED_WHEN_SET: dict[str, Any] = {name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate",)}
+KEYED_WHEN_SET: dict[str, Any] = {name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate", "tta")}
 
 # Ranges a field must satisfy: (test, description of the valid values).
 _RANGES: dict[str, tuple[Any, str]] = {

@@ -20,6 +20,7 @@ import yaml
 
 from harness.config import TRIAL_FIELDS, ConfigError, Trial, coerce, unknown_key
 
+BUILTIN_DIR = Path(__file__).with_name("grids")  # shipped inside the package: `harness run paper` works anywhere
 GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "seeds", "profiles")
 _DEFAULTS = {name: f.default for name, f in TRIAL_FIELDS.items()}
 
@@ -46,11 +47,35 @@ class Expansion(NamedTuple):
 Choice = tuple[str | None, dict[str, Any]]
 
 
-def read_yaml(path: Path | str) -> Any:
-    """Safe-load a YAML file; any problem is one ConfigError line naming the file and the place."""
+def builtin_grids() -> dict[str, Path]:
+    """The grids shipped with the package, by name (the file's stem)."""
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def locate(path: Path | str) -> Path:
+    """The file a grid argument names: a file that exists wins, else a built-in grid.
+
+    A built-in is named bare (`paper`), as a file name (`paper.yaml`), or as `grids/paper.yaml`, where
+    the grids lived in the repository before they moved into the package, so commands written that way
+    work from any folder.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+    if path.is_file():
+        return path
+    builtin = builtin_grids()
+    if path.parent in (Path("."), Path("grids")) and path.suffix in ("", ".yaml") and path.stem in builtin:
+        return builtin[path.stem]
+    if path.parent == Path(".") and path.suffix in ("", ".yaml"):  # reads as a name: say which names there are
+        raise ConfigError(
+            f"{path}: no such file or built-in grid; built-in: {', '.join(builtin)} (harness grids lists them)"
+        )
+    raise ConfigError(f"{path}: no such file")
+
+
+def read_yaml(path: Path | str) -> Any:
+    """Safe-load a YAML file (or a built-in grid, see locate); any problem is one ConfigError line naming the
+    file and the place."""
+    path = locate(path)
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -354,7 +379,7 @@ def load_grid(
 
     `overrides` are `--set KEY=VALUE` items; `seeds` is `--seeds N` (seeds 0..N-1 for every cell).
     """
-    path = Path(path)
+    path = locate(path)
     spec = read_yaml(path)
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(GRID_KEYS)}")

@@ -1,4 +1,16 @@
-"""The LOSSES registry: multi-label losses on logits (bce, weighted_bce, focal, asl), each returning the mean."""
+"""The LOSSES registry: multi-label losses on logits (bce, weighted_bce, focal, asl), each returning the mean.
+
+focal and asl are written here rather than taken from a library, and tests/test_parity.py pins them to the
+libraries where those are defined:
+
+- focal equals torchvision.ops.sigmoid_focal_loss (reduction="mean") for gamma >= 1. torchvision computes
+  (1 - p_t) ** gamma from p_t itself; for gamma < 1 that weight's gradient, gamma (1 - p_t) ** (gamma - 1),
+  is infinite where a confident logit rounds p_t to 1, and training turns NaN. Here the weight comes from
+  log-sigmoids (log space), finite at any logit.
+- asl equals timm's AsymmetricLossMultiLabel summed over every element, divided by their number: the mean, so
+  that its scale (and a learning rate tuned with it) does not change with the batch size. Without the eps
+  clamp timm applies before each log, its value is exact at any logit.
+"""
 
 from __future__ import annotations
 

@@ -139,13 +139,13 @@ class Outputs(NamedTuple):
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: loader.Batches, *, device: torch.device) -> Outputs:
-    """Probabilities and logits for a split, in its order."""
+def predict(model: torch.nn.Module, batches: loader.Batches, *, device: torch.device, tta: str = "none") -> Outputs:
+    """Probabilities and logits for a split, in its order; tta: the trial's test-time augmentation (models.TTA)."""
     model.eval()
     probs, logits = [], []
     for x, _ in batches:
         with autocast(device):
-            out, _ = models.forward(model, x)
+            out = models.forward_tta(model, x, tta=tta)
         out = out.float()
         probs.append(torch.sigmoid(out).cpu())
         logits.append(out.cpu())
@@ -195,7 +195,7 @@ def evaluate(
 ) -> Outputs:
     """A split's outputs from the model as it stands, its BatchNorm statistics recalibrated first if the trial asks."""
     recalibrate_batchnorm(model, calibration, trial=trial, device=device)
-    return predict(model, batches, device=device)
+    return predict(model, batches, device=device, tta=trial.tta)
 
 
 def _val_auc(out: Outputs, labels: np.ndarray) -> float:
@@ -282,7 +282,8 @@ def score(
             logits=val.logits,
         ), arrays
     rows = td.rows["test"]
-    out = predict(model, td.batches("test", trial, device=device, train=False), device=device)  # statistics as above
+    # BatchNorm statistics as above
+    out = predict(model, td.batches("test", trial, device=device, train=False), device=device, tta=trial.tta)
     arrays.update(
         probs=out.probs,
         logits=out.logits,

@@ -12,12 +12,23 @@ from torch import nn
 from harness import models
 from harness.config import ConfigError, Trial
 
-ARCHS = models.MODELS.names()
+# An arch whose family's library is not installed (timm is an optional extra) is skipped, not failed.
+ARCHS = [
+    pytest.param(a, marks=pytest.mark.skipif(bool(models.missing(a)), reason=models.missing(a) or ""))
+    for a in models.MODELS.names()
+]
+
+
+def archs(keep) -> list:
+    """The ARCHS entries whose spec passes keep(spec)."""
+    return [p for p in ARCHS if keep(models.spec(p.values[0]))]
 
 
 def small(arch: str) -> int:
-    """The smallest size a Trial allows (32) that the arch accepts: fast CPU tests."""
-    return max(models.spec(arch).min_size, 32)
+    """The smallest size a Trial allows (32) that the arch accepts: fast CPU tests. A transformer gets 64: at 32
+    Swin's last stage is one token, whose attention (a softmax over itself) gives its position bias no gradient."""
+    s = models.spec(arch)
+    return max(s.min_size, 64 if s.fixed_size else 32)
 
 
 def trial(arch: str, **kw) -> Trial:
@@ -45,21 +56,31 @@ def batch(arch: str, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def stage_params(model: nn.Module, arch: str) -> list[dict[str, nn.Parameter]]:
-    """Parameters of each stage, by dotted name."""
+    """Parameters of each stage, by dotted name (a stage may name a parameter itself: a ViT's class token)."""
     out = []
+    own = dict(model.named_parameters())
     for group in models.spec(arch).stages:
         params = {}
         for name in group.split("+"):
-            params.update({f"{name}.{k}": p for k, p in model.get_submodule(name).named_parameters()})
+            if name in own:
+                params[name] = own[name]
+            else:
+                params.update({f"{name}.{k}": p for k, p in model.get_submodule(name).named_parameters()})
         out.append(params)
     return out
+
+
+def stage_modules(model: nn.Module, group: str) -> list[nn.Module]:
+    """The modules a stage names (not the parameters it names)."""
+    own = dict(model.named_parameters())
+    return [model.get_submodule(name) for name in group.split("+") if name not in own]
 
 
 def batchnorms(model: nn.Module, group: str) -> list[nn.modules.batchnorm._BatchNorm]:
     return [
         m
-        for name in group.split("+")
-        for m in model.get_submodule(name).modules()
+        for top in stage_modules(model, group)
+        for m in top.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
 
@@ -70,19 +91,21 @@ def batchnorms(model: nn.Module, group: str) -> list[nn.modules.batchnorm._Batch
 @pytest.mark.parametrize("arch", ARCHS)
 def test_table_names_real_modules(arch, built):
     s, model = models.spec(arch), built(arch)
-    for group in s.stages:
-        for name in group.split("+"):
-            assert any(True for _ in model.get_submodule(name).parameters()), f"{name} has no parameters"
+    for params in stage_params(model, arch):
+        assert params, "a stage without parameters"
     model.get_submodule(s.cam_layer)
     for head in s.heads:
         if getattr(model, head.split(".")[0]) is not None:  # None: an auxiliary head left out at small sizes
             assert isinstance(model.get_submodule(head), nn.Linear)
             assert model.get_submodule(head).out_features == models.NUM_CLASSES
-    assert models.weights_enum(arch).url.endswith(".pth")
+    assert models.weights_url(arch).startswith("https://")
+    assert models.weights_path(arch).suffix in (".pth", ".safetensors")
 
 
 def test_paper_and_reference_archs_registered():
-    assert {"alexnet", "resnet152", "inception_v3", "densenet121", "resnet50", "efficientnet_b0"} <= set(ARCHS)
+    names = set(models.MODELS.names())
+    assert {"alexnet", "resnet152", "inception_v3", "densenet121", "resnet50", "efficientnet_b0"} <= names
+    assert {"vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny"} <= names  # ViT-S, Swin-T, CNX-T
 
 
 def test_image_size():
@@ -122,7 +145,7 @@ def test_forward_backward_and_cam_layer(arch, built):
     model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", archs(lambda s: not s.fixed_size))
 def test_min_size_is_the_real_boundary(arch, built):
     model, s = built(arch), models.spec(arch)
     model.eval()
@@ -178,12 +201,7 @@ def test_freeze_every_depth_marks_exactly_its_stages(arch, built):
         models.train_mode(model, t)
         frozen, trainable = frozen_and_trainable(model, arch, depth)
         assert all(not p.requires_grad for p in frozen.values()) and all(p.requires_grad for p in trainable.values())
-        asleep = {
-            id(m)
-            for group in s.stages[:depth]
-            for name in group.split("+")
-            for m in model.get_submodule(name).modules()
-        }
+        asleep = {id(m) for group in s.stages[:depth] for top in stage_modules(model, group) for m in top.modules()}
         for name, m in model.named_modules():
             assert m.training == (id(m) not in asleep), f"depth {depth}: {name or arch} training={m.training}"
     models.freeze(model, trial(arch))
@@ -268,7 +286,7 @@ def test_check_freeze_message_for_resnet152():
         models.check(Trial(arch="resnet152", freeze=7))
 
 
-@pytest.mark.parametrize("arch", [a for a in ARCHS if models.spec(a).min_size > 32])
+@pytest.mark.parametrize("arch", archs(lambda s: s.min_size > 32))
 def test_check_image_too_small(arch):
     s = models.spec(arch)
     models.check(trial(arch, image_size=s.min_size))
@@ -318,20 +336,33 @@ def _old_densenet_keys(state: dict) -> dict:
     return out
 
 
+def published(arch: str, seed: int = 123) -> dict[str, torch.Tensor]:
+    """A random state dict in the layout of the arch's published file: 1000 classes, the native size."""
+    torch.manual_seed(seed)
+    s = models.spec(arch)
+    return s.new(Trial(arch=arch), aux=bool(s.aux_min_size), num_classes=1000).state_dict()
+
+
+def place(arch: str, state: dict[str, torch.Tensor]) -> None:
+    path = models.weights_path(arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models.spec(arch).write_weights(state, path)
+
+
 @pytest.mark.filterwarnings("ignore:The default weight initialization of inception_v3")
 @pytest.mark.parametrize("arch", ARCHS)
 def test_pretrained_loads_the_cached_file(arch, torch_home):
-    torch.manual_seed(123)
-    reference = torchvision.models.get_model(arch, weights=None).state_dict()  # 1000 classes, as the enum's file
-    saved = _old_densenet_keys(reference) if arch == "densenet121" else reference
-    torch_home.mkdir(parents=True)
-    torch.save(saved, models.weights_path(arch))
+    reference = published(arch)
+    place(arch, _old_densenet_keys(reference) if arch == "densenet121" else reference)
 
-    model = models.build(trial(arch, pretrained=True))
     s = models.spec(arch)
+    # A net built for one size only is loaded at its native size here: nothing is resampled.
+    t = trial(arch, pretrained=True, image_size=s.native_size if s.fixed_size else small(arch))
+    model = models.build(t)
     heads = tuple(f"{h}." for h in s.heads)
+    folded = (f"{s.input_conv}.",) if getattr(s, "mean", None) not in (None, (0.485, 0.456, 0.406)) else ()
     own = model.state_dict()
-    backbone = [k for k in reference if not k.startswith(heads) and not k.startswith("AuxLogits.")]
+    backbone = [k for k in reference if not k.startswith((*heads, "AuxLogits.", *folded))]
     assert len(backbone) > 10
     for k in backbone:
         if not k.endswith("num_batches_tracked"):
@@ -339,7 +370,8 @@ def test_pretrained_loads_the_cached_file(arch, torch_home):
     for head in s.heads:
         if not head.startswith("AuxLogits"):
             assert model.get_submodule(head).out_features == models.NUM_CLASSES
-    logits, _ = models.forward(model.eval(), batch(arch)[0])
+    size = models.image_size(t)
+    logits, _ = models.forward(model.eval(), torch.randn(2, 3, size, size))
     assert logits.shape == (2, models.NUM_CLASSES)
     if arch == "inception_v3":
         assert model.transform_input  # ImageNet-normalised inputs mapped to the [-1, 1] scale the weights expect
@@ -385,3 +417,77 @@ def test_weights_provenance_tells_a_placeholder_from_the_published_file(torch_ho
         assert models.weights_provenance("alexnet")["imagenet_verified"] is True
     finally:
         monkeypatch.undo()
+
+
+# --- the timm family -----------------------------------------------------------------------------------
+
+FIXED = archs(lambda s: s.fixed_size)
+
+
+@pytest.mark.parametrize("arch", FIXED)
+def test_a_fixed_size_net_takes_its_size_down_to_min_size_and_no_other(arch):
+    s = models.spec(arch)
+    net = models.build(Trial(arch=arch, image_size=s.min_size)).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, s.min_size, s.min_size)).shape == (1, models.NUM_CLASSES)
+        with pytest.raises(RuntimeError):  # check() refuses the size; built anyway, the net fails
+            below = s.new(Trial(arch=arch, image_size=s.min_size - 1), aux=False, num_classes=models.NUM_CLASSES)
+            below.eval()(torch.zeros(1, 3, s.min_size - 1, s.min_size - 1))
+        with pytest.raises(AssertionError, match="doesn't match model"):
+            net(torch.zeros(1, 3, s.min_size + 16, s.min_size + 16))
+
+
+@pytest.mark.parametrize("arch", FIXED)
+def test_published_weights_are_resampled_to_a_smaller_build(arch, torch_home):
+    place(arch, published(arch))
+    model = models.build(trial(arch, pretrained=True, image_size=64)).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(2, 3, 64, 64))).all()
+
+
+@pytest.mark.parametrize("arch", archs(lambda s: bool(getattr(s, "grid_norms", ()))))
+def test_the_grid_norm_leaves_timms_net_as_it_was(arch):
+    """Same state dict keys, same logits as timm's own net with the same weights, no hooks; a 4-D CAM layer."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = models.build(trial(arch, image_size=64)).eval()
+    theirs = timm.create_model(arch, num_classes=models.NUM_CLASSES, img_size=64).eval()
+    theirs.load_state_dict(model.state_dict())  # strict: the keys are timm's
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    s = models.spec(arch)
+    assert s.cam_layer == s.figure_layers[-1]
+    handles = [
+        model.get_submodule(name).register_forward_hook(lambda m, i, out, name=name: seen.update({name: out.shape}))
+        for name in s.figure_layers
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x), rtol=0, atol=0)
+    for handle in handles:
+        handle.remove()
+    assert all(len(shape) == 4 and shape[0] == 2 for shape in seen.values()) and len(seen) == 3
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+
+
+def test_vit_weights_for_half_scale_inputs_are_folded_exactly(torch_home):
+    """AugReg's ViT expects (p - 0.5) / 0.5; the loaded net on ImageNet-normalised inputs gives the same logits."""
+    timm = pytest.importorskip("timm")
+    if models.missing("vit_small_patch16_224"):
+        pytest.skip("timm")
+    state = published("vit_small_patch16_224")
+    place("vit_small_patch16_224", state)
+    ours = models.build(Trial(arch="vit_small_patch16_224", pretrained=True, image_size=64), num_classes=1000).eval()
+    theirs = timm.create_model("vit_small_patch16_224", num_classes=1000, img_size=64).eval()
+    fit = timm.models.vision_transformer.checkpoint_filter_fn
+    theirs.load_state_dict(fit(dict(state), theirs))
+    ours.head.load_state_dict(theirs.head.state_dict())  # build put a fresh head on; compare the rest
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(ours((pixels - mean) / std), theirs((pixels - 0.5) / 0.5), rtol=1e-4, atol=1e-4)
+
+
+def test_without_the_library_an_arch_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs timm: pip install 'harness\[timm\]'$"):
+        models.check(Trial(arch="vit_small_patch16_224"))

@@ -13,7 +13,7 @@ import pytest
 
 from harness import search, store
 from harness.config import ConfigError, Runtime, Trial
-from harness.grid import load_grid
+from harness.grid import load_grid, locate
 from harness.search import optuna_internals
 from harness.search import study as study_mod
 from harness.search import summary as summary_mod
@@ -152,7 +152,7 @@ def test_search_yaml_in_repo_is_valid():
     smoke = search.load_search("grids/search.yaml", profile="smoke", samples=2)
     search.check_search(smoke)
     assert smoke.base.image_size == 64 and smoke.base.epochs == 3 and not smoke.base.pretrained
-    assert Path("grids/search.yaml").read_text().startswith("# python -m harness search grids/search.yaml")
+    assert locate("grids/search.yaml").read_text().startswith("# python -m harness search grids/search.yaml")
 
 
 def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
