@@ -150,6 +150,24 @@ def _step_setup(
     return step_model, loss_fn, optimizer, step
 
 
+def _torchvision_net(arch: str, *, size: int, num_classes: int) -> torch.nn.Module:
+    # InceptionV3: torchvision's auxiliary head only fits inputs of 299 px and more; it trains, weighted
+    # 0.4 as in torchvision's reference recipe, wherever it is built.
+    options = {"aux_logits": size >= 299, "init_weights": True} if arch == "inception_v3" else {}
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
+
+
+def _timm_net(arch: str, *, size: int, num_classes: int) -> torch.nn.Module:
+    import timm  # the optional extra: only its archs get here
+
+    fixed = {"img_size": size} if models.spec(arch).fixed_size else {}  # ViT and Swin are built for one size
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, **fixed)
+
+
+# How a plain script builds each family's network, with no harness code in between.
+BARE_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"torchvision": _torchvision_net, "timm": _timm_net}
+
+
 def bare_loop(
     arch: str, x: torch.Tensor, y: torch.Tensor, *, lr: float, compile: bool = False
 ) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
@@ -161,10 +179,7 @@ def bare_loop(
     """
     device = x.device
     cuda = device.type == "cuda"
-    # InceptionV3: torchvision's auxiliary head only fits inputs of 299 px and more; it trains, weighted
-    # 0.4 as in torchvision's reference recipe, wherever it is built.
-    options = {"aux_logits": x.shape[-1] >= 299, "init_weights": True} if arch == "inception_v3" else {}
-    model = torchvision.models.get_model(arch, weights=None, num_classes=y.shape[1], **options).to(device)
+    model = BARE_BUILDERS[models.spec(arch).family](arch, size=x.shape[-1], num_classes=y.shape[1]).to(device)
     if cuda:
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)

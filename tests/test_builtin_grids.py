@@ -33,11 +33,11 @@ def test_a_file_path_wins_over_a_builtin_name(name, tmp_path, monkeypatch):
 
 def test_an_unknown_name_is_one_line_with_the_valid_names_and_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"^papr: no such file or built-in grid; built-in: ablation, paper, search"):
+    with pytest.raises(ConfigError, match=r"^papr: no such file or built-in grid; built-in: ablation, paper, precise_bn, search"):
         locate("papr")
     assert cli.main(["run", "papr", "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "built-in: ablation, paper, search" in err
+    assert err.count("\n") == 1 and "built-in: ablation, paper, precise_bn, search" in err
     with pytest.raises(ConfigError, match=r"^elsewhere/paper.yaml: no such file$"):  # a path is not a name
         locate("elsewhere/paper.yaml")
 
@@ -63,4 +63,4 @@ def test_grids_show_prints_one_to_copy(capsys, tmp_path):
 def test_grids_show_unknown_or_missing_name_exits_2(argv, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "built-in: ablation, paper, search" in err
+    assert err.count("\n") == 1 and "built-in: ablation, paper, precise_bn, search" in err
