@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,14 @@ _RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
+def close_match(name: object, valid: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or '' when none is close: every error's hint."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def unknown_key(name: str, valid: list[str] | tuple[str, ...], where: str) -> ConfigError:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = close_match(name, valid)
     return ConfigError(f"{where}: unknown key {name!r}{hint}; valid keys: {', '.join(sorted(valid))}")
 
 

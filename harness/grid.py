@@ -8,7 +8,6 @@ depends on its final fields, so a grid written with groups and its equivalent pl
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -18,7 +17,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from harness.config import TRIAL_FIELDS, ConfigError, Trial, coerce, unknown_key
+from harness.config import TRIAL_FIELDS, ConfigError, Trial, close_match, coerce, unknown_key
 
 BUILTIN_DIR = Path(__file__).with_name("grids")  # shipped inside the package: `harness run paper` works anywhere
 GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "seeds", "profiles")
@@ -225,8 +224,7 @@ def _pick(axis: str, label: Any, groups: Mapping[str, dict[str, Any]], where: st
     """The fields of one named group, or a ConfigError listing the groups there are."""
     if not isinstance(label, str) or label not in groups:
         names = list(groups)
-        close = difflib.get_close_matches(str(label), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = close_match(label, names)
         raise ConfigError(f"{where}: unknown group {label!r} of axis {axis}{hint}; valid: {', '.join(names)}")
     return groups[label]
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from harness.config import ConfigError
+from harness.config import ConfigError, close_match
 
 T = TypeVar("T")
 
@@ -39,8 +38,7 @@ class Registry(Generic[T]):
 
     def unknown(self, name: object) -> str:
         """The one-line message for an unknown name, with a close match when there is one."""
-        close = difflib.get_close_matches(str(name), self._items, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = close_match(name, self._items)
         return f"unknown {self.kind} {name!r}{hint}; valid: {', '.join(sorted(self._items))}"
 
     def __contains__(self, name: object) -> bool:

@@ -33,7 +33,9 @@ def test_a_file_path_wins_over_a_builtin_name(name, tmp_path, monkeypatch):
 
 def test_an_unknown_name_is_one_line_with_the_valid_names_and_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match=r"^papr: no such file or built-in grid; built-in: ablation, paper, precise_bn, search"):
+    with pytest.raises(
+        ConfigError, match=r"^papr: no such file or built-in grid; built-in: ablation, paper, precise_bn, search"
+    ):
         locate("papr")
     assert cli.main(["run", "papr", "--dry-run"]) == 2
     err = capsys.readouterr().err

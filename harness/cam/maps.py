@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness import models
-from harness.config import ConfigError
+from harness.config import ConfigError, close_match
 from harness.data import nih
 from harness.registry import Registry
 
@@ -52,8 +51,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         if child is None:
             where = ".".join(parts[:depth]) or "the model"
             children = [k for k, v in module._modules.items() if v is not None]
-            close = difflib.get_close_matches(part, children, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = close_match(part, children)
             raise ConfigError(
                 f"layer {name!r}: {where} has no submodule {part!r}{hint}; "
                 f"valid: {', '.join(children) or 'none (it is a leaf)'}"
@@ -138,8 +136,7 @@ def finding_index(name: str) -> int:
     """Index of a finding in nih.FINDINGS; ConfigError with the valid names otherwise."""
     if name in nih.FINDINGS:
         return nih.FINDINGS.index(name)
-    close = difflib.get_close_matches(name, nih.FINDINGS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = close_match(name, nih.FINDINGS)
     raise ConfigError(f"unknown finding {name!r}{hint}; valid: {', '.join(nih.FINDINGS)}")
 
 

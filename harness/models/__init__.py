@@ -20,7 +20,6 @@ grey).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import logging
 import socket
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from harness import store
 from harness.config import ConfigError, Trial
 from harness.registry import Registry
 
@@ -170,14 +170,6 @@ def weights_path(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / spec(arch).weights_file(weights_url(arch))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_provenance(arch: str) -> dict[str, Any]:
     """What a pretrained trial loaded: the file and whether its SHA-256 matches the publisher's.
 
@@ -188,7 +180,7 @@ def weights_provenance(arch: str) -> dict[str, Any]:
     """
     path = weights_path(arch)
     expected = spec(arch).sha256_prefix(path.name)
-    actual = _sha256(path)
+    actual = store.sha256(path)
     return {
         "file": str(path),
         "sha256": actual,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -161,7 +160,7 @@ def generate(
             "source_table": {
                 "file": f"torchxrayvision/{SOURCE_TABLE}",
                 "torchxrayvision": _version("torchxrayvision"),
-                "sha256": _sha256(source),
+                "sha256": store.sha256(source),
             },
         }
         (tmp / nih.SYNTHETIC_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
@@ -172,11 +171,6 @@ def generate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _version(package: str) -> str | None:
