@@ -12,16 +12,13 @@ from torch import nn
 from harness import models
 from harness.config import ConfigError, Trial
 
-# An arch whose family's library is not installed (timm is an optional extra) is skipped, not failed.
-ARCHS = [
-    pytest.param(a, marks=pytest.mark.skipif(bool(models.missing(a)), reason=models.missing(a) or ""))
-    for a in models.MODELS.names()
-]
+# timm's archs are registered only when timm is installed (an optional extra): without it they are not here.
+ARCHS = models.MODELS.names()
 
 
-def archs(keep) -> list:
-    """The ARCHS entries whose spec passes keep(spec)."""
-    return [p for p in ARCHS if keep(models.spec(p.values[0]))]
+def archs(keep) -> list[str]:
+    """The registered archs whose spec passes keep(spec)."""
+    return [a for a in ARCHS if keep(models.spec(a))]
 
 
 def small(arch: str) -> int:
@@ -103,8 +100,8 @@ def test_table_names_real_modules(arch, built):
 
 
 def test_paper_and_reference_archs_registered():
-    names = set(models.MODELS.names())
-    assert {"alexnet", "resnet152", "inception_v3", "densenet121", "resnet50", "efficientnet_b0"} <= names
+    names = set(ARCHS) | set(models.UNAVAILABLE)
+    assert {"alexnet", "resnet152", "inception_v3", "densenet121", "resnet50", "efficientnet_b0"} <= set(ARCHS)
     assert {"vit_small_patch16_224", "swin_tiny_patch4_window7_224", "convnext_tiny"} <= names  # ViT-S, Swin-T, CNX-T
 
 
@@ -469,11 +466,16 @@ def test_the_grid_norm_leaves_timms_net_as_it_was(arch):
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
 
 
+def test_the_timm_family_folds_against_the_loaders_normalisation():
+    from harness.data import loader
+    from harness.models import timm as family
+
+    assert (family.IMAGENET_MEAN, family.IMAGENET_STD) == (loader.IMAGENET_MEAN, loader.IMAGENET_STD)
+
+
 def test_vit_weights_for_half_scale_inputs_are_folded_exactly(torch_home):
     """AugReg's ViT expects (p - 0.5) / 0.5; the loaded net on ImageNet-normalised inputs gives the same logits."""
     timm = pytest.importorskip("timm")
-    if models.missing("vit_small_patch16_224"):
-        pytest.skip("timm")
     state = published("vit_small_patch16_224")
     place("vit_small_patch16_224", state)
     ours = models.build(Trial(arch="vit_small_patch16_224", pretrained=True, image_size=64), num_classes=1000).eval()
@@ -487,7 +489,10 @@ def test_vit_weights_for_half_scale_inputs_are_folded_exactly(torch_home):
         torch.testing.assert_close(ours((pixels - mean) / std), theirs((pixels - 0.5) / 0.5), rtol=1e-4, atol=1e-4)
 
 
-def test_without_the_library_an_arch_is_one_line_naming_the_extra(monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"needs timm: pip install 'harness\[timm\]'$"):
-        models.check(Trial(arch="vit_small_patch16_224"))
+def test_an_arch_whose_library_is_missing_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(models.UNAVAILABLE, "vit_huge_patch14_224", "timm")
+    with pytest.raises(ConfigError, match=r": vit_huge_patch14_224 needs timm: pip install 'harness\[timm\]'$"):
+        models.check(Trial(arch="vit_huge_patch14_224"))
+    with pytest.raises(ConfigError, match=r"^vit_huge_patch14_224 needs timm"):
+        models.weights_path("vit_huge_patch14_224")
+    assert "vit_huge_patch14_224" not in models.MODELS

@@ -89,17 +89,13 @@ def test_asl_equals_timm_scaled_to_a_mean(gamma_neg, gamma_pos, clip):
 # --- Grad-CAM: captum's LayerGradCam, before normalisation ----------------------------------------------
 
 
-def _cam_archs() -> list:
-    archs = ["resnet50", "densenet121", "efficientnet_b0"] + [
-        a for a in models.MODELS.names() if models.spec(a).family != "torchvision"
-    ]
-    return [
-        pytest.param(a, marks=pytest.mark.skipif(models.missing(a) is not None, reason=models.missing(a) or ""))
-        for a in archs
-    ]
+# Three torchvision CNNs, and every arch of another family that is installed (timm's, with its token grids).
+CAM_ARCHS = ["resnet50", "densenet121", "efficientnet_b0"] + [
+    a for a in models.MODELS.names() if models.spec(a).family != "torchvision"
+]
 
 
-@pytest.mark.parametrize("arch", _cam_archs())
+@pytest.mark.parametrize("arch", CAM_ARCHS)
 def test_gradcam_equals_captum_layer_gradcam(arch):
     captum_attr = pytest.importorskip("captum.attr")
     torch.manual_seed(0)

@@ -4,7 +4,8 @@ Two families share the registry and everything in this module (check, build, fre
 
     torchvision.py  the paper's CNNs and the reference ones, with torchvision's IMAGENET1K_V1 weights
     timm.py         the transformers and modern CNNs peers benchmark beside them (ViT-S/16, Swin-T,
-                    ConvNeXt-T), with timm's ImageNet weights; needs the optional extra `harness[timm]`
+                    ConvNeXt-T), with timm's ImageNet weights; registered when the optional extra
+                    `harness[timm]` is installed (else naming one says to install it)
 
 Each family's docstring tables its archs' freezable stages (Trial.freeze = how many leading stages stay
 fixed; the head always trains). A frozen stage has requires_grad=False and runs in eval mode during training
@@ -109,24 +110,31 @@ class ArchSpec:
 
 
 MODELS = Registry[ArchSpec]("arch")
+# Archs of a family whose library is not installed -> the family. They stay out of MODELS (so nothing
+# registry-driven meets an arch it cannot build), and naming one says what to install.
+UNAVAILABLE: dict[str, str] = {}
 
 
-def register(entry: ArchSpec) -> ArchSpec:
-    """Add an arch to MODELS (the families call this for each of theirs)."""
+def register(entry: ArchSpec) -> ArchSpec | None:
+    """Add an arch to MODELS (each family calls this for each of its archs), or to UNAVAILABLE."""
+    if importlib.util.find_spec(entry.family) is None:
+        UNAVAILABLE[entry.name] = entry.family
+        return None
     return MODELS.register(entry.name)(entry)
 
 
+def unknown(arch: str) -> str:
+    """The one-line message for an arch that is not in MODELS: the extra to install, or the valid names."""
+    if arch in UNAVAILABLE:
+        return f"{arch} needs {UNAVAILABLE[arch]}: pip install 'harness[{UNAVAILABLE[arch]}]'"
+    return MODELS.unknown(arch)
+
+
 def spec(arch: str) -> ArchSpec:
-    """The ArchSpec of a registered arch (UnknownName, a ConfigError, lists the valid ones)."""
+    """The ArchSpec of a registered arch; a ConfigError naming the extra to install or the valid names."""
+    if arch not in MODELS:
+        raise ConfigError(unknown(arch))
     return MODELS[arch]
-
-
-def missing(arch: str) -> str | None:
-    """Why the arch cannot be built here (its family's library is not installed), or None."""
-    family = spec(arch).family
-    if importlib.util.find_spec(family) is None:
-        return f"{arch} needs {family}: pip install 'harness[{family}]'"
-    return None
 
 
 def image_size(trial: Trial) -> int:
@@ -137,11 +145,8 @@ def image_size(trial: Trial) -> int:
 def check(trial: Trial) -> None:
     """Raise ConfigError if the trial's arch, freeze depth, image size or test-time augmentation cannot work."""
     if trial.arch not in MODELS:
-        raise ConfigError(f"{trial.label}: {MODELS.unknown(trial.arch)}")
+        raise ConfigError(f"{trial.label}: {unknown(trial.arch)}")
     s = spec(trial.arch)
-    why = missing(trial.arch)
-    if why:
-        raise ConfigError(f"{trial.label}: {why}")
     if trial.freeze > len(s.stages):
         raise ConfigError(
             f"{trial.label}: freeze={trial.freeze} is deeper than {s.name}'s {len(s.stages)} "
@@ -264,14 +269,13 @@ def fetch_weights(archs: Sequence[str], *, progress: bool = True) -> list[Path]:
     there is kept. torch.hub does the download, with its progress bar and, where the publisher names the
     SHA-256 in the file name (torchvision), its hash check; a refused file is not kept.
 
-    Raises WeightsMissing in one line naming the files to place: on an unknown arch before anything
-    downloads, and on the first download that fails, within FETCH_TIMEOUT seconds offline.
+    An unknown name is a ConfigError before anything downloads. The first download that fails (offline:
+    within FETCH_TIMEOUT seconds) raises WeightsMissing, one line naming every file still to place.
+    (torch.hub.load_state_dict_from_url(check_hash=True) downloads the same way, then torch.load()s the
+    file, which timm's .safetensors files are not.)
     """
     for arch in archs:
         spec(arch)  # every name checked before the first download
-        why = missing(arch)
-        if why:
-            raise ConfigError(why)
     out = []
     for i, arch in enumerate(archs):
         path, url = weights_path(arch), weights_url(arch)

@@ -167,12 +167,10 @@ register(
         native_size=224,
         min_size=16,  # one 16 px patch
         fixed_size=True,
+        # The stem, then the twelve blocks in four stages of three, as a ResNet's four layers.
         stages=(
             "cls_token+pos_embed+patch_embed",
-            "blocks.0+blocks.1+blocks.2",
-            "blocks.3+blocks.4+blocks.5",
-            "blocks.6+blocks.7+blocks.8",
-            "blocks.9+blocks.10+blocks.11",
+            *("+".join(f"blocks.{i + j}" for j in range(3)) for i in (0, 3, 6, 9)),
         ),
         stage_names=("stem", "blocks0-2", "blocks3-5", "blocks6-8", "blocks9-11"),
         cam_layer="blocks.11.norm1.grid",
