@@ -112,6 +112,8 @@ def figure_layers(arch: str) -> tuple[str, ...]:
     if arch in FIGURE_LAYERS:
         return FIGURE_LAYERS[arch]
     s = models.spec(arch)
+    if s.figure_layers:  # token models (ViT, Swin) name map-shaped layers: their stages output tokens
+        return s.figure_layers
     first, middle = s.stages[0].split("+")[-1], s.stages[len(s.stages) // 2].split("+")[-1]
     return tuple(dict.fromkeys((first, middle, s.cam_layer)))
 
