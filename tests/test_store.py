@@ -149,6 +149,7 @@ def test_provenance_names_version_and_the_commit_of_this_tree(monkeypatch):
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
+    monkeypatch.setattr(prov, "_PROVENANCE", None)  # computed once per process: read this tree's commit now
     p = store.provenance()
     assert p["harness_version"] == __version__ and p["git_commit"] == head.stdout.strip()
     assert isinstance(p["git_dirty"], bool) and "written" in p

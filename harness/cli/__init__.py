@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("harness: interrupted; rerun the same command to resume", file=sys.stderr)
+        print("harness: interrupted; rerun the same command to resume", file=sys.stderr)  # as runner.stopping
         return 130
     except BrokenPipeError:  # `harness run ... --dry-run | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -72,6 +72,16 @@ FREEZE_STAGES: dict[str, tuple[str, ...]] = {
         "block4 (denseblock4, norm5)",
     ),
     "efficientnet_b0": tuple(f"features.{i}" for i in range(9)),
+    # the timm family (an optional extra)
+    "vit_small_patch16_224": (
+        "stem (patch_embed, cls_token, pos_embed)",
+        "blocks0-2",
+        "blocks3-5",
+        "blocks6-8",
+        "blocks9-11",
+    ),
+    "swin_tiny_patch4_window7_224": ("stem (patch_embed)", "layers.0", "layers.1", "layers.2", "layers.3"),
+    "convnext_tiny": ("stem", "stages.0", "stages.1", "stages.2", "stages.3"),
 }
 NATIVE_SIZES = {"inception_v3": 299}  # input size at image_size 0; every other arch: DEFAULT_NATIVE_SIZE
 DEFAULT_NATIVE_SIZE = 224

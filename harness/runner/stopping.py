@@ -59,8 +59,19 @@ def stoppable() -> Iterator[Stop]:
         yield stop
     finally:
         for s, handler in before.items():
-            signal.signal(s, handler)
+            # After a stop, the process is on its way out (Ray's shutdown, atexit): a second signal there
+            # must still end it at once with the same line, not a KeyboardInterrupt inside an atexit hook.
+            signal.signal(s, _exit_at_once if stop.signal is not None else handler)
         if tune_handler is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:
             os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
+
+
+INTERRUPTED = "harness: interrupted; rerun the same command to resume"
+
+
+def _exit_at_once(signum: int, frame: object) -> None:
+    sys.stderr.write(INTERRUPTED + "\n")
+    sys.stderr.flush()
+    os._exit(130)
