@@ -30,9 +30,10 @@ OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer
 
 
 def _fused(params: list[torch.Tensor]) -> dict[str, Any]:
-    """Adam's fused CUDA kernel (a step's arithmetic in one pass over the parameters, not foreach's several
-    passes): on CUDA only, so CPU results stay exactly as they were."""
-    return {"fused": True} if params and all(p.is_cuda for p in params) else {}
+    """Adam's fused kernel: a step's arithmetic in one pass over the parameters. On a 2-core CPU it takes
+    AlexNet's optimiser step from 552 to 45 ms, most of a small-input training step (docs/perf); it rounds
+    differently from the per-tensor loop, at the last bits."""
+    return {"fused": True} if params and all(p.is_cuda or p.device.type == "cpu" for p in params) else {}
 
 
 @OPTIMIZERS.register("adam")
