@@ -31,6 +31,9 @@ def _runtime(args: argparse.Namespace) -> Runtime:
             raise ConfigError(f"--gpus-per-trial {gpus!r}: expected a number like 0.25 or 'auto'") from None
         if not 0 <= gpus <= 8:
             raise ConfigError(f"--gpus-per-trial {gpus}: expected a share in [0, 8]")
+    cpus = getattr(args, "cpus_per_trial", 1.0)
+    if not 1 <= cpus <= 1024:
+        raise ConfigError(f"--cpus-per-trial {cpus}: expected a number of cores >= 1")
     data_root = getattr(args, "data_root", None)
     # Absolute paths: Ray workers run in their own working directories.
     return Runtime(
@@ -39,6 +42,7 @@ def _runtime(args: argparse.Namespace) -> Runtime:
         cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
         device=getattr(args, "device", "auto"),
         gpus_per_trial=gpus,
+        cpus_per_trial=cpus,
         address=getattr(args, "address", None),
         max_retries=getattr(args, "retries", 2),
         compile=getattr(args, "compile", False),

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check the grid as a run does, print the trials and keys; start nothing"
     )
     r.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves (at least)")
     r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
     r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")
     r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--dry-run", action="store_true", help="check the file and print the space; start nothing")
     se.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT")
     se.add_argument("--gpus-per-trial", default="auto")
+    se.add_argument("--cpus-per-trial", type=float, default=1.0)
     data_opts(se)
 
     c = sub.add_parser("cam", help="Grad-CAM overlays, activations and box scores of a finished trial")
