@@ -101,12 +101,19 @@ def _search_trainable(config: dict[str, Any]) -> None:
     for row in resumed["history"] if resumed else []:
         emit(row)
     # Ray's report() raises SystemExit in a trial the scheduler stopped: attempt lets it through, no failure.
-    if attempt(
-        st,
-        trial,
-        lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
-        tell_failed=lambda: tune.report({"failed": 1, "key": trial.key, metric: math.nan}),
-    ):
+    try:
+        done = attempt(
+            st,
+            trial,
+            lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
+            tell_failed=lambda: tune.report({"failed": 1, "key": trial.key, metric: math.nan}),
+        )
+    except SystemExit:
+        # Stopped early: its weights are not a result (its curve is). Dropped here, after run_trial has waited
+        # for its background checkpoint writer, so no late write can bring them back.
+        files.drop_checkpoints()
+        raise
+    if done:
         st.mark_done(trial)
 
 
