@@ -54,13 +54,7 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
         raise ConfigError(
             f"{trial.label}: trial says dataset={trial.dataset} but {data.root} holds {data.dataset} data"
         )
-    splits = nih.split(
-        data,
-        val_fraction=trial.val_fraction,
-        seed=trial.seed,
-        subset_fraction=trial.subset_fraction,
-        subset_test=trial.subset_test,
-    )
+    splits = nih.trial_splits(data, trial)
     size = loader.load_size(models.image_size(trial))
     out = TrialData(data=data, labels={}, images={}, rows={}, skipped=0)
     for name, rows in splits.items():

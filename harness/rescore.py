@@ -28,28 +28,15 @@ def rebuilt_metrics(files: store.TrialFiles, *, why: str | None = None) -> dict[
     kwargs: dict[str, Any] = {"seed": int(trial.get("seed", 0))}  # training evaluates with the trial's seed
     if "n_boot" in before:
         kwargs["n_boot"] = int(before["n_boot"])
-    names = [str(n) for n in p["names"]]
-    if "probs" in p:
-        fresh = metrics.evaluate(
-            p["probs"],
-            p["labels"],
-            names=names,
-            patient_ids=p["patient_id"],
-            val_probs=p.get("val_probs"),
-            val_labels=p.get("val_labels"),
-            logits=p.get("logits"),  # as training scored it; None for predictions saved before logits were
-            val_logits=p.get("val_logits"),
-            **kwargs,
-        )
+    if "probs" in p:  # scored on the test split, thresholds chosen on validation, as training scored it
+        scored = {"probs": p["probs"], "labels": p["labels"], "patient_ids": p["patient_id"], "logits": p.get("logits")}
+        scored.update(val_probs=p.get("val_probs"), val_labels=p.get("val_labels"), val_logits=p.get("val_logits"))
     else:  # a search trial never looks at the test split: validation metrics only
-        fresh = metrics.evaluate(
-            p["val_probs"],
-            p["val_labels"],
-            names=names,
-            patient_ids=p["val_patient_id"],
-            logits=p.get("val_logits"),
-            **kwargs,
-        )
+        scored = {"probs": p["val_probs"], "labels": p["val_labels"], "patient_ids": p["val_patient_id"]}
+        scored["logits"] = p.get("val_logits")  # None for predictions saved before logits were
+    fresh = metrics.evaluate(
+        scored.pop("probs"), scored.pop("labels"), names=[str(n) for n in p["names"]], **scored, **kwargs
+    )
     out = {**before, **fresh}
     if why is not None:
         out["recomputed"] = {"from": files.PREDICTIONS, "why": why, **store.provenance()}

@@ -102,13 +102,7 @@ def _picks(
 
 def _boxed_test_rows(data: nih.NIHData, trial: Trial) -> np.ndarray:
     """Table rows of the trial's test split that have at least one box, in table order."""
-    test = nih.split(
-        data,
-        val_fraction=trial.val_fraction,
-        seed=trial.seed,
-        subset_fraction=trial.subset_fraction,
-        subset_test=trial.subset_test,
-    )["test"]
+    test = nih.trial_splits(data, trial)["test"]
     names = data.table["image_index"].to_numpy().astype(str)
     return np.intersect1d(test, np.flatnonzero(np.isin(names, data.boxes["image_index"].to_numpy().astype(str))))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.config import ConfigError
+from harness.config import ConfigError, Trial
 
 FINDINGS: tuple[str, ...] = (  # the label table's order, which every (n, 14) array follows
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -439,3 +439,9 @@ def stats(data: NIHData, *, val_fraction: float = 0.1, seed: int = 0) -> dict:
         "skipped": len(data.skipped),
         "missing": len(data.missing),
     }
+
+
+def trial_splits(data: NIHData, trial: Trial) -> dict[str, np.ndarray]:
+    """The splits a trial's fields define: the same rows for training, scoring and `harness cam`."""
+    fields = ("val_fraction", "seed", "subset_fraction", "subset_test")
+    return split(data, **{f: getattr(trial, f) for f in fields})
