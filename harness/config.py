@@ -8,7 +8,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -56,28 +57,47 @@ class Trial:
     # Test-time augmentation at every evaluation (validation and test): none, or flip (the mean of the logits
     # of each image and its left-right mirror). models.TTA lists the choices.
     tta: str = "none"
+    # Starting weights from a state-dict file (e.g. self-supervised chest X-ray weights) in place of ImageNet's
+    # or random ones; "" = as `pretrained` says. Grid expansion makes the path absolute and fills in the file's
+    # SHA-256 (with_weights_file); the key hashes that digest, not the path, so a moved file is the same trial
+    # and a changed file a new one. The 14-finding head is always new; the file's own head is ignored.
+    weights: str = ""
+    weights_sha256: str = ""
 
     @property
     def key(self) -> str:
         """Short stable hash of the fields as sorted JSON: the trial's directory name.
 
         A field added after results were stored is left out while it holds its default, so every earlier
-        trial keeps its key (and its results folder); setting it gives a new key.
+        trial keeps its key (and its results folder); setting it gives a new key. A weights file is keyed by
+        its content (weights_sha256) once that is known, not by where it lies.
         """
         values = {
             k: v for k, v in dataclasses.asdict(self).items() if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])
         }
+        if self.weights_sha256:
+            values.pop("weights", None)
         blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
     def label(self) -> str:
         """A readable name for logs and tables."""
-        init = "pretrained" if self.pretrained else "scratch"
+        init = "pretrained" if self.pretrained else f"weights:{Path(self.weights).name}" if self.weights else "scratch"
         return f"{self.arch}/{init}/{self.loss}/freeze{self.freeze}/sub{self.subset_fraction:g}/seed{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def canonical(self) -> Trial:
+        """This trial with every field its settings leave unused (CONDITIONS) at its default.
+
+        A bce trial never reads focal_gamma: whatever was written there, it trains the same way, so it must
+        have one key and one result. Fields already at their defaults stay, so no stored key moves.
+        """
+        values = self.to_dict()
+        reset = {f: TRIAL_FIELDS[f].default for f in inactive(values) if values[f] != TRIAL_FIELDS[f].default}
+        return self.replace(**reset) if reset else self
 
     def replace(self, **changes: Any) -> Trial:
         return dataclasses.replace(self, **changes)
@@ -86,7 +106,54 @@ class Trial:
 TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # Fields added after the first results were stored -> their default, which the key leaves out. Every later
 # field goes here: listing it keeps all stored trials where they are.
-KEYED_WHEN_SET: dict[str, Any] = {name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate", "tta")}
+KEYED_WHEN_SET: dict[str, Any] = {
+    name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate", "tta", "weights", "weights_sha256")
+}
+
+# The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks
+# every registered loss against this table), and no loss reads another's.
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {
+    "bce": (),
+    "weighted_bce": (),  # its weights come from the training prevalence, not from a field
+    "focal": ("focal_gamma", "focal_alpha"),
+    "asl": ("asl_gamma_neg", "asl_gamma_pos", "asl_clip"),
+}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A field that changes a result only while another field (`on`) passes `test`."""
+
+    on: str
+    test: Callable[[Any], bool]
+    when: str  # the test in words, for messages and plans: "loss is focal"
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return self.test(values.get(self.on, TRIAL_FIELDS[self.on].default))
+
+
+def _loss_param(name: str) -> Condition:
+    users = tuple(loss for loss, params in LOSS_PARAMS.items() if name in params)
+    return Condition("loss", lambda v: v in users, "loss is " + " or ".join(users))
+
+
+# Fields that only some settings use -> when. Where the condition fails the field is held at its default
+# (Trial.canonical: grids and searches build every trial through it), so settings that train alike share one
+# key and run once; a search samples the field only where it is used. freeze is not here although the paper
+# pairs it with pretrained: frozen random filters train differently from trained ones, so it changes a
+# scratch trial too. Nor is lr_gamma, unused when lr_step >= epochs: that turns on two numbers (and the
+# epochs a profile sets), not on one choice.
+CONDITIONS: dict[str, Condition] = {
+    **{name: _loss_param(name) for params in LOSS_PARAMS.values() for name in params},
+    # nih.split shrinks the test list only with the training subset: with every patient kept it does nothing.
+    "subset_test": Condition("subset_fraction", lambda v: v < 1, "subset_fraction < 1"),
+}
+
+
+def inactive(values: Mapping[str, Any]) -> list[str]:
+    """The fields that a trial with these values (missing ones at their defaults) does not use."""
+    return [name for name, cond in CONDITIONS.items() if not cond.active(values)]
+
 
 # Ranges a field must satisfy: (test, description of the valid values).
 _RANGES: dict[str, tuple[Any, str]] = {
@@ -109,6 +176,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "asl_gamma_neg": (lambda v: v >= 0, "a number >= 0"),
     "asl_gamma_pos": (lambda v: v >= 0, "a number >= 0"),
     "asl_clip": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "weights_sha256": (
+        lambda v: v == "" or re.fullmatch("[0-9a-f]{64}", v),
+        "64 lowercase hex digits, as sha256sum prints",
+    ),
 }
 
 
@@ -162,7 +233,8 @@ def coerce(name: str, value: Any, where: str) -> Any:
             raise bad
         out = float(value)
     else:
-        if not isinstance(value, str) or not value:
+        # "" is a value only where it is the default (weights: none chosen); every trial.json writes it.
+        if not isinstance(value, str) or (not value and TRIAL_FIELDS[name].default != ""):
             raise ConfigError(f"{where}: {name}={value!r} must be a non-empty string")
         out = value
     check = _RANGES.get(name)
@@ -172,8 +244,57 @@ def coerce(name: str, value: Any, where: str) -> Any:
 
 
 def trial_from_dict(values: Mapping[str, Any], where: str = "trial") -> Trial:
-    """Build a Trial from user-written values, checking every key, type and range."""
-    return Trial(**{k: coerce(k, v, where) for k, v in values.items()})
+    """Build a Trial from user-written values, checking every key, type and range; unused fields at defaults."""
+    return Trial(**{k: coerce(k, v, where) for k, v in values.items()}).canonical()
+
+
+def sha256(path: Path | str) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (weights files are hundreds of MB). The harness's one digest:
+    trial keys (a weights file), DONE's checksums (store) and the embedded set's source all use it."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-256: a grid hashes each file once
+
+
+def file_sha256(path: Path) -> str:
+    """sha256(path), remembered while the file's size and modification time stay the same (a grid names one
+    weights file in many trials). Checksums that detect damage use sha256 itself, never a remembered value."""
+    stat = path.stat()
+    known = (str(path), stat.st_size, stat.st_mtime_ns)
+    if known not in _DIGESTS:
+        _DIGESTS[known] = sha256(path)
+    return _DIGESTS[known]
+
+
+def with_weights_file(trial: Trial, where: str) -> Trial:
+    """The trial with its weights file's path made absolute (Ray workers run elsewhere) and its SHA-256 filled
+    in; a ConfigError when the file cannot be read, when pretrained also asks for ImageNet weights, or when the
+    file is not the one a written weights_sha256 pins. Whether the file fits the arch is models.check's job."""
+    if not trial.weights:
+        if trial.weights_sha256:
+            raise ConfigError(f"{where}: weights_sha256 is set but weights is not; name the file: weights=PATH")
+        return trial
+    if trial.pretrained:
+        raise ConfigError(
+            f"{where}: pretrained=true and weights={trial.weights!r} both choose the starting weights; "
+            "valid: pretrained=true alone (ImageNet) or weights=PATH with pretrained=false"
+        )
+    path = Path(trial.weights).expanduser().resolve()
+    try:
+        digest = file_sha256(path)
+    except OSError as e:
+        raise ConfigError(
+            f"{where}: weights={trial.weights!r}: cannot read {path} ({e.strerror or e}); "
+            "valid: a readable state-dict file (.pt or .pth)"
+        ) from None
+    if trial.weights_sha256 and trial.weights_sha256 != digest:
+        raise ConfigError(
+            f"{where}: weights file {path} has SHA-256 {digest}, not the weights_sha256 {trial.weights_sha256} "
+            "written for it: the file changed"
+        )
+    return trial.replace(weights=str(path), weights_sha256=digest)
 
 
 def default_cache_dir() -> Path:
@@ -200,3 +321,4 @@ class Runtime:
     compile: bool = False  # torch.compile the model (slow start, faster steps on GPU)
     reuse_workers: bool = True  # a worker process runs trial after trial (no fresh imports per trial)
     progress: bool = True
+    trackers: tuple[str, ...] = ()  # --tracker: mlflow, wandb (runner/tracking.py); TensorBoard files always

@@ -17,7 +17,16 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from harness.config import TRIAL_FIELDS, ConfigError, Trial, close_match, coerce, unknown_key
+from harness.config import (
+    CONDITIONS,
+    TRIAL_FIELDS,
+    ConfigError,
+    Trial,
+    close_match,
+    coerce,
+    unknown_key,
+    with_weights_file,
+)
 
 BUILTIN_DIR = Path(__file__).with_name("grids")  # shipped inside the package: `harness run paper` works anywhere
 GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "seeds", "profiles")
@@ -34,12 +43,14 @@ class Grid:
     profile: str | None
     axes: tuple[str, ...]  # the Trial fields that vary across its trials (a grouped axis counts by its fields)
     choices: tuple[Mapping[str, str], ...] = ()  # per trial: grouped axis -> the group it came from
+    notes: tuple[str, ...] = ()  # what expansion did that a user should hear of (cells collapsed into one trial)
 
 
 class Expansion(NamedTuple):
     trials: list[Trial]
     axes: tuple[str, ...]
     choices: list[dict[str, str]]
+    notes: list[str]  # one line each, for the user: cells collapsed into the trial they repeat
 
 
 # A choice on an axis: the group's name (None on a plain field axis) and the fields it sets.
@@ -338,8 +349,10 @@ def expand(
 
     trials: list[Trial] = []
     choices: list[dict[str, str]] = []
-    seen: dict[str, str] = {}
-    for labels, fields in cells:
+    written: set[str] = set()  # keys of the cells as written
+    seen: dict[str, Trial] = {}  # key of a trial -> the first cell, as written, that became it
+    collapsed: dict[str, set[int]] = {}  # a field its settings leave unused -> cells that repeat a trial without it
+    for cell, (labels, fields) in enumerate(cells):
         values = {**base, **fields}
         if any(_matches(labels, values, ex_labels, ex_fields) for ex_labels, ex_fields in excludes):
             continue
@@ -347,22 +360,37 @@ def expand(
             if _matches(labels, {**base, **fields}, rule.labels, rule.match):
                 values.update(rule.fields)
         for seed in seed_list:
-            trial = Trial(**{**values, "seed": seed, **overrides})
-            key = trial.key
-            if key in seen:
-                if forced:
-                    continue  # an include cell that --set made equal to another cell
+            as_written = with_weights_file(Trial(**{**values, "seed": seed, **overrides}), where)
+            trial = as_written.canonical()
+            if as_written.key in written and not forced:  # forced: an include cell that --set made equal
                 raise ConfigError(
-                    f"{where}: duplicate trial {trial.label} (key {key}); "
+                    f"{where}: duplicate trial {trial.label} (key {as_written.key}); "
                     "check axes, include and --set for repeated settings"
                 )
-            seen[key] = trial.label
+            written.add(as_written.key)
+            if trial.key in seen:
+                # A cell that differs from another only in fields its settings leave unused: one trial.
+                for name in CONDITIONS:
+                    if getattr(seen[trial.key], name) != getattr(as_written, name):
+                        collapsed.setdefault(name, set()).add(cell)
+                continue
+            seen[trial.key] = as_written
             trials.append(trial)
             choices.append(labels)
     if not trials:
         raise ConfigError(f"{where}: the grid is empty (every trial was excluded)")
-    varied = tuple(f for f in TRIAL_FIELDS if len({getattr(t, f) for t in trials}) > 1)
-    return Expansion(trials, varied, choices)
+    # A weights file's digest varies exactly where its path does: the path names the axis.
+    varied = tuple(f for f in TRIAL_FIELDS if f != "weights_sha256" and len({getattr(t, f) for t in trials}) > 1)
+    return Expansion(trials, varied, choices, _collapse_notes(collapsed, where))
+
+
+def _collapse_notes(collapsed: Mapping[str, set[int]], where: str) -> list[str]:
+    """One line: how many cells ran as a trial they repeat, and which unused fields made them differ."""
+    if not collapsed:
+        return []
+    cells = len(set().union(*collapsed.values()))
+    why = "; ".join(f"{name} is used only when {CONDITIONS[name].when}" for name in collapsed)
+    return [f"{where}: {cells} cell(s) collapsed into the trial they repeat ({why}); each setting runs once"]
 
 
 def _group_axis_names(spec: Mapping[str, Any]) -> list[str]:
@@ -386,5 +414,13 @@ def load_grid(
         raise ConfigError(f"{path}: name={name!r} must be letters, digits, '-' or '_' (it names the results directory)")
     count = seed_count(seeds) if seeds is not None else None
     parsed = parse_set(overrides, groups=_group_axis_names(spec))
-    trials, varied, choices = expand(spec, where=str(path), profile=profile, overrides=parsed, seeds=count)
-    return Grid(name=name, path=path, trials=tuple(trials), profile=profile, axes=varied, choices=tuple(choices))
+    trials, varied, choices, notes = expand(spec, where=str(path), profile=profile, overrides=parsed, seeds=count)
+    return Grid(
+        name=name,
+        path=path,
+        trials=tuple(trials),
+        profile=profile,
+        axes=varied,
+        choices=tuple(choices),
+        notes=tuple(notes),
+    )

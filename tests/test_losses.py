@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness import losses
-from harness.config import ConfigError, Trial
+from harness.config import LOSS_PARAMS, ConfigError, Trial
 
 # One positive and one negative at each of a few logits: small enough to compute by hand.
 Z = [2.0, -1.0, 0.5, -3.0]
@@ -162,3 +162,27 @@ def test_unknown_loss_is_a_config_error_with_hint():
 def test_keyword_only():
     with pytest.raises(TypeError):
         losses.focal(LOGITS, TARGETS, 2.0, 0.25)  # type: ignore[misc]
+
+
+# --- which fields each loss reads: config.LOSS_PARAMS is the one statement of it -------------------------------
+
+# A value away from each field's default, inside its valid range.
+OFF_DEFAULT = {"focal_gamma": 0.5, "focal_alpha": 0.9, "asl_gamma_neg": 1.0, "asl_gamma_pos": 3.0, "asl_clip": 0.2}
+
+
+def test_every_registered_loss_states_its_parameters():
+    assert set(LOSS_PARAMS) == set(losses.LOSSES)
+    assert set(OFF_DEFAULT) == {f for params in LOSS_PARAMS.values() for f in params}
+
+
+@pytest.mark.parametrize("name", losses.LOSSES.names())
+def test_a_loss_reads_its_own_parameters_and_no_others(name):
+    z, y = random_batch(seed=5)
+    prevalence = np.full(14, 0.2)
+    value = losses.make_loss(Trial(loss=name), prevalence=prevalence)(z, y)
+    for field, off in OFF_DEFAULT.items():
+        changed = losses.make_loss(Trial(loss=name).replace(**{field: off}), prevalence=prevalence)(z, y)
+        if field in LOSS_PARAMS[name]:
+            assert not torch.allclose(changed, value), f"{name} ignores {field}, which LOSS_PARAMS says it reads"
+        else:
+            torch.testing.assert_close(changed, value, msg=f"{name} reads {field}; add it to LOSS_PARAMS[{name!r}]")

@@ -1,5 +1,6 @@
 """Hyperparameter search: the search file and its errors, telling the study, ASHA, resume, and the exported grid."""
 
+import functools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from harness import search, store
 from harness.config import ConfigError, Runtime, Trial
 from harness.grid import load_grid, locate
 from harness.search import optuna_internals
+from harness.search import space as space_mod
 from harness.search import study as study_mod
 from harness.search import summary as summary_mod
 
@@ -172,8 +174,9 @@ def searcher():
 
     storage = optuna.storages.InMemoryStorage()
     ot_study = optuna.create_study(storage=storage, direction="minimize", sampler=optuna.samplers.RandomSampler(0))
-    space = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
-    live = study_mod.LiveTrials(ot_study, space, storage=storage)
+    live = study_mod.LiveTrials(
+        ot_study, lambda t: {"lr": t.suggest_float("lr", 1e-5, 1e-1, log=True)}, storage=storage
+    )
     yield StudySearcher(live, metric="val_loss", mode="min", epochs=3)
     live.close()
 
@@ -278,7 +281,8 @@ def test_only_trials_whose_heartbeat_stopped_are_failed(tmp_path):
     space = {"lr": s.space["lr"].distribution()}
     killed = study.ask(space)  # a search killed with kill -9: its last heartbeat, then silence
     optuna_internals.record_heartbeat(storage, study.study_name, killed.number)
-    live = study_mod.LiveTrials(study, space, storage=storage, heartbeat_s=0.3)  # a search still running
+    draw = functools.partial(space_mod.sample, space=s.space, base=s.base.to_dict())
+    live = study_mod.LiveTrials(study, draw, storage=storage, heartbeat_s=0.3)  # a search still running
     live.ask("ray-1")
     time.sleep(2.5)
     assert study_mod.fail_stale(study) == 1
@@ -443,6 +447,46 @@ def test_rerun_continues_the_study(first, env):
     assert [t.state for t in study.trials[:3]] == first.states  # the first run's trials are kept as they were
     assert sum(again.new.values()) == 1
     assert again.summary["trials"]["complete"] + again.summary["trials"]["pruned"] == 4
+
+
+# A loss's parameters are drawn only under it. base sets focal_gamma away from its default: bce trials must shed it.
+LOSS_SEARCH = """\
+name: tinyloss
+base: {dataset: synthetic, arch: efficientnet_b0, image_size: 32, epochs: 1, batch_size: 16, subset_fraction: 0.5,
+       focal_gamma: 3.0}
+space:
+  loss: {type: categorical, choices: [bce, focal]}
+  focal_gamma: {type: float, low: 0.5, high: 1.5}
+  focal_alpha: {type: float, low: 0.5, high: 0.9}
+samples: 4
+sampler: {seed: 0, startup_trials: 20}   # TPE's seeded startup draws focal, bce, bce, focal
+"""
+
+
+def test_search_draws_loss_parameters_only_under_their_loss(env):
+    path = env.path.with_name("tinyloss.yaml")
+    path.write_text(LOSS_SEARCH)
+    outcome = search.run(search.load_search(path), env.runtime)
+    assert outcome.exit_code == 0, outcome.failures
+    grid_dir = env.grid_dir.with_name("tinyloss")
+    study = optuna.load_study(study_name="tinyloss", storage=f"sqlite:///{grid_dir / 'study.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    defaults = Trial()
+    by_loss = {}
+    for t in study.trials:
+        stored = json.loads((grid_dir / t.user_attrs["key"] / store.TrialFiles.TRIAL).read_text())
+        assert stored["loss"] == t.params["loss"]
+        by_loss.setdefault(t.params["loss"], []).append((t.params, stored))
+    assert set(by_loss) == {"bce", "focal"}
+    for params, stored in by_loss["bce"]:
+        assert set(params) == {"loss"}  # the study holds no focal value the training never read
+        assert (stored["focal_gamma"], stored["focal_alpha"]) == (defaults.focal_gamma, defaults.focal_alpha)
+    for params, stored in by_loss["focal"]:
+        assert set(params) == {"loss", "focal_gamma", "focal_alpha"}
+        assert 0.5 <= params["focal_gamma"] <= 1.5 and 0.5 <= params["focal_alpha"] <= 0.9
+        assert (stored["focal_gamma"], stored["focal_alpha"]) == (params["focal_gamma"], params["focal_alpha"])
+    # Both bce draws are one setting: one key, trained once, the second replaying the first's stored curve.
+    assert len({t.user_attrs["key"] for t in study.trials if t.params["loss"] == "bce"}) == 1
 
 
 # --- the trainable, driven by hand: what reaches Ray and the store when a trial replays, fails or is stopped ------

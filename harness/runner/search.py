@@ -17,11 +17,11 @@ from ray.tune.search import Searcher
 from harness import store as store_mod
 from harness import train
 from harness.config import ConfigError, Runtime, Trial, trial_from_dict
-from harness.runner import placement, ray_internals
+from harness.runner import placement, ray_internals, tracking
 from harness.runner.attempt import attempt
-from harness.runner.cluster import start_ray, use_reserved_cpus, worker_logging
-from harness.runner.grid import Progress, quiet_results, run_config
-from harness.runner.stopping import Stop, stoppable
+from harness.runner.cluster import ray_reachable, start_ray, use_reserved_cpus, worker_logging
+from harness.runner.grid import Progress, Retries, own_failure_lines, quiet_results, run_config
+from harness.runner.stopping import Stop, resume_command, stoppable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class SearchPlan:
     base: Trial
     fields: list[str]  # the searched Trial fields
     archs: Sequence[str]  # every arch the space can draw: the trials' resources fit the largest
-    study: Any  # ask(trial_id) -> params; report(trial_id, epoch, value); finish(trial_id, outcome=, attrs=)
+    study: Any  # ask(trial_id) -> params; report(trial_id, epoch, value); finish(trial_id, outcome=, attrs=);
+    # close(): trials asked but never finished are failed, saying so
     metric: str
     mode: str  # "max" or "min"
     samples: int  # new trials
@@ -68,6 +69,11 @@ def outcome(result: dict[str, Any] | None, epochs: int) -> str:
     return "complete" if result["epoch"] >= epochs else "pruned"
 
 
+def _drawn(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched fields the study drew for this trial; one its settings do not use was not drawn (base's)."""
+    return {f: config[f] for f in config["fields"] if f in config}
+
+
 def _search_trainable(config: dict[str, Any]) -> None:
     """Runs inside a Ray worker: one point of the space as a trial, its files written into the store.
 
@@ -76,7 +82,7 @@ def _search_trainable(config: dict[str, Any]) -> None:
     """
     metric, grid = config["metric"], config["grid"]
     try:
-        trial = trial_from_dict({**config["base"], **{f: config[f] for f in config["fields"]}}, where="search trial")
+        trial = _trial_of(config, where="search trial")
     except ConfigError as exc:
         tune.report({"failed": 1, "reason": str(exc), metric: math.nan})
         return
@@ -117,8 +123,17 @@ def _search_trainable(config: dict[str, Any]) -> None:
         st.mark_done(trial)
 
 
-def _short_name(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"  # Ray's default spells out the whole config: every Trial field
+def _trial_of(config: dict[str, Any], where: str = "trial") -> Trial:
+    """The Trial a point of the space stands for: the base with the searched fields set."""
+    return trial_from_dict({**config["base"], **_drawn(config)}, where=where)
+
+
+def _run_name(ray_trial: Any) -> str:
+    """Label, key and Ray's trial id (the study can draw one point twice); Ray's default spells out every field."""
+    try:
+        return f"{tracking.run_name(_trial_of(ray_trial.config))}-{ray_trial.trial_id}"
+    except (ConfigError, KeyError):  # a point the trial itself will refuse, with the reason
+        return f"trial_{ray_trial.trial_id}"
 
 
 class StudySearcher(Searcher):
@@ -191,6 +206,7 @@ class _SearchProgress(Progress):
             params = " ".join(
                 f"{f}={trial.config[f]:.3g}" if isinstance(trial.config[f], float) else f"{f}={trial.config[f]}"
                 for f in self.fields
+                if f in trial.config
             )
             self.running[trial.trial_id] = (
                 f"{params} ep {result['epoch']}/{self.epochs} {self.metric} {result[self.metric]:.3f}"
@@ -210,7 +226,7 @@ def _trial_row(r: Any, plan: SearchPlan, st: store_mod.Store, epochs: int) -> di
     """One of Ray's results as this run's record of it; a pruned trial's weights are dropped, its curve kept."""
     config = r.config or {}
     try:
-        trial = trial_from_dict({**config["base"], **{f: config[f] for f in config["fields"]}})
+        trial = _trial_of(config)
     except (ConfigError, KeyError) as exc:
         return {"key": "-", "label": "?", "outcome": "failed", "epochs_run": 0, "reason": str(exc)}
     metrics = r.metrics or {}
@@ -243,6 +259,11 @@ def _trial_row(r: Any, plan: SearchPlan, st: store_mod.Store, epochs: int) -> di
     return row
 
 
+def stopped_line(signal: str) -> str:
+    """The search summary's last line after a stop: how to continue the study."""
+    return f"stopped by {signal}; the study keeps every finished trial. Continue it with: {resume_command()}"
+
+
 def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
     """Run plan.samples new trials: the study suggests them through StudySearcher, ASHA stops weak ones per epoch.
 
@@ -251,8 +272,16 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
     The caller holds the store's lock.
     """
     st = store_mod.Store(Path(runtime.results_dir) / plan.name)
-    start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
-    with stoppable() as stop:
+    own_ray = start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
+
+    def last_words(stop: Stop) -> None:  # Ray went down with the driver: the study has every finished trial
+        try:
+            plan.study.close()  # the trials Ray was running are failed now, not left "running" until a rerun
+        except Exception as exc:  # the study's heartbeat check fails them on the next run instead
+            log.warning("could not close the study (%s: %s)", type(exc).__name__, exc)
+        print(stopped_line(stop.cause))
+
+    with stoppable(ray_reachable, last_words, own_ray=own_ray) as stop:
         return _fit(plan, runtime, st, stop)
 
 
@@ -282,13 +311,20 @@ def _fit(plan: SearchPlan, runtime: Runtime, st: store_mod.Store, stop: Stop) ->
             num_samples=plan.samples,
             max_concurrent_trials=plan.concurrency,
             reuse_actors=False,
-            trial_name_creator=_short_name,
-            trial_dirname_creator=_short_name,
+            trial_name_creator=_run_name,
+            trial_dirname_creator=_run_name,
         ),
-        run_config=run_config(f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}", st, runtime, progress, stop),
+        run_config=run_config(
+            f"{plan.study_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            st,
+            runtime,
+            progress,
+            stop,
+            [Retries(st, runtime.max_retries, trial_of=_trial_of)],
+        ),
     )
     try:
-        with quiet_results():
+        with quiet_results(), own_failure_lines():
             results = tuner.fit()
     finally:
         if progress:

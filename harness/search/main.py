@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import optuna
 from harness import store as store_mod
 from harness.config import Runtime, Trial
 from harness.search import study as study_mod
-from harness.search.space import CategoricalParam
+from harness.search.space import CategoricalParam, sample
 from harness.search.spec import CACHE_FIELDS, DIRECTIONS, Search, check_search, load_search
 from harness.search.summary import export
 
@@ -59,8 +58,9 @@ class Outcome:
             out.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()))
         out.append(f"outputs: {s['out']}")
         if self.stopped:
-            command = shlex.join(["python", "-m", "harness", *sys.argv[1:]])
-            out.append(f"stopped by {self.stopped}; the study keeps every finished trial. Continue it with: {command}")
+            from harness.runner.search import stopped_line
+
+            out.append(stopped_line(self.stopped))
         return out
 
 
@@ -103,7 +103,8 @@ def run(search: Search, runtime: Runtime) -> Outcome:
             constant_liar=search.concurrency > 1,
         )
         study = optuna.load_study(study_name=search.study_name, storage=storage, sampler=sampler)
-        live = study_mod.LiveTrials(study, {k: p.distribution() for k, p in search.space.items()}, storage=storage)
+        draw = functools.partial(sample, space=search.space, base=base.to_dict())
+        live = study_mod.LiveTrials(study, draw, storage=storage)
         arch = search.space.get("arch")
         plan = runner.SearchPlan(
             name=search.name,
@@ -145,4 +146,7 @@ def main_search(
         return 0
     outcome = run(search, runtime)
     print("\n".join(outcome.lines()))
+    from harness.runner import tracking
+
+    print("\n".join(tracking.dashboards(runtime.trackers, store_mod.Store(Path(runtime.results_dir) / search.name))))
     return outcome.exit_code

@@ -1,15 +1,16 @@
-"""The search space: one Param per searched Trial field, each checked against the field's type and valid values."""
+"""The search space: one Param per searched Trial field, checked against the field's type and valid values, and
+sampled define-by-run: a field that only some settings use (config.CONDITIONS) is drawn only under them."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import optuna
 
-from harness.config import TRIAL_FIELDS, ConfigError, coerce, unknown_key
+from harness.config import CONDITIONS, TRIAL_FIELDS, ConfigError, coerce, unknown_key
 from harness.registry import Registry
 
 # Fields a search may not vary, and why.
@@ -32,6 +33,10 @@ class Param:
         raise NotImplementedError
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
+        raise NotImplementedError
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        """Draw this field's value for a trial of the study."""
         raise NotImplementedError
 
     def values(self) -> tuple[Any, ...]:
@@ -111,6 +116,11 @@ class _Range(Param):
     def distribution(self) -> optuna.distributions.BaseDistribution:
         return self.DISTRIBUTION(self.low, self.high, log=self.log)
 
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.FORMAT == "d":
+            return trial.suggest_int(self.field, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.field, self.low, self.high, log=self.log)
+
     def values(self) -> tuple[Any, ...]:
         return (self.low, self.high)
 
@@ -180,6 +190,9 @@ class CategoricalParam(Param):
     def distribution(self) -> optuna.distributions.BaseDistribution:
         return optuna.distributions.CategoricalDistribution(self.choices)
 
+    def suggest(self, trial: optuna.Trial) -> Any:
+        return trial.suggest_categorical(self.field, self.choices)
+
     def values(self) -> tuple[Any, ...]:
         return self.choices
 
@@ -208,3 +221,52 @@ def parse_space(spec: Any, where: str) -> dict[str, Param]:
             raise ConfigError(f"{here}.type: {PARAMS.unknown(kind)}")
         space[name] = PARAMS[kind].parse(name, param, here)
     return space
+
+
+def order(space: Mapping[str, Param]) -> list[Param]:
+    """The space's params, each conditional one after the field it depends on: the order they are drawn in."""
+    left, ordered = dict(space), []
+    while left:
+        ready = [name for name in left if name not in CONDITIONS or CONDITIONS[name].on not in left]
+        ordered += [left.pop(name) for name in ready]
+    return ordered
+
+
+def sample(trial: optuna.Trial, *, space: Mapping[str, Param], base: Mapping[str, Any]) -> dict[str, Any]:
+    """One point, define-by-run: every searched field the values drawn so far (over the base's) use.
+
+    A bce trial draws no focal_gamma: the study holds no value the training never read, TPE models the
+    focal parameters on focal trials only, and the trial's key is the one of its settings alone.
+    """
+    values, params = dict(base), {}
+    for param in order(space):
+        condition = CONDITIONS.get(param.field)
+        if condition is None or condition.active(values):
+            params[param.field] = values[param.field] = param.suggest(trial)
+    return params
+
+
+def used(space: Mapping[str, Param], base: Mapping[str, Any], *, pinned: Collection[str], where: str):
+    """The space without fields no point of it uses; a field pinned away by a profile takes its users with it.
+
+    Searching focal_gamma while loss is fixed at bce would spend trials on a value nothing reads: that is
+    refused, unless a profile pinned the loss (a smoke run at bce), where the field just leaves the space.
+    """
+    kept: dict[str, Param] = {}
+    for name, param in space.items():
+        condition = CONDITIONS.get(name)
+        parent = space.get(condition.on) if condition else None
+        options = parent.values() if parent else (base[condition.on],) if condition else ()
+        if condition is None or any(condition.test(v) for v in options):
+            kept[name] = param
+        elif condition.on not in pinned:
+            why = (
+                f"space.{condition.on} never gives that"
+                if parent
+                else f"base sets {condition.on}={base[condition.on]!r}"
+            )
+            raise ConfigError(
+                f"{where}.{name} is used only when {condition.when}, but {why}; "
+                f"search {condition.on} over a value that uses {name}, or remove {name} from the space"
+            )
+    return kept

@@ -11,8 +11,8 @@ from typing import Any
 
 from harness import grid as grid_mod
 from harness import store as store_mod
-from harness.config import ConfigError, Trial, trial_from_dict, unknown_key
-from harness.search.space import Param, check_keys, parse_space
+from harness.config import CONDITIONS, ConfigError, Trial, trial_from_dict, unknown_key, with_weights_file
+from harness.search.space import Param, check_keys, parse_space, used
 
 SEARCH_KEYS = (
     "name",
@@ -86,7 +86,11 @@ class Search:
             f"# {self.study_name}: {self.samples} new trials, {self.metric} ({self.direction}), "
             f"concurrency {self.concurrency}, pruning {pruning}, TPE seed {self.seed}",
             f"base {self.base.label} ({self.base.epochs} epochs, image_size {self.base.image_size})",
-            *(f"  {p.describe()}" for p in self.space.values()),
+            *(
+                f"  {p.describe()}"
+                + (f" (drawn only when {CONDITIONS[p.field].when})" if p.field in CONDITIONS else "")
+                for p in self.space.values()
+            ),
         ]
 
 
@@ -144,12 +148,13 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
     base = grid_mod.expand(trial_spec, where=where, profile=profile)[0][0]
     declared = grid_mod.expand(trial_spec, where=where)[0][0].epochs if profile else base.epochs
     space = parse_space(spec.get("space"), f"{where}: space")
-    if profile is not None:
-        # A profile pins what it sets: a smoke profile's arch is not searched over.
-        pinned = set(spec["profiles"][profile] or {})
-        space = {k: p for k, p in space.items() if k not in pinned}
-        if not space:
-            raise ConfigError(f"{where}: profile {profile!r} pins every searched field; nothing is left to search")
+    # A profile pins what it sets: a smoke profile's arch is not searched over.
+    pinned = set(spec["profiles"][profile] or {}) if profile is not None else set()
+    space = used(
+        {k: p for k, p in space.items() if k not in pinned}, base.to_dict(), pinned=pinned, where=f"{where}: space"
+    )
+    if profile is not None and not space:
+        raise ConfigError(f"{where}: profile {profile!r} pins every searched field; nothing is left to search")
 
     metric = spec.get("metric", "val_auc")
     if not isinstance(metric, str) or metric not in METRICS:
@@ -191,7 +196,7 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
         name=name,
         path=path,
         profile=profile,
-        base=base,
+        base=with_weights_file(base, f"{where}: base"),
         space=space,
         metric=metric,
         direction=direction,

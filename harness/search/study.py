@@ -11,7 +11,7 @@ import math
 import re
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,7 @@ def prior(study: optuna.Study) -> list[dict[int, float]]:
 class LiveTrials:
     """This run's trials, by the runner's trial id: asked from the study, reported per epoch, told how they ended.
 
+    `sample` draws a new trial's point define-by-run (space.sample), so a field is drawn only where it is used.
     The study learns what really happened. Intermediate values are stepped by epoch, each once (a replayed
     or retried epoch is not reported twice). `finish` tells PRUNED (Optuna then takes the last epoch's
     value), COMPLETE with the best epoch's value (run_trial keeps the best weights; without a finite value
@@ -119,12 +120,12 @@ class LiveTrials:
     def __init__(
         self,
         study: optuna.Study,
-        space: Mapping[str, Any],
+        sample: Callable[[optuna.Trial], Mapping[str, Any]],
         *,
         storage: optuna.storages.BaseStorage,
         heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
-        self.study, self.space, self.storage = study, dict(space), storage
+        self.study, self.sample, self.storage = study, sample, storage
         self.maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         self._asked: dict[str, optuna.Trial] = {}
         self._curves: dict[str, dict[int, float]] = {}
@@ -141,8 +142,10 @@ class LiveTrials:
                 with warnings.catch_warnings():
                     # Optuna's heartbeat note is for optimize(); this object beats for ask-and-tell trials itself.
                     warnings.simplefilter("ignore", UserWarning)
-                    self._asked[trial_id] = self.study.ask(fixed_distributions=self.space)
-                self._beat([self._asked[trial_id]])
+                    trial = self.study.ask()
+                self._asked[trial_id] = trial
+                self.sample(trial)
+                self._beat([trial])
             return dict(self._asked[trial_id].params)
 
     def report(self, trial_id: str, epoch: int, value: float) -> None:
