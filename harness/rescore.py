@@ -6,10 +6,16 @@ The same evaluation, seed and bootstrap size as training, so an intact trial get
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from harness import metrics, store
 from harness.config import TRIAL_FIELDS
+
+
+def focal_terms(trial: Mapping[str, Any]) -> dict[str, float]:
+    """The focal loss a trial's metrics report is computed with its own gamma and alpha, whatever it trained with."""
+    return {k: float(trial.get(k, TRIAL_FIELDS[k].default)) for k in ("focal_gamma", "focal_alpha")}
 
 
 def rebuilt_metrics(files: store.TrialFiles, *, why: str | None = None) -> dict[str, Any]:
@@ -25,7 +31,8 @@ def rebuilt_metrics(files: store.TrialFiles, *, why: str | None = None) -> dict[
         before = files.read_metrics()
     except store.Unreadable:
         before = _from_history(files, record, trial, p)
-    kwargs: dict[str, Any] = {"seed": int(trial.get("seed", 0))}  # training evaluates with the trial's seed
+    # Training evaluates with the trial's seed and focal parameters.
+    kwargs: dict[str, Any] = {"seed": int(trial.get("seed", 0)), **focal_terms(trial)}
     if "n_boot" in before:
         kwargs["n_boot"] = int(before["n_boot"])
     if "probs" in p:  # scored on the test split, thresholds chosen on validation, as training scored it

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from harness import hardware, losses, metrics, models, store
+from harness import hardware, losses, metrics, models, rescore, store
 from harness.checkpoint import CheckpointWriter
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import loader, nih
@@ -213,6 +213,7 @@ class Progress:
     best_auc: float = -math.inf
     next_epoch: int = 0
     has_weights: bool = False  # model.pt holds weights of this trial
+    resumed_after: int = 0  # epochs an earlier, killed attempt finished before this one began (0: a fresh start)
 
 
 def resume(files: store.TrialFiles, *, model, optimizer, scheduler, device: torch.device, label: str) -> Progress:
@@ -226,7 +227,8 @@ def resume(files: store.TrialFiles, *, model, optimizer, scheduler, device: torc
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"].cpu())  # map_location moved it; the generator's state lives on the CPU
     log.info("%s: resuming after epoch %d", label, state["epoch"] + 1)
-    return Progress(state["history"], state["best_auc"], state["epoch"] + 1, files.has_weights())
+    done = state["epoch"] + 1
+    return Progress(state["history"], state["best_auc"], done, files.has_weights(), resumed_after=done)
 
 
 def resume_state(progress: Progress, *, model, optimizer, scheduler, epoch: int) -> dict[str, Any]:
@@ -281,6 +283,7 @@ def score(
             patient_ids=ids[td.rows["val"]],
             seed=trial.seed,
             logits=val.logits,
+            **rescore.focal_terms(trial.to_dict()),
         ), arrays
     rows = td.rows["test"]
     # BatchNorm statistics as above
@@ -302,6 +305,7 @@ def score(
         seed=trial.seed,
         logits=out.logits,  # AUROC ranks the logits: float32 probabilities saturate at 0 and 1
         val_logits=val.logits,
+        **rescore.focal_terms(trial.to_dict()),
     )
     return result, arrays
 
@@ -340,6 +344,11 @@ def run_record(
     }
     if trial.pretrained:
         out["weights"] = models.weights_provenance(trial.arch)
+    elif trial.weights:
+        out["weights"] = models.start.provenance(trial)
+    # Only after a killed attempt (a lost node, a kill -9): a trial that ran straight through reads as before.
+    if progress.resumed_after:
+        out["resumed_after_epoch"] = progress.resumed_after
     return out
 
 

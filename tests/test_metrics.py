@@ -438,31 +438,6 @@ def test_seeds_summary():
         M.seeds_summary([])
 
 
-def test_combine_seeds():
-    p, y, pid = make_set(seed=12)
-    rng = np.random.default_rng(0)
-    runs = [np.clip(p + rng.normal(0, 0.15, p.shape), 0, 1) for _ in range(3)]
-    one = M.combine_seeds(runs[:1], y, pid, n_boot=200, seed=0)
-    assert one["auc_macro_ci"] == M.bootstrap(runs[0], y, pid, stats=("auc",), n_boot=200)["auc"]["macro"]
-    assert one["seeds"]["std"] is None and not one["seed_spread_known"]
-
-    three = M.combine_seeds(runs, y, pid, n_boot=200, seed=0)
-    per_seed = [roc_auc_score(y, r) for r in runs]
-    assert three["auc_macro"] == pytest.approx(np.mean(per_seed), abs=1e-12)
-    assert three["seeds"]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
-    assert three["f1_macro"] == pytest.approx(np.mean([f1_score(y, r >= 0.5, average="macro") for r in runs]))
-    assert three["f1_macro_ci"][0] < three["f1_macro"] < three["f1_macro_ci"][1]
-    assert three["auc_per_finding"][1] == pytest.approx(np.mean([roc_auc_score(y[:, 1], r[:, 1]) for r in runs]))
-    # the widened interval contains the bootstrap-only interval of the same seed-mean
-    boot = np.mean([resampled("auc", r, y, pid, n_boot=200, seed=0).mean(1) for r in runs], axis=0)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    assert three["auc_macro_ci"][0] < lo and three["auc_macro_ci"][1] > hi
-    assert "between-seed" in three["method"]
-
-
-# ------------------------------------------------------------------------------------------------- evaluate
-
-
 def test_evaluate_is_json_able_complete_and_deterministic():
     p, y, pid = make_set(seed=13, n_pat=80)
     vp, vy, _ = make_set(seed=14, n_pat=40)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from harness import cli, metrics, report, store
+from harness import cli, metrics, report, rescore, store
 from harness.config import ConfigError, Trial
 from harness.report import figures
 from harness.report.figures import DEGENERATE_LABEL
@@ -89,7 +89,7 @@ def write_trial(
     predictions = trial_predictions(
         labels, patient, image_index, strength=strength, noise_seed=noise_seed, logits=logits, scale=scale
     )
-    stats = trial_metrics(predictions, seed=trial.seed)
+    stats = trial_metrics(predictions, seed=trial.seed, focal=rescore.focal_terms(trial.to_dict()))
     if old:
         stats = {k: v for k, v in stats.items() if not k.startswith("degenerate")}
     store_trial(grid_dir, trial, predictions, stats, dataset=dataset)
@@ -115,7 +115,9 @@ def trial_predictions(
     return {**out, "logits": z.astype(np.float32), "val_logits": val_z.astype(np.float32)} if logits else out
 
 
-def trial_metrics(predictions: dict[str, np.ndarray], *, seed: int, n_boot: int = EVAL_BOOT) -> dict:
+def trial_metrics(
+    predictions: dict[str, np.ndarray], *, seed: int, n_boot: int = EVAL_BOOT, focal: dict | None = None
+) -> dict:
     """metrics.json's statistics, computed from the predictions as train.py does."""
     p = predictions
     return metrics.evaluate(
@@ -129,6 +131,7 @@ def trial_metrics(predictions: dict[str, np.ndarray], *, seed: int, n_boot: int 
         val_logits=p.get("val_logits"),
         n_boot=n_boot,
         seed=seed,
+        **(focal or {}),
     )
 
 
@@ -507,6 +510,43 @@ def test_unverified_pretrained_weights_are_flagged(tmp_path):
     )
 
 
+def test_results_started_from_nih_trained_weights_carry_a_warning(tmp_path):
+    """A file torchxrayvision trained on a random NIH split may hold the test images: the page and every table say so."""
+    from harness.models import start
+
+    grid = tmp_path / "nihw"
+    nih_file = "/w/nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+    trials = [Trial(dataset="nih", arch="alexnet", epochs=3)] + [
+        Trial(dataset="nih", arch="alexnet", epochs=3, weights=w, weights_sha256=d * 64)
+        for w, d in ((nih_file, "a"), ("/w/chex-densenet121.pt", "b"))
+    ]
+    for i, trial in enumerate(trials):
+        write_trial(grid, trial, dataset="nih", strength=2.0, noise_seed=i)
+    by_key = {t.key: t for t in trials}
+    for r in store.load_results(grid):
+        if r.trial.get("weights"):
+            r.files.replace_metrics(dict(r.metrics, weights=start.provenance(by_key[r.key])))
+    out = tmp_path / "out"
+    page = report.write_report(grid, out, n_boot=REPORT_BOOT).index.read_text()
+    warning = next(line for line in page.splitlines() if "STARTING WEIGHTS THAT MAY HAVE SEEN NIH TEST IMAGES" in line)
+    assert (
+        "nih-densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt (torchxrayvision densenet121-res224-nih" in warning
+    )
+    assert "chex-densenet121" not in warning  # CheXpert-only weights are not flagged
+    assert "/w/chex-densenet121.pt (SHA-256 bbbbbbbbbbbb...)" in page  # the methods name every file
+    assert "from a weights file: freeze 0: every layer trains in every arch" in page  # not counted as scratch
+    comparison = (out / "comparison.md").read_text()
+    assert "STARTING WEIGHTS THAT MAY HAVE SEEN NIH" in comparison and "| chex-densenet121.pt |" in comparison
+    table1 = (out / "table1_scratch.md").read_text()
+    rows = [line for line in table1.splitlines() if line.startswith("| AlexNet")]
+    assert len(rows) == 1 and "MAY HAVE SEEN NIH" not in table1, "file-started trials are not from scratch"
+    for r in store.load_results(grid):  # the same results started from files nobody flags: no warning
+        if r.trial.get("weights"):
+            r.files.replace_metrics(dict(r.metrics, weights=dict(r.metrics["weights"], nih_overlap=None)))
+    page = report.write_report(grid, tmp_path / "out2", n_boot=REPORT_BOOT).index.read_text()
+    assert "MAY HAVE SEEN NIH" not in page
+
+
 def test_cam_scores_and_figures_are_in_the_report(tmp_path):
     """Trials scored with cam: true get an explainability table; `harness cam` figures are embedded."""
     grid = tmp_path / "cam"
@@ -839,7 +879,8 @@ def test_the_focal_column_uses_each_trials_own_parameters(tmp_path):
     p = results["alexnet"].predictions()
     own = metrics.focal_loss(p["probs"], p["labels"], gamma=1.0, alpha=0.5)
     assert t2.loc["alexnet", "focal"] == pytest.approx(own, abs=1e-12)
-    assert own != pytest.approx(results["alexnet"].metrics["focal"])  # metrics.json's is at gamma 2, alpha 0.25
+    assert own == pytest.approx(results["alexnet"].metrics["focal"], abs=1e-12)  # metrics.json's is the trial's own
+    assert own != pytest.approx(metrics.focal_loss(p["probs"], p["labels"], gamma=2.0, alpha=0.25))
     assert t2.loc["resnet152", "focal"] == results["resnet152"].metrics["focal"]
     md = _read(tmp_path / "out", "table2_pretrained.md")
     assert "gamma 1, alpha 0.5 for AlexNet; gamma 2, alpha 0.25 for ResNet152" in md

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import models, store, train
+from harness import metrics, models, rescore, store, train
 from harness.checkpoint import CheckpointWriter
 from harness.config import KEYED_WHEN_SET, TRIAL_FIELDS, ConfigError, Runtime, Trial, trial_from_dict
 from harness.data import loader
@@ -171,6 +171,17 @@ def test_predictions_hold_float32_logits_whose_sigmoid_are_the_probabilities(ale
         np.testing.assert_array_equal(torch.sigmoid(torch.from_numpy(saved[logits])).numpy(), saved[probs])
 
 
+def test_metrics_report_the_focal_loss_with_the_trials_own_parameters_and_recompute_the_same(runtime, tmp_path):
+    trial = ALEXNET.replace(epochs=1, loss="focal", focal_gamma=1.0, focal_alpha=0.5)
+    files = store.Store(tmp_path).begin(trial, "focal")  # trial.json, which a recompute reads, as a run writes it
+    result = train.run_trial(trial, runtime, out_dir=files.path)
+    p = files.read_predictions()
+    own = metrics.focal_loss(p["probs"], p["labels"], gamma=1.0, alpha=0.5)
+    assert result["focal"] == pytest.approx(own, abs=1e-12)
+    assert own != pytest.approx(metrics.focal_loss(p["probs"], p["labels"], gamma=2.0, alpha=0.25))
+    assert rescore.rebuilt_metrics(files)["focal"] == result["focal"]
+
+
 # --- precise BatchNorm ---
 
 
@@ -269,6 +280,8 @@ def test_a_stopped_trial_resumes_from_its_background_checkpoint_to_the_same_resu
         train.run_trial(ALEXNET, runtime, out_dir=files.path)
     assert "resuming after epoch 2" in caplog.text
     same_result(files, alexnet_run[1])
+    assert files.read_metrics()["resumed_after_epoch"] == 2  # a researcher can see the trial was resumed
+    assert "resumed_after_epoch" not in alexnet_run[0]  # a trial that ran straight through reads as before
 
 
 def test_the_writer_writes_the_state_as_submitted_not_as_training_changes_it(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness import cli, models
-from harness.config import ConfigError, Trial
+from harness.config import ConfigError, Trial, sha256
 
 
 @pytest.fixture
@@ -125,6 +125,15 @@ def test_placeholder_covers_every_arch_and_loads(arch, torch_home, capsys):
     assert models.weights_provenance(arch)["imagenet_verified"] is False
 
 
+def test_a_placeholder_is_the_same_file_every_time(torch_home):
+    torch.manual_seed(123)  # whatever the caller's random state
+    first = models.write_placeholder("alexnet")
+    digest = sha256(first)
+    first.unlink()
+    torch.rand(5)
+    assert sha256(models.write_placeholder("alexnet")) == digest
+
+
 def test_where_names_the_file_and_its_source(torch_home, capsys):
     assert cli.main(["weights", "where", "resnet50"]) == 0
     assert capsys.readouterr().out == (
@@ -139,3 +148,63 @@ def test_where_names_the_file_and_its_source(torch_home, capsys):
     line = capsys.readouterr().out
     assert line.startswith(f"vit_small_patch16_224: {torch_home / 'vit_small_patch16_224.augreg_in1k.safetensors'}")
     assert "https://huggingface.co/timm/vit_small_patch16_224.augreg_in1k/" in line
+
+
+def paper_smoke_argv(tmp_path) -> list[str]:
+    """A grid of two pretrained alexnet trials (bce, focal) and a scratch one: one weights file to fetch."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "base: {arch: alexnet, image_size: 64}\n"
+        "axes: {loss: [bce, focal]}\n"
+        "include: [{pretrained: true, loss: bce}, {pretrained: true, loss: focal}]\n"
+    )
+    return ["run", str(grid), "--fetch-weights", "--results", str(tmp_path / "r")]
+
+
+class Reached(Exception):
+    """The run got past the fetch and went on to the data."""
+
+
+def test_run_fetch_weights_downloads_each_arch_once_before_any_trial(torch_home, server, monkeypatch, tmp_path, capsys):
+    from harness import prepare
+
+    root, base = server
+    data = placeholder_bytes("alexnet", tmp_path)
+    name = f"alexnet-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    (root / name).write_bytes(data)
+    serve_as(monkeypatch, base, {"alexnet": name})
+    downloads = []
+    real_download = torch.hub.download_url_to_file
+
+    def counted(url, dst, **kwargs):
+        downloads.append((url, kwargs.get("hash_prefix")))
+        return real_download(url, dst, **kwargs)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", counted)
+
+    def data_next(*args, **kwargs):
+        assert (torch_home / name).read_bytes() == data  # in place before the data, Ray or any trial
+        raise Reached
+
+    monkeypatch.setattr(prepare, "resolve_dataset", data_next)
+    with pytest.raises(Reached):
+        cli.main(paper_smoke_argv(tmp_path))
+    assert downloads == [(f"{base}/{name}", hashlib.sha256(data).hexdigest()[:8])]  # once, hash-checked
+    assert f"weights: alexnet: {torch_home / name}" in capsys.readouterr().err
+
+
+def test_run_fetch_weights_offline_fails_in_one_line_within_seconds(torch_home, monkeypatch, tmp_path, capsys):
+    from harness import prepare
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(models, "weights_url", lambda arch: f"http://127.0.0.1:{port}/{arch}-1234abcd.pth")
+    monkeypatch.setattr(prepare, "resolve_dataset", lambda *a, **k: pytest.fail("went on to the data"))
+    t0 = time.monotonic()
+    assert cli.main(paper_smoke_argv(tmp_path)) == 2
+    assert time.monotonic() - t0 < models.FETCH_TIMEOUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("harness: error: cannot download alexnet weights")
+    assert f"place alexnet-1234abcd.pth in {torch_home}" in err
+    assert not (tmp_path / "r").exists()

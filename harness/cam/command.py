@@ -52,9 +52,9 @@ def load_model(trial_dir: Path | str, trial: Trial, *, device: torch.device | st
         raise ConfigError(f"{path} is not a weights file ({first[:200]})") from None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise ConfigError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-    # Built without ImageNet weights (the saved weights replace every tensor, and the ImageNet file need not be here);
+    # Built without starting weights (the saved weights replace every tensor, and that file need not be here);
     # options that depend on `pretrained` but are not tensors (InceptionV3's transform_input) are set back.
-    model = models.build(trial.replace(pretrained=False))
+    model = models.build(trial.replace(pretrained=False, weights="", weights_sha256=""))
     s = models.spec(trial.arch)
     aux = bool(s.aux_min_size) and models.image_size(trial) >= s.aux_min_size
     for key, value in s.options(trial, aux).items():
@@ -191,14 +191,16 @@ def run_cam(
                 f"{names[r]}\n{f}: p={p:.2f}",
             )
             panels[f].append(panel)
-            figures.append(overlay_figure(panel, out / f"{f}_{Path(names[r]).stem}.png", load=load))
+            figures.append(overlay_figure(panel, files.cam_overlay(f, names[r], out_dir), load=load))
 
     if any(panels.values()):
-        figures.append(grid_figure(panels, out / "grid.png", load=load, title=f"{trial.label}: {method} at {layer}"))
+        figures.append(
+            grid_figure(panels, files.cam_grid(out_dir), load=load, title=f"{trial.label}: {method} at {layer}")
+        )
         first = next(r for f in wanted for r in picks[f] if r in at)
         x = next(iter(eval_batches(cached.images[[at[first]]], size=size, device=device, batch_size=1)))[0]
         acts = activations(model, x, figure_layers(trial.arch))
-        figures.append(activation_figure(acts, out / "activations.png", title=f"{trial.label}: {names[first]}"))
+        figures.append(activation_figure(acts, files.cam_activations(out_dir), title=f"{trial.label}: {names[first]}"))
 
     files.write_cam_scores(scores, out)
     return {"figures": [str(p) for p in figures], "scores": scores}

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from harness import store
 from harness.cam.boxes import input_box
 
 FIGURE_CHANNELS = 8  # channels shown per layer in the activations figure
@@ -23,6 +24,12 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _save(fig, path: Path) -> None:
+    """Whole or not at all, like every file the harness writes: a stopped `harness cam` leaves no half a PNG."""
+    with store.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def _draw_overlay(ax, panel: Panel, *, load: int) -> None:
@@ -64,7 +71,7 @@ def activation_figure(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    _save(fig, path)
     return path
 
 
@@ -73,7 +80,7 @@ def overlay_figure(panel: Panel, path: Path, *, load: int) -> Path:
     fig = _figure(3.2, 3.4)
     _draw_overlay(fig.add_subplot(1, 1, 1), panel, load=load)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     return path
 
 
@@ -92,5 +99,5 @@ def grid_figure(panels: Mapping[str, Sequence[Panel]], path: Path, *, load: int,
         )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     return path

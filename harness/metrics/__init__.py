@@ -35,7 +35,7 @@ from harness.metrics.degenerate import (
     degenerate,
 )
 from harness.metrics.evaluation import evaluate
-from harness.metrics.seeds import combine_seeds, seed_bootstrap, seeds_summary
+from harness.metrics.seeds import seed_bootstrap, seeds_summary
 
 __all__ = [
     "BOOT_STATS",
@@ -53,7 +53,6 @@ __all__ = [
     "bootstrap",
     "calibration",
     "choose_thresholds",
-    "combine_seeds",
     "degenerate",
     "delong",
     "evaluate",

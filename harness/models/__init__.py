@@ -1,5 +1,8 @@
 """The MODELS registry: 14-logit heads, frozen leading stages, pretrained weights from a local file, TTA.
 
+Starting weights come from ImageNet (Trial.pretrained: the publisher's file, below), from any state-dict file
+(Trial.weights: start.py), or from random init.
+
 Two families share the registry and everything in this module (check, build, freeze, forward):
 
     torchvision.py  the paper's CNNs and the reference ones, with torchvision's IMAGENET1K_V1 weights
@@ -32,8 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from harness import store
-from harness.config import ConfigError, Trial
+from harness.config import ConfigError, Trial, sha256
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class ArchSpec:
 
     name: str  # the arch's name in trials, and its builder's name in the family's library
     native_size: int  # input size the arch was designed and pretrained at
+    step_cost: float  # training time per image at native_size, relative to ResNet50's (see train_cost)
     min_size: int  # smallest square input the net accepts (measured: one size less fails)
     stages: tuple[str, ...]  # freezable stages in order; each is dotted module or parameter names joined by "+"
     cam_layer: str  # default Grad-CAM target: a module whose output is a (B, C, H, W) map nothing modifies in place
@@ -104,9 +107,13 @@ class ArchSpec:
         """Save a state dict in the publisher's file format."""
         torch.save(state, path)
 
-    def adapt_state(self, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-        """The published state dict, rewritten to fit `model` (old key names, other input sizes)."""
+    def fit_state(self, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        """A state dict of this arch, rewritten to fit `model` (old key names, other input sizes)."""
         return self.fix_keys(state)
+
+    def adapt_state(self, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        """The published state dict, rewritten to fit `model` (fit_state, and the publisher's own quirks)."""
+        return self.fit_state(state, model)
 
 
 MODELS = Registry[ArchSpec]("arch")
@@ -142,6 +149,13 @@ def image_size(trial: Trial) -> int:
     return trial.image_size or spec(trial.arch).native_size
 
 
+def train_cost(trial: Trial) -> float:
+    """A trial's training time relative to others (the runner starts the costliest first): the arch's step cost
+    per image, scaled by the pixels of its input, times the images it trains on (its subset) and its epochs."""
+    s = spec(trial.arch)
+    return s.step_cost * (image_size(trial) / s.native_size) ** 2 * trial.subset_fraction * trial.epochs
+
+
 def check(trial: Trial) -> None:
     """Raise ConfigError if the trial's arch, freeze depth, image size or test-time augmentation cannot work."""
     if trial.arch not in MODELS:
@@ -160,6 +174,7 @@ def check(trial: Trial) -> None:
         )
     if trial.tta not in TTA:
         raise ConfigError(f"{trial.label}: {TTA.unknown(trial.tta)}")
+    start.check(trial)  # a weights file that cannot be read or does not fit fails before anything runs
 
 
 # --- pretrained weights -------------------------------------------------------------------------------
@@ -185,7 +200,7 @@ def weights_provenance(arch: str) -> dict[str, Any]:
     """
     path = weights_path(arch)
     expected = spec(arch).sha256_prefix(path.name)
-    actual = store.sha256(path)
+    actual = sha256(path)
     return {
         "file": str(path),
         "sha256": actual,
@@ -241,13 +256,16 @@ def _load_published(model: nn.Module, arch: str, state: dict[str, Tensor]) -> No
 def write_placeholder(arch: str) -> Path | None:
     """A random-init file under the arch's real weights name, for offline smoke runs; None if a file is there.
 
-    It exercises the loading path; its numbers mean nothing, and weights_provenance marks it unverified.
+    It exercises the loading path; its numbers mean nothing, and weights_provenance marks it unverified. The
+    same arch always gets the same file.
     """
     path = weights_path(arch)
     if path.is_file():
         return None
     s = spec(arch)
-    net = s.new(Trial(arch=arch), aux=bool(s.aux_min_size), num_classes=1000)  # the published layout
+    with torch.random.fork_rng(devices=[]):  # seeded: every demo's placeholder trials start from the same file
+        torch.manual_seed(0)
+        net = s.new(Trial(arch=arch), aux=bool(s.aux_min_size), num_classes=1000)  # the published layout
     path.parent.mkdir(parents=True, exist_ok=True)
     s.write_weights(net.state_dict(), path)
     return path
@@ -367,6 +385,8 @@ def build(trial: Trial, *, num_classes: int = NUM_CLASSES) -> nn.Module:
                 setattr(parent, child, nn.Linear(getattr(parent, child).in_features, num_classes))
     else:
         model = s.new(trial, aux=aux, num_classes=num_classes)
+        if trial.weights:
+            start.load(model, trial)  # every part but the new head
     freeze(model, trial)
     return model
 
@@ -417,5 +437,6 @@ def forward_tta(model: nn.Module, x: Tensor, *, tta: str) -> Tensor:
     return TTA[tta](model, x)
 
 
+from harness.models import start  # noqa: E402  starting weights from a file
 from harness.models import timm as _timm_family  # noqa: E402, F401  each family registers its archs
 from harness.models import torchvision as _torchvision_family  # noqa: E402, F401

@@ -136,10 +136,14 @@ class TimmSpec(ArchSpec):
 
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
-    def adapt_state(self, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    def fit_state(self, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
         if self.filter_module:
             fit = importlib.import_module(f"timm.models.{self.filter_module}").checkpoint_filter_fn
             state = fit(dict(state), model)  # e.g. the position table resampled to the build's grid
+        return state
+
+    def adapt_state(self, state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        state = self.fit_state(state, model)
         if (self.mean, self.std) != (IMAGENET_MEAN, IMAGENET_STD):
             state = self._fold_normalisation(state)
         return state
@@ -160,11 +164,14 @@ class TimmSpec(ArchSpec):
         return out
 
 
+# step_cost (relative to ResNet50, see harness.models.ArchSpec): forward FLOPs at 224 px (ViT-S/16 4.6 GFLOPs,
+# Swin-T 4.5, ConvNeXt-T 4.5 against ResNet50's 4.1), raised for attention's and LayerNorm's memory traffic.
 register(
     TimmSpec(
         name="vit_small_patch16_224",
         tag="augreg_in1k",  # ImageNet-1k only, as the torchvision archs
         native_size=224,
+        step_cost=1.1,
         min_size=16,  # one 16 px patch
         fixed_size=True,
         # The stem, then the twelve blocks in four stages of three, as a ResNet's four layers.
@@ -188,6 +195,7 @@ register(
         name="swin_tiny_patch4_window7_224",
         tag="ms_in1k",
         native_size=224,
+        step_cost=1.3,
         min_size=4,  # one 4 px patch; the windows shrink to the map
         fixed_size=True,
         stages=("patch_embed", "layers.0", "layers.1", "layers.2", "layers.3"),
@@ -205,6 +213,7 @@ register(
         name="convnext_tiny",
         tag="fb_in1k",
         native_size=224,
+        step_cost=1.2,
         min_size=32,  # stem 4 then three halvings
         stages=("stem", "stages.0", "stages.1", "stages.2", "stages.3"),
         cam_layer="stages.3",

@@ -84,6 +84,12 @@ def _densenet_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+# Training time per image at the native size, relative to ResNet50 (ArchSpec.step_cost): measured images/s on
+# an H200 where there are figures (docs/perf: AlexNet 18,300, ResNet152 1,250, InceptionV3 at 299 px 1,500),
+# forward FLOPs otherwise (ResNet50 4.1 GFLOPs, a third of ResNet152's 11.5; DenseNet121 2.9 but memory-bound
+# concatenations; EfficientNet-B0 0.4, but depthwise convolutions run far below a GPU's FLOP rate).
+_COST = {"resnet50": 1.0, "resnet152": 2.8}
+
 _RESNET_STAGES = ("conv1+bn1", "layer1", "layer2", "layer3", "layer4")
 _RESNET_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
@@ -91,6 +97,7 @@ register(
     TorchvisionSpec(
         name="alexnet",
         native_size=224,
+        step_cost=0.2,
         min_size=63,
         stages=("features.0", "features.3", "features.6", "features.8", "features.10"),
         stage_names=("conv1", "conv2", "conv3", "conv4", "conv5"),
@@ -103,6 +110,7 @@ for _name in ("resnet50", "resnet152"):
         TorchvisionSpec(
             name=_name,
             native_size=224,
+            step_cost=_COST[_name],
             min_size=1,
             stages=_RESNET_STAGES,
             stage_names=_RESNET_NAMES,
@@ -114,6 +122,7 @@ register(
     TorchvisionSpec(
         name="inception_v3",
         native_size=299,
+        step_cost=2.3,
         min_size=75,
         aux_min_size=299,
         stages=(
@@ -133,6 +142,7 @@ register(
     TorchvisionSpec(
         name="densenet121",
         native_size=224,
+        step_cost=1.0,
         min_size=29,
         stages=(
             "features.conv0+features.norm0",
@@ -152,6 +162,7 @@ register(
     TorchvisionSpec(
         name="efficientnet_b0",
         native_size=224,
+        step_cost=0.6,
         min_size=1,
         stages=tuple(f"features.{i}" for i in range(9)),
         cam_layer="features.8",

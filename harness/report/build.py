@@ -78,8 +78,8 @@ def focal_note(named: Sequence[tuple[str, Cell]]) -> str:
     return f"{text}: " + "; ".join(f"{params(*k)} for {', '.join(dict.fromkeys(v))}" for k, v in rows.items()) + "."
 
 
-def _value(v: Any) -> str:
-    return str(v).lower() if isinstance(v, bool) else field_text(v)  # as a grid file writes it
+def _value(v: Any, name: str = "") -> str:
+    return str(v).lower() if isinstance(v, bool) else field_text(v, name)  # as a grid file writes it
 
 
 def lockstep_notes(ctx: Context) -> list[str]:
@@ -88,7 +88,7 @@ def lockstep_notes(ctx: Context) -> list[str]:
     for axis, followers in ctx.followers.items():
         pairs: dict[str, list[str]] = {}
         for c in ctx.cells:
-            pairs.setdefault(_value(c.fields.get(axis)), [_value(c.fields.get(f)) for f in followers])
+            pairs.setdefault(_value(c.fields.get(axis), axis), [_value(c.fields.get(f), f) for f in followers])
         values = "; ".join(
             f"{axis} {k}: " + ", ".join(f"{f} {v}" for f, v in zip(followers, vs)) for k, vs in pairs.items()
         )
@@ -97,9 +97,12 @@ def lockstep_notes(ctx: Context) -> list[str]:
     return out
 
 
-def synthetic_first(ctx: Context, notes: list[str]) -> list[str]:
-    """A table's notes, led by the synthetic-data warning unless every result is on NIH."""
-    return notes if ctx.is_nih else [SYNTHETIC_WARNING, *notes]
+def warnings_first(ctx: Context, notes: list[str]) -> list[str]:
+    """A table's notes, led by the synthetic-data warning unless every result is on NIH, and by the warning
+    about starting weights that may have seen NIH test images when any result started from such."""
+    lead = [] if ctx.is_nih else [SYNTHETIC_WARNING]
+    nih = ctx.nih_warning()
+    return [*lead, *([nih] if nih else []), *notes]
 
 
 # --- Tables 1-2 ---------------------------------------------------------------------------------------
@@ -133,7 +136,8 @@ class PaperPlan:
 
 
 def paper_plan(ctx: Context, *, number: int, pretrained: bool, stem: str, fig_stem: str, what: str) -> PaperPlan | None:
-    cells = [c for c in ctx.cells if bool(c.fields.get("pretrained")) == pretrained]
+    # Trials started from a weights file are neither Table 1's scratch nor Table 2's ImageNet rows.
+    cells = [c for c in ctx.cells if bool(c.fields.get("pretrained")) == pretrained and not c.fields.get("weights")]
     if not cells:
         return None
     shown = [a for a in varied_fields([r for c in cells for r in c.results]) if a in ctx.axes]
@@ -277,7 +281,7 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
         ["Finding", *(mark(col, c.degenerate) for col, c in zip(cols, ctx.cells))],
         rows,
         pd.DataFrame(records),
-        notes=synthetic_first(ctx, notes),
+        notes=warnings_first(ctx, notes),
     )
 
 
@@ -289,7 +293,7 @@ def comparison_table(ctx: Context) -> Table:
     results = sorted(ctx.results, key=lambda r: tuple(field_order(a, r.trial.get(a)) for a in axes))
     for r in results:
         cell = Cell.of(r)
-        row = [mark(r.key, cell.degenerate)] + [field_text(r.trial.get(a)) for a in axes]
+        row = [mark(r.key, cell.degenerate)] + [field_text(r.trial.get(a), a) for a in axes]
         rec: dict[str, Any] = {"key": r.key, "label": r.trial.get("label", ""), **{a: r.trial.get(a) for a in axes}}
         for col in GRID_COLUMNS:
             s = cell.stat(col.metric)
@@ -306,7 +310,7 @@ def comparison_table(ctx: Context) -> Table:
         notes = [ci_note(ctx, cells, losses=True) + " " + focal_note(named), *degenerate_note(named)]
     if not axes:
         notes.append("Every result has the same settings: the grid varied nothing.")
-    return Table("comparison", title, columns, rows, pd.DataFrame(records), notes=synthetic_first(ctx, notes))
+    return Table("comparison", title, columns, rows, pd.DataFrame(records), notes=warnings_first(ctx, notes))
 
 
 def cam_table(ctx: Context) -> Table | None:
@@ -339,5 +343,5 @@ def cam_table(ctx: Context) -> Table | None:
         columns,
         rows,
         pd.DataFrame(records),
-        notes=synthetic_first(ctx, notes),
+        notes=warnings_first(ctx, notes),
     )

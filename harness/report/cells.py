@@ -6,12 +6,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from harness import metrics, store
 from harness.report.paper import ARCH_ORDER, DASH, PM, arch_name
 
-NOT_AXES = ("seed", "key", "label", "grid")  # trial.json entries that never define a cell
+# trial.json entries that never define a cell (a weights file's digest goes with its path, which names it)
+NOT_AXES = ("seed", "key", "label", "grid", "weights_sha256")
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def field_order(name: str, value: Any) -> tuple:
 
 def varied_fields(results: Sequence[store.Result]) -> list[str]:
     """Trial fields whose values differ across results, in trial.json order (seed included)."""
-    names = list(dict.fromkeys(k for r in results for k in r.trial if k not in ("key", "label", "grid")))
+    names = list(dict.fromkeys(k for r in results for k in r.trial if k not in NOT_AXES or k == "seed"))
     return [k for k in names if len({hashable(r.trial.get(k)) for r in results}) > 1]
 
 
@@ -189,7 +191,9 @@ def group_cells(results: Sequence[store.Result], axes: Sequence[str]) -> list[Ce
     return sorted(cells, key=lambda c: tuple(field_order(a, c.fields.get(a)) for a in axes))
 
 
-def field_text(value: Any) -> str:
+def field_text(value: Any, name: str = "") -> str:
+    if name == "weights" and value:
+        return PurePath(str(value)).name  # a starting-weights file by its name; the methods give its path
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -199,7 +203,7 @@ def describe(fields: dict[str, Any], shown: Sequence[str]) -> str:
     if "pretrained" in shown:
         words.append("pretrained" if fields.get("pretrained") else "scratch")
     words.append(arch_name(str(fields.get("arch", "?"))))
-    extra = [f"{k}={field_text(fields.get(k))}" for k in shown if k not in ("arch", "pretrained", "seed")]
+    extra = [f"{k}={field_text(fields.get(k), k)}" for k in shown if k not in ("arch", "pretrained", "seed")]
     return " ".join(words) + (f" ({', '.join(extra)})" if extra else "")
 
 

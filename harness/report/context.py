@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness import metrics, store
 from harness.report.cells import SEED_STATS, Cell
-from harness.report.paper import DATASET_TITLES, F1_VAL, F1_VAL_RULE
+from harness.report.paper import DATASET_TITLES, F1_VAL, F1_VAL_RULE, NIH_WEIGHTS_WARNING
 
 ALPHA = 0.05
 BOOT_SEED = 0  # every paired test uses the same resamples, so a report is reproducible
@@ -122,6 +122,21 @@ class Context:
                 if r.trial.get("pretrained") and not (r.metrics.get("weights") or {}).get("imagenet_verified", False)
             }
         )
+
+    @property
+    def nih_weights(self) -> dict[str, str]:
+        """Starting-weights files that may have seen NIH test images (as recorded at training) -> why."""
+        out = {}
+        for r in self.results:
+            w = r.metrics.get("weights") or {}
+            if w.get("nih_overlap"):
+                out[Path(str(w.get("file", "?"))).name] = str(w["nih_overlap"])
+        return dict(sorted(out.items()))
+
+    def nih_warning(self) -> str | None:
+        """The warning line for results started from such weights, or None."""
+        found = self.nih_weights
+        return NIH_WEIGHTS_WARNING.format(files="; ".join(f"{k} ({v})" for k, v in found.items())) if found else None
 
     @property
     def dataset_title(self) -> str:

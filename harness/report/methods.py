@@ -65,10 +65,15 @@ def freeze_text(arch: str, depth: int) -> str:
     return f"freeze {depth}: {', '.join(stages[:depth])} fixed"
 
 
+def _start(r: store.Result) -> str:
+    """Where a trial's weights started: ImageNet, a file, or random init."""
+    return "pretrained" if _get(r, "pretrained") else "from a weights file" if _get(r, "weights") else "scratch"
+
+
 def _freeze(results: list[store.Result]) -> str:
     parts = []
-    for pretrained, what in ((True, "pretrained"), (False, "scratch")):
-        chosen = [r for r in results if bool(_get(r, "pretrained")) == pretrained]
+    for what in ("pretrained", "from a weights file", "scratch"):
+        chosen = [r for r in results if _start(r) == what]
         depths = {a: sorted({int(_get(r, "freeze")) for r in chosen if _get(r, "arch") == a}) for a in _archs(chosen)}
         if not depths:
             continue
@@ -82,11 +87,16 @@ def _freeze(results: list[store.Result]) -> str:
 
 def _weights(ctx: Context) -> str:
     pretrained = [r for r in ctx.results if _get(r, "pretrained")]
-    if not pretrained:
+    files = {
+        (str(_get(r, "weights")), str(_get(r, "weights_sha256"))[:12]): str(_get(r, "arch"))
+        for r in ctx.results
+        if _get(r, "weights")
+    }
+    if not pretrained and not files:
         return "none loaded (no pretrained trials)"
     unverified = ctx.unverified_weights
     verified = sorted({str(_get(r, "arch")) for r in pretrained} - set(unverified))
-    parts = []
+    parts = [f"{arch_name(arch)} from {path} (SHA-256 {digest}...), head new" for (path, digest), arch in files.items()]
     if verified:
         parts.append(f"torchvision's ImageNet checkpoint, SHA-256 verified, for {', '.join(map(arch_name, verified))}")
     if unverified:

@@ -72,6 +72,8 @@ def build_sections(ctx: Context) -> list[Section]:
         sections.append(_warning(SYNTHETIC_WARNING))
     if ctx.unverified_weights:
         sections.append(_warning(WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))))
+    if ctx.nih_warning():
+        sections.append(_warning(ctx.nih_warning()))
     if ctx.results:
         sections.append(_methods(ctx))
         plans = [

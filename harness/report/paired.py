@@ -9,7 +9,7 @@ from itertools import combinations, pairwise
 import pandas as pd
 
 from harness import metrics
-from harness.report.build import lockstep_notes, synthetic_first
+from harness.report.build import lockstep_notes, warnings_first
 from harness.report.cells import Cell, describe, field_order, hashable
 from harness.report.context import ALPHA, Comparison, Context, holm
 from harness.report.flags import degenerate_note, mark
@@ -135,7 +135,7 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
         columns,
         rows,
         frame,
-        notes=synthetic_first(ctx, notes),
+        notes=warnings_first(ctx, notes),
     )
 
 

@@ -36,6 +36,10 @@ WEIGHTS_WARNING = (
     "match torchvision's published ImageNet checkpoint (e.g. a placeholder): they are not "
     "ImageNet-pretrained results."
 )
+NIH_WEIGHTS_WARNING = (
+    "STARTING WEIGHTS THAT MAY HAVE SEEN NIH TEST IMAGES: {files}. Test scores of trials started from them are "
+    "not held-out scores, and not comparable with the paper's or published values."
+)
 SYNTHETIC_WARNING = (
     "SYNTHETIC DATA: these numbers come from rendered phantoms, not NIH ChestX-ray14. They are "
     "not comparable with the paper's or any published values, which are therefore not shown."

@@ -1,6 +1,6 @@
 """The results store: every file under results/<grid>/, written atomically; the only code that names them.
 
-writes      atomic, durable writes and checksums (used for caches and reports too)
+writes      atomic, durable writes (used for caches and reports too)
 origin      provenance(): what produced a result
 trial       TrialFiles: one trial's folder (settings, metrics, history, predictions, weights, resume, DONE)
 grid        Store: a grid's folder, its lock, and scan() of what is done, failed or broken
@@ -15,7 +15,6 @@ from harness.store.writes import (
     exclusive,
     fsync,
     read_json,
-    sha256,
     write_bytes,
     write_json,
     write_npz,
@@ -39,7 +38,6 @@ __all__ = [
     "provenance",
     "read_json",
     "scan",
-    "sha256",
     "write_bytes",
     "write_json",
     "write_npz",

@@ -28,6 +28,8 @@ class Store:
     STUDY = "study.db"  # a search's Optuna study (SQLite)
     SEARCH_OUTPUT = "search"  # search/<study>/: best trial, importances, plots, the best grid
     TUNE = ".tune"  # Ray Tune's experiment state
+    TENSORBOARD = "tensorboard"  # tensorboard/<run name>/: every trial's TensorBoard event files
+    MLFLOW = "mlflow.db"  # `--tracker mlflow`: the MLflow tracking store (SQLite); W&B's offline runs go to wandb/
 
     def __init__(self, grid_dir: Path | str) -> None:
         self.root = Path(grid_dir)
@@ -39,6 +41,14 @@ class Store:
     @property
     def tune_dir(self) -> Path:
         return self.root / self.TUNE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.root / self.TENSORBOARD
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / self.MLFLOW
 
     def search_dir(self, study: str) -> Path:
         return self.root / self.SEARCH_OUTPUT / study

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from harness.config import sha256
 from harness.store.origin import provenance
-from harness.store.writes import atomic_path, sha256, write_bytes, write_json, write_npz
+from harness.store.writes import atomic_path, write_bytes, write_json, write_npz
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class TrialFiles:
     SEARCH = "search.json"  # a search trial's outcome (a pruned trial has no DONE)
     CAM = "cam"  # `harness cam` output folder
     CAM_SCORES = "cam_scores.json"
+    CAM_GRID = "grid.png"  # findings x images: the paper's Figures 5-6
+    CAM_ACTIVATIONS = "activations.png"  # the paper's Figure 4
     DONE = "DONE"  # written last: a trial without it is not a result
     FAILED = "failed.json"
     CHECKED = (METRICS, PREDICTIONS, WEIGHTS)  # files whose checksums DONE records
@@ -175,6 +178,16 @@ class TrialFiles:
     def cam_dir(self, out_dir: Path | str | None = None) -> Path:
         """Where `harness cam` writes its figures: out_dir when given, else the trial's cam/ folder."""
         return Path(out_dir) if out_dir is not None else self._file(self.CAM)
+
+    def cam_overlay(self, finding: str, image: str, out_dir: Path | str | None = None) -> Path:
+        """One (finding, image) overlay: e.g. Mass_00000013_005.png."""
+        return self.cam_dir(out_dir) / f"{finding}_{Path(image).stem}.png"
+
+    def cam_grid(self, out_dir: Path | str | None = None) -> Path:
+        return self.cam_dir(out_dir) / self.CAM_GRID
+
+    def cam_activations(self, out_dir: Path | str | None = None) -> Path:
+        return self.cam_dir(out_dir) / self.CAM_ACTIVATIONS
 
     def write_cam_scores(self, scores: dict[str, Any], out_dir: Path | str | None = None) -> Path:
         path = self.cam_dir(out_dir) / self.CAM_SCORES

@@ -1,11 +1,10 @@
-"""Atomic, durable file writes (the old file or the whole new one, never a partial one) and file checksums."""
+"""Atomic, durable file writes (the old file or the whole new one, never a partial one); checksums come from config.sha256."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
-import hashlib
 import io
 import json
 import os
@@ -100,9 +99,3 @@ def write_npz(path: Path | str, **arrays: np.ndarray) -> None:
 
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text())
-
-
-def sha256(path: Path | str) -> str:
-    """The SHA-256 of a file, read in chunks (weights files are hundreds of MB)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
