@@ -48,7 +48,17 @@ def _runtime(args: argparse.Namespace) -> Runtime:
         compile=getattr(args, "compile", False),
         workers=getattr(args, "workers", 0),
         reuse_workers=not getattr(args, "fresh_workers", False),
+        trackers=_trackers(getattr(args, "tracker", None)),
     )
+
+
+def _trackers(values: list[str] | None) -> tuple[str, ...]:
+    """--tracker names, checked (known, package installed) before anything runs; ray loads only when asked."""
+    if not values:
+        return ()
+    from harness.runner import tracking
+
+    return tracking.parse(values)
 
 
 def _checked_grid(args: argparse.Namespace) -> tuple[Grid, Runtime]:
@@ -65,10 +75,12 @@ def _checked_grid(args: argparse.Namespace) -> tuple[Grid, Runtime]:
             train.check_trial(t)
         except ConfigError as exc:
             raise ConfigError(f"{grid.path}: {exc}") from None
+    for note in grid.notes:
+        print(f"harness: note: {note}", file=sys.stderr)
     return grid, _runtime(args)
 
 
-LABEL_FIELDS = ("arch", "pretrained", "loss", "freeze", "subset_fraction", "seed")  # what Trial.label shows
+LABEL_FIELDS = ("arch", "pretrained", "weights", "loss", "freeze", "subset_fraction", "seed")  # what Trial.label shows
 
 
 def _dry_run_line(grid: Grid, i: int) -> str:
@@ -90,14 +102,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
         return EXIT_OK
     from harness import prepare
+    from harness.runner import tracking
     from harness.runner.grid import run_grid
+    from harness.store import Store
 
+    if args.fetch_weights:
+        fetch_pretrained(grid.trials)
     trials, runtime = prepare.resolve_dataset(list(grid.trials), runtime)
     prepare.prepare_all(trials, runtime)
     summary = run_grid(grid.name, trials, runtime)
     print("\n".join(summary.lines()))
     print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
+    print("\n".join(tracking.dashboards(runtime.trackers, Store(Path(runtime.results_dir) / grid.name))))
     return summary.exit_code
+
+
+def fetch_pretrained(trials: Sequence[Trial]) -> None:
+    """Download the ImageNet weights of every arch the pretrained trials use, each once (models.fetch_weights)."""
+    from harness import models
+
+    archs = list(dict.fromkeys(t.arch for t in trials if t.pretrained))
+    for arch, path in zip(archs, models.fetch_weights(archs)):
+        print(f"weights: {arch}: {path}", file=sys.stderr)
 
 
 @COMMANDS.register("report")
@@ -240,6 +266,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 def cmd_weights(args: argparse.Namespace) -> int:
     from harness import models
 
+    if args.action == "from-xrv":
+        from harness.models import xrv
+
+        out = xrv.convert(args.src, args.out)
+        print(
+            f"{out}: {args.src} with its stem folded for 3-channel ImageNet-normalised input; start a densenet121 "
+            f"trial from it with weights: {out}"
+        )
+        return EXIT_OK
     for arch in args.archs:
         models.spec(arch)  # an unknown name fails before anything is written
     if args.action == "fetch":
@@ -345,6 +380,23 @@ def cmd_bench_step(args: argparse.Namespace) -> int:
             f"trial / step      {r['ratio']:10.2f}",
             f"evaluation        {r['eval_images_per_s']:10.0f} images/s (batch {r['eval_batch_size']})",
         ],
+    )
+
+
+@BENCH_COMMANDS.register("pack")
+def cmd_bench_pack(args: argparse.Namespace) -> int:
+    from harness import models
+    from harness.runner import placement
+
+    trial = Trial(arch=args.arch, batch_size=args.batch, image_size=args.image_size, freeze=args.freeze)
+    models.check(trial)
+    r = placement.measure_packing(trial, _runtime(args))
+    probes = "\n".join(
+        f"{p['copies']} side by side  {p['images_per_s']:10.0f} images/s together, peak {p['peak_gpu_mb']:,.0f} MB each"
+        for p in r["probes"]
+    )
+    return _print_bench(
+        r, args.json, [f"{r['shape']} on {r['gpu']}", probes, f"trials per GPU: {r['copies']} (kept in {r['file']})"]
     )
 
 

@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
         sp.add_argument("--workers", type=int, default=0, help="decode processes (0 = all cores)")
 
+    def tracker_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--tracker",
+            action="append",
+            metavar="NAME",
+            help="also log every trial to mlflow or wandb (repeatable, or a comma list); "
+            "TensorBoard files are always written to RESULTS/<name>/tensorboard/",
+        )
+
     r = sub.add_parser("run", help="run a grid of trials through Ray Tune")
     r.add_argument("grid", help="grid YAML file, or a built-in grid's name (harness grids lists them), e.g. paper")
     r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
@@ -41,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", metavar="N", help="run every cell with seeds 0..N-1 (in place of the grid's seeds)")
     r.add_argument(
         "--dry-run", action="store_true", help="check the grid as a run does, print the trials and keys; start nothing"
+    )
+    r.add_argument(
+        "--fetch-weights",
+        action="store_true",
+        help="before any trial starts, download the ImageNet weights the grid's pretrained trials need "
+        "(as `harness weights fetch`); offline it fails at once, naming the files to place",
     )
     r.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves (at least)")
@@ -52,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a new worker process per trial (default: a worker runs trial after trial)",
     )
+    tracker_opt(r)
     data_opts(r)
 
     rp = sub.add_parser("report", help="tables, figures and statistics of a grid's results")
@@ -68,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT")
     se.add_argument("--gpus-per-trial", default="auto")
     se.add_argument("--cpus-per-trial", type=float, default=1.0)
+    tracker_opt(se)
     data_opts(se)
 
     c = sub.add_parser("cam", help="Grad-CAM overlays, activations and box scores of a finished trial")
@@ -104,8 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser(
         "weights", help="where pretrained weights go; download them (fetch); placeholder files for offline smoke runs"
     )
-    w.add_argument("action", choices=("where", "fetch", "placeholder"))
-    w.add_argument("archs", nargs="+")
+    wsub = w.add_subparsers(dest="action", required=True)
+    for action, what in (
+        ("where", "where each arch's ImageNet file goes, and whether it is there"),
+        ("fetch", "download torchvision's ImageNet files, with its hash check"),
+        ("placeholder", "random-init files under torchvision's names, for offline smoke runs (NOT ImageNet)"),
+    ):
+        wsub.add_parser(action, help=what).add_argument("archs", nargs="+")
+    x = wsub.add_parser(
+        "from-xrv",
+        help="a torchxrayvision DenseNet state dict as a densenet121 starting file (weights: OUT): its 1-channel "
+        "stem folded into the 3-channel ImageNet-normalised input",
+    )
+    x.add_argument("src", help="torch.save(xrv.models.DenseNet(weights=...).state_dict(), SRC)")
+    x.add_argument("out", help="the file to write; keep an NIH-trained source's name in it (e.g. SRC-3ch.pt)")
 
     gr = sub.add_parser("grids", help="the built-in grids: list them, or print one to copy and edit")
     gr.add_argument("action", nargs="?", choices=("list", "show"), default="list")
@@ -123,7 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--windows", type=_count(1), default=5, help="timed windows each for the trial and the bare loop")
     bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
     bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch (0 = what a trial uses)")
-    for sp, batch in ((bl, 64), (bs, 64)):
+    bp = bsub.add_parser(
+        "pack",
+        help="how many trials of a shape share one GPU, measured now: 1, 2, then 4 copies of its step side by side "
+        "(runs learn it from their own epochs; this measures on demand and remembers the result)",
+    )
+    bp.add_argument("--arch", required=True)
+    bp.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
+    bp.add_argument("--freeze", type=_count(0), default=0, help="leading stages kept fixed")
+    bp.add_argument("--address", help="a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
+    for sp, batch in ((bl, 64), (bs, 64), (bp, 64)):
         sp.add_argument("--batch", type=_count(1), default=batch)
         sp.add_argument("--json", action="store_true")
         data_opts(sp)
