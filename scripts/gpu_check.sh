@@ -18,7 +18,7 @@
 #          outlives this call, run `bash scripts/gpu_check.sh OUT_DIR wait` next, on the same warm machine.
 # The call ends by DEADLINE seconds after its start (default 540: one device command, with time to spare), the
 # grid's wait cut short to keep it; a grid still running then is summarised as it stands (finished: false).
-# One device command for everything (the figures issue 13 asks for), in about 9 minutes:
+# One device command for everything (the performance figures the README still lacks: start to first trial, the whole grid, GPU utilisation), in about 9 minutes:
 #   GRID_EPOCHS=2 bash scripts/gpu_check.sh /tmp/gc bench regress grid; tar -czf $OUT/gpu_check.tgz -C /tmp gc
 # Pretrained trials use PLACEHOLDER weights (random init saved under torchvision's file names): they time the
 # loading path only. With no part named, bench and grid run. To try it on a CPU with tiny sizes:

@@ -5,7 +5,7 @@
 
 NAME covers the whole command. For `run`, the functions that mark a grid's phases are timed too: data
 (prepare.prepare_all: dataset resolution done, caches built), ray_start (runner.grid.start_ray), packing
-(runner.placement.per_gpu: the trials-per-GPU decision) and grid_runner (runner.grid.run_grid: Ray, packing
+(runner.placement.per_gpu: looking up the remembered trials-per-GPU decisions) and grid_runner (runner.grid.run_grid: Ray, packing
 and every trial). A name the code
 no longer has is listed under "not_timed" rather than failing the run. PHASES.json is rewritten as each
 phase begins and ends, so a run still going, or killed, leaves what it reached; several commands append

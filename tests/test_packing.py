@@ -1,7 +1,10 @@
-"""Trials per GPU from measurement: combining copies' windows, the decision, remembering it, its use by the runner,
-and the retry alone of a trial that ran out of GPU memory beside others."""
+"""Trials per GPU: the decision from throughput side by side, learned from the trials' own epochs over runs (no
+measurement before a grid), remembering it, its use by the runner, the costliest trials first, the measurement on
+demand, and the retry alone of a trial that ran out of GPU memory beside others."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +65,63 @@ def test_measure_stops_at_the_first_step_that_does_not_pay_or_does_not_fit():
     assert run({1: None, 2: 1, 4: 1}) == []
 
 
+@pytest.mark.parametrize(
+    "probes, plan",
+    [
+        ([probe(1, 1000)], (2, False)),  # one level seen: try the next
+        ([probe(1, 1000), probe(2, 1800)], (4, False)),  # two paid: try four
+        ([probe(1, 1000), probe(2, 1100)], (1, True)),  # two did not pay: settled at one
+        ([probe(1, 1000), probe(2, 1800), probe(4, 2600)], (4, True)),
+        ([probe(2, 1800), probe(4, 2600)], (4, True)),  # the best's step down was seen
+        ([probe(2, 1800), probe(4, 1900)], (1, False)),  # the guess of two was never compared with one
+        ([probe(4, 2600)], (2, False)),  # a first run at four: try two
+        ([probe(2, 1800, mb=60_000)], (1, False)),  # four would not fit: down instead
+        ([probe(1, 1000), packing.ran_out(2)], (1, True)),  # two ran out of memory: not tried again
+        ([packing.ran_out(2)], (1, False)),
+        ([probe(3, 3000)], None),  # only a level outside COPIES: nothing to decide from
+    ],
+)
+def test_next_run_explores_the_level_next_to_the_best_until_settled(probes, plan):
+    if plan is None:
+        with pytest.raises(ValueError):
+            packing.next_copies(probes, H200["memory_mb"])
+    else:
+        assert packing.next_copies(probes, H200["memory_mb"]) == plan
+
+
+def epoch(run, gpu, start, end, rate, shape="S"):
+    return packing.Epoch(
+        run=run, shape=shape, gpu=gpu, start=start, end=end, images_per_s=rate, peak_gpu_mb=int(run[-1])
+    )
+
+
+def test_epochs_count_at_the_level_of_same_shape_trials_that_shared_their_gpu_throughout():
+    epochs = [
+        # GPU a: two trials of S in step: four epochs at level 2
+        epoch("a1", "a", 0, 10, 100),
+        epoch("a1", "a", 10, 20, 110),
+        epoch("a2", "a", 0.5, 10, 90),
+        epoch("a2", "a", 10, 19.5, 100),
+        # GPU b: one trial alone
+        epoch("b3", "b", 0, 10, 300),
+        # GPU c: beside a trial of another shape, then alone: only the second epoch counts (level 1)
+        epoch("c4", "c", 0, 10, 150),
+        epoch("c4", "c", 10, 20, 200),
+        epoch("c5", "c", 0, 10, 500, shape="T"),
+        # GPU d: a neighbour came mid-epoch: only that neighbour's epoch counts (level 2)
+        epoch("d6", "d", 0, 10, 50),
+        epoch("d6", "d", 10, 20, 50),
+        epoch("d7", "d", 5, 15, 60),
+    ]
+    seen = packing.side_by_side(epochs)
+    assert list(seen) == ["S"]  # T's only epoch had an S trial beside it
+    one, two = seen["S"]
+    assert (one.copies, one.epochs, one.images_per_s) == (1, 2, pytest.approx((300 + 200) / 2))
+    assert (two.copies, two.epochs) == (2, 5)
+    assert two.images_per_s == pytest.approx(2 * (100 + 110 + 90 + 100 + 60) / 5)  # both trials together
+    assert two.overlap == 1.0 and two.peak_gpu_mb == 7
+
+
 def test_decisions_are_remembered_per_gpu_model_and_torch_version(tmp_path):
     path = tmp_path / "cache" / packing.PACKING_FILE
     small = Trial(arch="alexnet", batch_size=64)
@@ -75,7 +135,21 @@ def test_decisions_are_remembered_per_gpu_model_and_torch_version(tmp_path):
     assert again.copies({**H200, "name": "NVIDIA H100"}, small) is None
     saved = json.loads(path.read_text())
     entry = saved["NVIDIA H200 | torch 2.11.0"][packing.shape_key(small)]
-    assert entry["copies"] == 2 and [p["copies"] for p in entry["probes"]] == [1, 2, 4]
+    assert entry["copies"] == 2 and entry["settled"] and [p["copies"] for p in entry["probes"]] == [1, 2, 4]
+
+
+def test_what_runs_observe_is_merged_over_runs(tmp_path):
+    table = packing.Packing(tmp_path / packing.PACKING_FILE)
+    shape = packing.shape_key(Trial(arch="alexnet"))
+    assert table.learn(H200, shape, []) is None and not (tmp_path / packing.PACKING_FILE).exists()
+    assert table.learn(H200, shape, [probe(4, 2600)]) == 2  # a first run at the guess of four: try two
+    assert table.learn(H200, shape, [probe(2, 1800)]) == 4  # four paid over two: settled
+    again = packing.Packing(tmp_path / packing.PACKING_FILE)  # from the file
+    assert again.copies(H200, shape) == 4
+    assert again.learn(H200, shape, [probe(1, 1000)]) == 4  # a run alone adds the level below
+    entry = json.loads((tmp_path / packing.PACKING_FILE).read_text())["NVIDIA H200 | torch 2.11.0"][shape]
+    assert entry["settled"] and [p["copies"] for p in entry["probes"]] == [1, 2, 4]
+    assert again.learn(H200, shape, [probe(1, 2500)]) == 1  # a level seen anew replaces what was remembered
 
 
 def test_runner_gives_a_trial_its_measured_share_else_the_fixed_one():
@@ -89,7 +163,36 @@ def test_runner_gives_a_trial_its_measured_share_else_the_fixed_one():
     assert placement.resources(alexnet, auto, node, measured, alone=True)["gpu"] == 1.0  # ran out beside others
     assert placement.resources(resnet, Runtime(gpus_per_trial=1.0), node, measured)["gpu"] == 1.0  # asked for
     assert placement.resources(resnet, auto, {"CPU": 2.0, "GPU": 0.0}, measured)["gpu"] == 0.0
-    assert placement.per_gpu([resnet], Runtime(device="cpu"), node) == {}  # nothing to measure: no Ray call
+    on_cpu = placement.per_gpu([resnet], Runtime(device="cpu"), node)  # nothing to look up: no Ray call
+    assert on_cpu.per_gpu == {} and on_cpu.gpu is None and on_cpu.learn() == {}
+
+
+def test_the_costliest_trials_start_first():
+    placement = pytest.importorskip("harness.runner.placement")
+    base = Trial(arch="alexnet", epochs=20)
+    trials = [
+        base,
+        base.replace(arch="resnet50", subset_fraction=0.1),  # a tenth of the images
+        base.replace(arch="resnet152"),
+        base.replace(arch="inception_v3"),  # at its native 299 px
+        base.replace(arch="resnet50"),
+        base.replace(arch="densenet121"),
+        base.replace(arch="efficientnet_b0"),
+        base.replace(image_size=448),  # four times the pixels of its native size
+        base.replace(seed=1),  # a tie keeps its place
+    ]
+    order = [(t.arch, t.image_size, t.subset_fraction, t.seed) for t in placement.longest_first(trials)]
+    assert order == [
+        ("resnet152", 0, 1.0, 0),
+        ("inception_v3", 0, 1.0, 0),
+        ("resnet50", 0, 1.0, 0),
+        ("densenet121", 0, 1.0, 0),
+        ("alexnet", 448, 1.0, 0),
+        ("efficientnet_b0", 0, 1.0, 0),
+        ("alexnet", 0, 1.0, 0),
+        ("alexnet", 0, 1.0, 1),
+        ("resnet50", 0, 0.1, 0),
+    ]
 
 
 def test_step_window_warms_up_then_measures_from_the_release():
@@ -106,21 +209,119 @@ def test_step_window_warms_up_then_measures_from_the_release():
     assert result["peak_host_mb"] > 0 and alone.copies == 1 and alone.overlap == 1.0
 
 
-def test_copies_are_released_together_on_one_logical_gpu(tmp_path, monkeypatch):
-    """The Ray side of measuring, on the CPU: Ray's GPUs are logical, so its copies can run anywhere."""
+@pytest.fixture(scope="module")
+def logical_gpu():
+    """A private Ray with one logical GPU and two CPUs: what runs on the GPU runs on the CPU (no CUDA needed)."""
     import ray
 
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("RAY_ADDRESS", raising=False)
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+def test_a_grid_on_logical_gpus_starts_at_once_and_learns_trials_per_gpu(logical_gpu, nih_tree, tmp_path, monkeypatch):
+    """--gpus-per-trial auto: no measurement before the trials; what their epochs showed is in packing.json after
+    the run, and the next run uses it; a remembered decision is used as it is; the costliest trial starts first."""
+    from ray import tune
+
+    from harness import prepare
+    from harness.runner import grid as runner
+
+    placement = pytest.importorskip("harness.runner.placement")
+
+    measured = []
+
+    def measuring(*args, **kwargs):
+        measured.append(args)
+        raise AssertionError("copies were measured before the grid")
+
+    monkeypatch.setattr(placement, "_side_by_side", measuring)
+    monkeypatch.setattr(packing, "measure", measuring)
+    shares, handed = {}, []
+    resources, grid_search = placement.resources, tune.grid_search
+    monkeypatch.setattr(placement, "resources", lambda t, *a, **k: shares.setdefault(t.label, resources(t, *a, **k)))
+    monkeypatch.setattr(tune, "grid_search", lambda values: handed.append(values) or grid_search(values))
+    runtime = Runtime(
+        data_root=str(nih_tree), cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / "r"), progress=False
+    )
+    table = Path(runtime.cache_dir) / packing.PACKING_FILE
+
+    def run(name, *trials):
+        trials, rt = prepare.resolve_dataset(list(trials), runtime)
+        prepare.prepare_all(trials, rt)
+        summary = runner.run_grid(name, trials, rt)
+        assert summary.exit_code == 0, summary.lines()
+        assert summary.done == [t.key for t in trials]  # read back in the grid's order, whatever ran first
+        return json.loads(table.read_text())
+
+    first = Trial(arch="alexnet", image_size=64, epochs=2, batch_size=8, lr=1e-3)
+    shape = packing.shape_key(first)
+    saved = run("first", first)
+    assert shares[first.label]["gpu"] == placement.GPU_SHARE["alexnet"]  # nothing remembered: the fixed guess
+    ((gpu_key, entries),) = saved.items()
+    assert "logical GPU" in gpu_key
+    (alone,) = entries[shape]["probes"]  # both epochs ran with no other trial on the GPU
+    assert alone["copies"] == 1 and alone["epochs"] == 2 and alone["images_per_s"] > 0
+    assert entries[shape]["copies"] == 2 and not entries[shape]["settled"]  # the next run tries two
+
+    again = first.replace(seed=1)
+    other = first.replace(batch_size=4, epochs=3)  # another shape, remembered by hand; and the costlier trial
+    gpu = {"name": gpu_key.split(" | torch ")[0], "torch": gpu_key.split(" | torch ")[1], "memory_mb": 1e6}
+    packing.Packing(table).record(gpu, other, [probe(1, 1000), probe(2, 1050)])  # sharing did not pay
+    shares.clear()
+    run("second", again, other)
+    assert shares[again.label]["gpu"] == 0.5  # what the first run learned
+    assert shares[other.label]["gpu"] == 1.0  # remembered
+    assert [v["batch_size"] for v in handed[-1]] == [4, 8]  # the costlier trial was handed to Tune first
+    assert measured == []
+
+
+def test_on_the_cpu_the_costliest_first_order_changes_no_result(logical_gpu, nih_tree, tmp_path, monkeypatch):
+    """A CPU run hands Tune the costliest trial first; each trial's predictions are those of the grid's own order."""
+    import numpy as np
+    from ray import tune
+
+    from harness import prepare, store
+    from harness.runner import grid as runner
+
+    placement = pytest.importorskip("harness.runner.placement")
+    handed = []
+    grid_search = tune.grid_search
+    monkeypatch.setattr(tune, "grid_search", lambda values: handed.append(values) or grid_search(values))
+    short = Trial(arch="alexnet", image_size=64, epochs=1, batch_size=8, lr=1e-3)
+    trials = [short, short.replace(epochs=2, seed=1)]
+
+    def run(name):
+        runtime = Runtime(
+            data_root=str(nih_tree), cache_dir=str(tmp_path / "cache"), results_dir=str(tmp_path / name), device="cpu"
+        )
+        ts, rt = prepare.resolve_dataset(list(trials), replace(runtime, progress=False))
+        prepare.prepare_all(ts, rt)
+        assert runner.run_grid("g", ts, rt).exit_code == 0
+        st = store.Store(tmp_path / name / "g")
+        return [st.files(t).read_predictions()["probs"] for t in ts]
+
+    sorted_run = run("longest_first")
+    assert [v["epochs"] for v in handed[-1]] == [2, 1]
+    monkeypatch.setattr(placement, "longest_first", list)  # the order the grid lists them in, as before
+    as_listed = run("as_listed")
+    assert [v["epochs"] for v in handed[-1]] == [1, 2]
+    for a, b in zip(sorted_run, as_listed, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_copies_are_released_together_on_one_logical_gpu(logical_gpu, tmp_path, monkeypatch):
+    """`harness bench pack`'s measurement, on the CPU: Ray's GPUs are logical, so its copies can run anywhere."""
     placement = pytest.importorskip("harness.runner.placement")
     monkeypatch.setattr(packing, "WINDOW_S", 1.5)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="ERROR")
-    try:
-        trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
-        per_gpu = placement.measured_per_gpu(
-            [trial, trial.replace(seed=1)], Runtime(cache_dir=str(tmp_path)), cpus=2, device="cpu"
-        )
-    finally:
-        ray.shutdown()
+    trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
+    per_gpu = placement.measured_per_gpu(
+        [trial, trial.replace(seed=1)], Runtime(cache_dir=str(tmp_path)), cpus=2, device="cpu"
+    )
     assert list(per_gpu) == [packing.shape_key(trial)] and per_gpu[packing.shape_key(trial)] in (1, 2)
     (entry,) = json.loads((tmp_path / packing.PACKING_FILE).read_text()).values()
     probes = entry[packing.shape_key(trial)]["probes"]
