@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -28,7 +29,6 @@ class CheckpointWriter:
 
     def __init__(self, files: store.TrialFiles) -> None:
         self.files = files
-        self._pool = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: futures.Future | None = None
         # The previous copy's host tensors, each with the CUDA device it came from (None: the CPU); free once
         # that copy is written.
@@ -41,7 +41,7 @@ class CheckpointWriter:
         state = _host_copy(state, spare, self._buffers)
         # Recorded after the copies on each source device's stream: the writer waits for them, not the host.
         copied = [torch.cuda.current_stream(d).record_event() for d in {d for _, d in self._buffers} - {None}]
-        self._pending = self._pool.submit(self._write, state, best, copied)
+        self._pending = _in_background(self._write, state, best, copied)
 
     def _write(self, state: dict[str, Any], best: bool, copied: list[torch.cuda.Event]) -> None:
         for event in copied:
@@ -57,10 +57,7 @@ class CheckpointWriter:
             pending.result()
 
     def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown()
+        self.wait()
 
     def __enter__(self) -> CheckpointWriter:
         return self
@@ -73,6 +70,23 @@ class CheckpointWriter:
             self.close()
         except Exception as write_error:
             log.warning("%s: a checkpoint write failed as well: %s", self.files.path, write_error)
+
+
+def _in_background(fn: Callable[..., None], *args: Any) -> futures.Future:
+    """fn(*args) in a daemon thread. Not an executor's: the interpreter waits for those at exit, so a worker
+    process ended mid-trial (Ray ending a trial its scheduler stopped) would still write a checkpoint after
+    whoever ended it had cleared the trial's folder. A trial waits for its writes itself (close)."""
+    future: futures.Future = futures.Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as error:  # raised again, as it was, by the trial's wait()
+                future.set_exception(error)
+
+    threading.Thread(target=run, name="checkpoint", daemon=True).start()
+    return future
 
 
 def _host_copy(obj: Any, spare: Iterator[tuple[torch.Tensor, Any]], out: list[tuple[torch.Tensor, Any]]) -> Any:

@@ -207,12 +207,27 @@ def test_naive_baseline_gives_what_the_cached_loader_gives(tree):
         (["step", "--arch", "alexnet", "--batch", "0"], "--batch: invalid whole number >= 1 value: '0'"),
         (["loader", "--images", "-5"], "--images: invalid whole number >= 1"),
         (["step", "--arch", "alexnet", "--eval-batch", "x"], "--eval-batch: invalid whole number >= 0"),
+        (["pack", "--arch", "alexnet", "--freeze", "-1"], "--freeze: invalid whole number >= 0"),
     ],
 )
 def test_bad_bench_arguments_are_one_line_and_exit_2(capsys, args, message):
     with pytest.raises(SystemExit) as stop:
         cli.main(["bench", *args])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "alexnet", "--device", "cpu"], "bench pack measures trials side by side on a GPU"),
+        (["--arch", "alexnet", "--freeze", "9", "--device", "cpu"], "freeze=9 is deeper than alexnet's 5 stages"),
+        (["--arch", "vgg", "--device", "cpu"], "unknown arch 'vgg'"),
+    ],
+)
+def test_bench_pack_without_a_gpu_or_with_a_bad_shape_is_one_line_and_exit_2(capsys, args, message):
+    assert cli.main(["bench", "pack", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("harness: error: ") and err.strip().count("\n") == 0
 
 
 def _script(name: str):

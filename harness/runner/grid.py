@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,16 @@ from tqdm.auto import tqdm
 
 from harness import store as store_mod
 from harness import train
-from harness.config import Runtime, Trial
-from harness.runner import placement
+from harness.config import ConfigError, Runtime, Trial
+from harness.runner import placement, ray_internals, tracking
 from harness.runner.attempt import attempt, needs_a_whole_gpu
-from harness.runner.cluster import largest_node, start_ray, use_reserved_cpus, worker_logging
+from harness.runner.cluster import (
+    largest_node,
+    ray_reachable,
+    start_ray,
+    use_reserved_cpus,
+    worker_logging,
+)
 from harness.runner.intact import intact, redo
 from harness.runner.stopping import Stop, resume_command, stoppable
 
@@ -76,11 +83,16 @@ def _trainable(config: dict[str, Any]) -> None:
     use_reserved_cpus()
     worker_logging()
     where = {"ray_node_id": ray.get_runtime_context().get_node_id()}
+    gpu = placement.worker_gpu()
     if attempt(
         st,
         trial,
         lambda: train.run_trial(
-            trial, runtime, out_dir=st.trial_dir(trial), report=lambda row: tune.report(row), context=where
+            trial,
+            runtime,
+            out_dir=st.trial_dir(trial),
+            report=lambda row: tune.report(placement.epoch_report(row, gpu)),
+            context=where,
         ),
         tell_failed=lambda: tune.report({"failed": 1}),
     ):
@@ -116,6 +128,10 @@ class Progress(tune.Callback):
         self.bar.update(1)
         self._show()
 
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.running.pop(trial.trial_id, None)  # its dead attempt's epoch; the retry reports its own
+        self._show()
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.running.pop(trial.trial_id, None)
         self.failed += 1
@@ -132,6 +148,84 @@ class Progress(tune.Callback):
         self.bar.close()
 
 
+def _grid_trial(config: dict[str, Any]) -> Trial:
+    """The Trial a grid's Tune trial runs: its config carries the whole trial."""
+    return Trial(**config["trial"])
+
+
+class Retries(tune.Callback):
+    """A failed attempt in one line, in place of Tune's traceback. The worker records what it can (failed.json,
+    with the traceback); a worker that died at once (a lost node, the kernel's OOM killer) records nothing, so a
+    trial whose last retry ends so is recorded here, with Ray's reason."""
+
+    def __init__(
+        self, st: store_mod.Store, retries: int, trial_of: Callable[[dict[str, Any]], Trial] = _grid_trial
+    ) -> None:
+        self.st, self.retries, self.trial_of = st, retries, trial_of
+
+    def _trial(self, trial: Any) -> Trial | None:
+        try:
+            return self.trial_of(trial.config)
+        except (ConfigError, KeyError):  # a search point its trial refused: the trial recorded why
+            return None
+
+    def _label(self, trial: Any) -> str:
+        t = self._trial(trial)
+        return t.label if t else f"trial {trial.trial_id}"
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        n = trial.num_failures
+        log.warning(
+            "%s: attempt %d failed (%s); Ray runs it again, after its last finished epoch (retry %d of %d)",
+            self._label(trial),
+            n,
+            _why(trial),
+            n,
+            self.retries,
+        )
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        t, why = self._trial(trial), _why(trial)
+        log.warning(
+            "%s: attempt %d failed (%s); no retries left (--retries %d)",
+            t.label if t else f"trial {trial.trial_id}",
+            trial.num_failures,
+            why,
+            self.retries,
+        )
+        if t is not None and self.st.failure(t) is None and not self.st.is_done(t):
+            self.st.mark_failed(t, f"{why} (attempt {trial.num_failures} of {self.retries + 1})")
+
+
+def _why(trial: Any) -> str:
+    """What ended a Tune trial's attempt, in a line: the trial's own exception, or its worker's death."""
+    try:
+        exc = ray_internals.last_error(trial)
+    except Exception:  # unreadable: Tune keeps it in the trial's error file; only this line lacks it
+        exc = None
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return f"its worker died or its node was lost: {type(exc).__name__}"
+    exc = getattr(exc, "cause", None) or exc  # a RayTaskError carries the trial's own exception
+    if exc is None:
+        return "unknown error"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def own_failure_lines() -> Iterator[None]:
+    """Tune prints a trial's failure with a traceback when it happens; Retries says it in one line instead."""
+    before = os.environ.get("TUNE_PRINT_ALL_TRIAL_ERRORS")
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"  # read when the Tuner starts its controller
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"]
+        else:
+            os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = before
+
+
 @contextlib.contextmanager
 def quiet_results() -> Iterator[None]:
     """Results come from the trials' last reports and the store; Ray's per-trial result files are off, and
@@ -146,18 +240,30 @@ def quiet_results() -> Iterator[None]:
 
 
 def run_config(
-    name: str, st: store_mod.Store, runtime: Runtime, progress: Progress | None, stop: Stop
+    name: str,
+    st: store_mod.Store,
+    runtime: Runtime,
+    progress: Progress | None,
+    stop: Stop,
+    callbacks: Sequence[tune.Callback] = (),
 ) -> tune.RunConfig:
-    """How every Tuner of the harness runs: its state under the grid's .tune/, retries, a stop, no chatter."""
+    """How every Tuner of the harness runs: its state under the grid's .tune/, retries, a stop, no chatter,
+    TensorBoard files and the chosen trackers (runner/tracking.py)."""
     return tune.RunConfig(
         name=name,
         storage_path=str(st.tune_dir.resolve()),
         failure_config=tune.FailureConfig(max_failures=runtime.max_retries),
         stop=stop,
         verbose=0,
-        callbacks=[progress] if progress else None,
+        callbacks=[*([progress] if progress else []), *callbacks, *tracking.callbacks(runtime.trackers, st)],
         log_to_file=True,
     )
+
+
+def _run_name(ray_trial: Any) -> str:
+    """The trial's label and key, in Ray's logs, its .tune/ folder and every tracker (Ray's default spells
+    out the whole config)."""
+    return tracking.run_name(Trial(**ray_trial.config["trial"]))
 
 
 def _fit(
@@ -168,8 +274,9 @@ def _fit(
     shape: Any,
     progress: Progress | None,
     stop: Stop,
+    decisions: placement.Decisions,
 ) -> None:
-    """One Tuner over the trials; shape(trial) gives a trial's resources."""
+    """One Tuner over the trials, started in their order; shape(trial) gives a trial's resources."""
     # Resources per trial from its shape, so an AlexNet trial can share a GPU with a ResNet152 one.
     trainable = tune.with_resources(
         _trainable,
@@ -184,10 +291,14 @@ def _fit(
         },
         # A finished trial's worker process runs the next trial of the same resources: no new
         # process, no second import of torch; run_trial resets seeds and peak-memory counts.
-        tune_config=tune.TuneConfig(reuse_actors=runtime.reuse_workers),
-        run_config=run_config(name, st, runtime, progress, stop),
+        tune_config=tune.TuneConfig(
+            reuse_actors=runtime.reuse_workers, trial_name_creator=_run_name, trial_dirname_creator=_run_name
+        ),
+        run_config=run_config(
+            name, st, runtime, progress, stop, [Retries(st, runtime.max_retries), placement.Observer(name, decisions)]
+        ),
     )
-    with quiet_results():
+    with quiet_results(), own_failure_lines():
         tuner.fit()
 
 
@@ -206,22 +317,38 @@ def _to_run(trials: Sequence[Trial], st: store_mod.Store) -> list[Trial]:
 def _run(
     grid: str, pending: Sequence[Trial], runtime: Runtime, st: store_mod.Store, progress: Progress | None, stop: Stop
 ) -> None:
-    """The pending trials; then, each with a GPU to itself, those that ran out of GPU memory beside others."""
+    """The pending trials, costliest first; then, each with a GPU to itself, those that ran out of GPU memory beside
+    others. What their epochs showed about sharing a GPU is remembered for the next run, even after a stop."""
     node = largest_node()
-    per_gpu = placement.per_gpu(pending, runtime, node)
-    for t in pending:
-        st.begin(t, grid)
-    _fit(grid, pending, runtime, st, lambda t: placement.resources(t, runtime, node, per_gpu), progress, stop)
-    alone = [t for t in pending if needs_a_whole_gpu(st, t)]
-    if not alone or stop.signal:
-        return
-    log.warning("%d trial(s) ran out of GPU memory beside other trials; running each again alone", len(alone))
-    if progress:
-        progress.again(len(alone))
-    for t in alone:
-        st.begin(t, grid)  # its finished epochs stay: it resumes after the last
-    whole = lambda t: placement.resources(t, runtime, node, per_gpu, alone=True)  # noqa: E731
-    _fit(f"{grid}-alone", alone, runtime, st, whole, progress, stop)
+    decisions = placement.per_gpu(pending, runtime, node)
+    pending = placement.longest_first(pending)
+    try:
+        for t in pending:
+            st.begin(t, grid)
+        share = lambda t: placement.resources(t, runtime, node, decisions.per_gpu)  # noqa: E731
+        _fit(grid, pending, runtime, st, share, progress, stop, decisions)
+        alone = [t for t in pending if needs_a_whole_gpu(st, t)]
+        for t in alone:
+            decisions.ran_out(t)
+        if not alone or stop.signal:
+            return
+        log.warning("%d trial(s) ran out of GPU memory beside other trials; running each again alone", len(alone))
+        if progress:
+            progress.again(len(alone))
+        for t in alone:
+            st.begin(t, grid)  # its finished epochs stay: it resumes after the last
+        whole = lambda t: placement.resources(t, runtime, node, decisions.per_gpu, alone=True)  # noqa: E731
+        _fit(f"{grid}-alone", alone, runtime, st, whole, progress, stop, decisions)
+    finally:
+        _learn(decisions)
+
+
+def _learn(decisions: placement.Decisions) -> None:
+    """Remember what the run's epochs showed about sharing a GPU (packing.json), loudly if that fails."""
+    try:
+        decisions.learn()
+    except Exception as exc:  # remembering costs only the next run's packing, never this run's results
+        log.warning("could not remember GPU packing (%s: %s)", type(exc).__name__, exc)
 
 
 def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
@@ -233,10 +360,16 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
         already = len(trials) - len(pending)
         stopped = None
         if pending:
-            start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
+            own_ray = start_ray(runtime)  # first: ray.init sets a SIGTERM handler, which stoppable() replaces
             progress = Progress(len(trials), already) if runtime.progress else None
+
+            def last_words(stop: Stop) -> None:  # Ray went down with the driver: the store says what was done
+                if progress:
+                    progress.close()
+                print("\n".join(replace(summarize(grid, trials, st, skipped=already), stopped=stop.cause).lines()))
+
             try:
-                with stoppable() as stop:
+                with stoppable(ray_reachable, last_words, own_ray=own_ray) as stop:
                     _run(grid, pending, runtime, st, progress, stop)
             finally:
                 if progress:

@@ -2,16 +2,22 @@
 
 - ASHA's rungs are primed with a study's earlier curves through its public scheduler methods, fed a
   stand-in trial that carries only a trial_id: ASHA reads nothing else of a trial.
+- What ended a trial's attempt is read from the error Tune pickles beside the trial's local state
+  (Trial.pickled_error_file) as it happens: Trial.get_pickled_error reads the copy in storage, written later.
 tests/test_search.py::test_ray_contract checks CONTRACT and the stand-in against the installed Ray and names
 whatever an upgrade moved.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ray
+from ray import cloudpickle
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 # What this module calls, for the contract test: (class, attribute).
@@ -19,6 +25,8 @@ CONTRACT = (
     (AsyncHyperBandScheduler, "on_trial_add"),
     (AsyncHyperBandScheduler, "on_trial_result"),
     (AsyncHyperBandScheduler, "on_trial_remove"),
+    (Trial, "pickled_error_file"),
+    (Trial, "get_pickled_error"),
 )
 
 
@@ -27,7 +35,7 @@ def contract_problems() -> list[str]:
     return [
         f"ray {ray.__version__}: {cls.__name__}.{name} is gone (harness/runner/ray_internals.py uses it)"
         for cls, name in CONTRACT
-        if not callable(getattr(cls, name, None))
+        if not (callable(attr := getattr(cls, name, None)) or isinstance(attr, property))
     ]
 
 
@@ -50,3 +58,12 @@ def prime(scheduler: AsyncHyperBandScheduler, time_attr: str, metric: str, curve
         for epoch in sorted(curve):
             scheduler.on_trial_result(None, past, {time_attr: epoch, metric: curve[epoch]})
         scheduler.on_trial_remove(None, past)
+
+
+def last_error(trial: Any) -> BaseException | None:
+    """The error that ended a Tune trial's last attempt (in a Callback's on_trial_recover or on_trial_error)."""
+    path = getattr(trial, "pickled_error_file", None)
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return cloudpickle.load(f)
+    return trial.get_pickled_error()
