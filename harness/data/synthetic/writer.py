@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from harness import store
-from harness.config import ConfigError
+from harness.config import ConfigError, sha256
 from harness.data import nih
 from harness.data.synthetic.anatomy import Box
 from harness.data.synthetic.phantom import check_arguments, render
@@ -160,7 +160,7 @@ def generate(
             "source_table": {
                 "file": f"torchxrayvision/{SOURCE_TABLE}",
                 "torchxrayvision": _version("torchxrayvision"),
-                "sha256": store.sha256(source),
+                "sha256": sha256(source),
             },
         }
         (tmp / nih.SYNTHETIC_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
@@ -208,7 +208,7 @@ def _write_tables(root: Path, table: pd.DataFrame, labels: np.ndarray, test: set
 
 # The embedded set is small and plain on purpose: a 2-core CPU renders it in about half a minute and a
 # small CNN learns from it within minutes (the demo); `harness data synth` makes larger, harder ones.
-EMBEDDED = {"n": 3000, "size": 128, "difficulty": 0.2}
+EMBEDDED = {"n": 4500, "size": 128, "difficulty": 0.2}
 
 
 def default_root(
