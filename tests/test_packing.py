@@ -223,6 +223,7 @@ def logical_gpu():
             ray.shutdown()
 
 
+@pytest.mark.slow  # two grids under a logical GPU: over a minute on a 2-core CPU
 def test_a_grid_on_logical_gpus_starts_at_once_and_learns_trials_per_gpu(logical_gpu, nih_tree, tmp_path, monkeypatch):
     """--gpus-per-trial auto: no measurement before the trials; what their epochs showed is in packing.json after
     the run, and the next run uses it; a remembered decision is used as it is; the costliest trial starts first."""
@@ -280,6 +281,7 @@ def test_a_grid_on_logical_gpus_starts_at_once_and_learns_trials_per_gpu(logical
     assert measured == []
 
 
+@pytest.mark.slow  # two grids under a logical GPU
 def test_on_the_cpu_the_costliest_first_order_changes_no_result(logical_gpu, nih_tree, tmp_path, monkeypatch):
     """A CPU run hands Tune the costliest trial first; each trial's predictions are those of the grid's own order."""
     import numpy as np
@@ -314,6 +316,7 @@ def test_on_the_cpu_the_costliest_first_order_changes_no_result(logical_gpu, nih
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # three rounds of probe processes
 def test_copies_are_released_together_on_one_logical_gpu(logical_gpu, tmp_path, monkeypatch):
     """`harness bench pack`'s measurement, on the CPU: Ray's GPUs are logical, so its copies can run anywhere."""
     placement = pytest.importorskip("harness.runner.placement")

@@ -167,7 +167,10 @@ def test_a_successful_run_prints_no_traceback(tree, env, tmp_path):
     assert "Configuration for experiment" not in proc.stdout  # Ray's banner: the harness's summary says it all
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGTERM takes the same path as SIGINT (one handler); its run is in -m slow to keep the default suite short
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_stop_signal_ends_the_run_in_seconds_and_a_rerun_resumes(tree, env, tmp_path, sig):
     grid = grid_file(tmp_path, "stopped", epochs=3, seeds=[0, 1, 2])
     cmd = harness_run(grid, tree, tmp_path / "results")
