@@ -213,30 +213,22 @@ def _why(trial: Any) -> str:
 
 
 @contextlib.contextmanager
-def own_failure_lines() -> Iterator[None]:
-    """Tune prints a trial's failure with a traceback when it happens; Retries says it in one line instead."""
-    before = os.environ.get("TUNE_PRINT_ALL_TRIAL_ERRORS")
+def quiet_tune() -> Iterator[None]:
+    """What a Tuner of the harness says, trimmed to what a user needs. Results come from the trials' last reports
+    and the store, so Ray's per-trial result files are off and its notes about them (and about trials a stop left
+    unstarted) are silenced; a trial's failure is said in one line by Retries, not as Tune's traceback."""
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level, before = quiet.level, os.environ.get("TUNE_PRINT_ALL_TRIAL_ERRORS")
+    quiet.setLevel(logging.ERROR)
     os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"  # read when the Tuner starts its controller
     try:
         yield
     finally:
+        quiet.setLevel(level)
         if before is None:
             del os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"]
         else:
             os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = before
-
-
-@contextlib.contextmanager
-def quiet_results() -> Iterator[None]:
-    """Results come from the trials' last reports and the store; Ray's per-trial result files are off, and
-    its notes about them (and about trials a stop left unstarted) say nothing a user needs."""
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        quiet.setLevel(level)
 
 
 def run_config(
@@ -298,7 +290,7 @@ def _fit(
             name, st, runtime, progress, stop, [Retries(st, runtime.max_retries), placement.Observer(name, decisions)]
         ),
     )
-    with quiet_results(), own_failure_lines():
+    with quiet_tune():
         tuner.fit()
 
 

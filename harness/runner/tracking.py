@@ -75,13 +75,13 @@ class TensorBoard(TBXLoggerCallback):
         self._last[trial] = {}
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
-        if "epoch" not in result:  # a trial's failure notice, not an epoch
+        if (row := epoch_row(result)) is None:
             return
         if trial not in self._writers:
             self.log_trial_start(trial)
-        writer, step = self._writers[trial], int(result["epoch"])
+        writer, step = self._writers[trial], int(row["epoch"])
         for key, tag in SCALARS.items():
-            value = result.get(key)
+            value = row.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):  # an undefined AUROC is a gap, not a point
                 writer.add_scalar(tag, float(value), global_step=step)
                 self._last[trial][tag] = float(value)
