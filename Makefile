@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test test-fast test-all lint bench install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,10 +26,19 @@ demo: $(STAMP)
 	TORCH_HOME=$(DEMO_TORCH_HOME) $(BIN)/python -m harness run grids/paper.yaml --profile smoke
 	$(BIN)/python -m harness report results/paper
 
+# The default suite: the unit layer and the integration layer, without -m slow and -m gpu (about 5 minutes).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# The unit layer alone: no Ray, no subprocess (about a minute).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+# Everything that runs without a GPU: the default suite and -m slow.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m 'not gpu'
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import write_nih_tree
+from support import write_nih_tree
 
 from harness.bench import NaivePNGDataset
 from harness.data import cache, loader, nih

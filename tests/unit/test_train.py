@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import logging
 import threading
 
 import numpy as np
@@ -11,40 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from harness import metrics, models, rescore, store, train
+from harness import models, store, train
 from harness.checkpoint import CheckpointWriter
-from harness.config import KEYED_WHEN_SET, TRIAL_FIELDS, ConfigError, Runtime, Trial, trial_from_dict
+from harness.config import KEYED_WHEN_SET, TRIAL_FIELDS, ConfigError, Trial, trial_from_dict
 from harness.data import loader
 
 # 21 training images of the tiny tree at batch 8: two steps an epoch.
 ALEXNET = Trial(dataset="nih", arch="alexnet", image_size=64, epochs=3, batch_size=8, lr=1e-3, lr_step=2)
-
-
-@pytest.fixture(scope="module")
-def runtime(nih_tree, tmp_path_factory) -> Runtime:
-    cache = tmp_path_factory.mktemp("cache")
-    return Runtime(data_root=str(nih_tree), cache_dir=str(cache), device="cpu", progress=False, workers=1)
-
-
-@pytest.fixture(scope="module")
-def alexnet_run(runtime, tmp_path_factory):
-    """ALEXNET trained once, as every run of it must end: (metrics, its trial folder)."""
-    out = tmp_path_factory.mktemp("alexnet")
-    return train.run_trial(ALEXNET, runtime, out_dir=out), store.TrialFiles(out)
-
-
-def same_result(files: store.TrialFiles, reference: store.TrialFiles) -> None:
-    """Predictions, history (timings aside) and metrics equal to the reference run's."""
-    got, want = files.read_predictions(), reference.read_predictions()
-    assert got.keys() == want.keys()
-    for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-
-    def untimed(rows):
-        return [{k: v for k, v in row.items() if k not in ("seconds", "train_images_per_s")} for row in rows]
-
-    assert untimed(files.read_history()) == untimed(reference.read_history())
-    assert files.read_metrics()["auc_macro"] == reference.read_metrics()["auc_macro"]
 
 
 # --- optimisers, parametrised over the registry ---
@@ -163,25 +134,6 @@ def test_bn_recalibrate_from_the_command_line():
 # --- logits saved beside the probabilities ---
 
 
-def test_predictions_hold_float32_logits_whose_sigmoid_are_the_probabilities(alexnet_run):
-    _, files = alexnet_run
-    saved = files.read_predictions()
-    for probs, logits in (("probs", "logits"), ("val_probs", "val_logits")):
-        assert saved[logits].dtype == np.float32 and saved[logits].shape == saved[probs].shape
-        np.testing.assert_array_equal(torch.sigmoid(torch.from_numpy(saved[logits])).numpy(), saved[probs])
-
-
-def test_metrics_report_the_focal_loss_with_the_trials_own_parameters_and_recompute_the_same(runtime, tmp_path):
-    trial = ALEXNET.replace(epochs=1, loss="focal", focal_gamma=1.0, focal_alpha=0.5)
-    files = store.Store(tmp_path).begin(trial, "focal")  # trial.json, which a recompute reads, as a run writes it
-    result = train.run_trial(trial, runtime, out_dir=files.path)
-    p = files.read_predictions()
-    own = metrics.focal_loss(p["probs"], p["labels"], gamma=1.0, alpha=0.5)
-    assert result["focal"] == pytest.approx(own, abs=1e-12)
-    assert own != pytest.approx(metrics.focal_loss(p["probs"], p["labels"], gamma=2.0, alpha=0.25))
-    assert rescore.rebuilt_metrics(files)["focal"] == result["focal"]
-
-
 # --- precise BatchNorm ---
 
 
@@ -204,84 +156,7 @@ def test_recalibration_resets_only_the_batchnorms_that_train_and_leaves_the_rest
     assert batches.augment  # the training batches keep their augmentation
 
 
-def test_recalibration_keeps_a_smoke_sized_scratch_inception_from_saturating(runtime, tmp_path):
-    """torchvision's init, 5 steps of batch 4 at 75 px: in eval mode the outputs saturate (measured on a 2-core
-    CPU: median |logit| about 900, 98% of test logits past 16.6, where float32 sigmoids are exactly 0 or 1).
-    Recalibrated from 4 training batches: median |logit| about 4, 2% past 16.6."""
-    trial = Trial(dataset="nih", arch="inception_v3", image_size=75, epochs=1, batch_size=4, lr=1e-3)
-
-    def saturated(recalibrate: int) -> float:
-        out = tmp_path / str(recalibrate)
-        train.run_trial(trial.replace(bn_recalibrate=recalibrate), runtime, out_dir=out)
-        saved = store.TrialFiles(out).read_predictions()
-        logits = np.concatenate([saved["logits"], saved["val_logits"]])
-        return float(np.mean(np.abs(logits) > 16.6))
-
-    assert saturated(0) > 0.5
-    assert saturated(4) < 0.1
-
-
 # --- checkpoints written in the background ---
-
-
-def test_checkpoints_are_written_while_the_next_epoch_trains(runtime, alexnet_run, tmp_path, monkeypatch):
-    """Each epoch's last.pt write is held until the next epoch's training has started: a writer on the training
-    thread could never see that (it would time out). The files end complete, and the result is unchanged."""
-    started: dict[int, threading.Event] = {}
-    real_epoch, real_save = train.train_one_epoch, store.TrialFiles.save_resume
-    seen = []
-
-    def tracked_epoch(*args, epoch, **kwargs):
-        started.setdefault(epoch, threading.Event()).set()
-        return real_epoch(*args, epoch=epoch, **kwargs)
-
-    def slow_save(self, state):
-        epoch = state["epoch"]
-        on_disk = self.load_resume()  # meanwhile the previous epoch's file is there, complete
-        following = epoch + 1 < ALEXNET.epochs and started.setdefault(epoch + 1, threading.Event()).wait(timeout=30)
-        seen.append((epoch, following, None if on_disk is None else on_disk["epoch"]))
-        real_save(self, state)
-
-    monkeypatch.setattr(train, "train_one_epoch", tracked_epoch)
-    monkeypatch.setattr(store.TrialFiles, "save_resume", slow_save)
-    files = store.TrialFiles(tmp_path / "slow")
-    train.run_trial(ALEXNET, runtime, out_dir=files.path)
-    assert seen == [(0, True, None), (1, True, 0), (2, False, 1)]
-    assert files.load_resume()["epoch"] == ALEXNET.epochs - 1 and files.has_weights()
-    same_result(files, alexnet_run[1])
-
-
-def test_a_failed_background_write_fails_the_trial_with_its_message(runtime, tmp_path, monkeypatch):
-    def full_disk(self, state):
-        raise store.WriteFailed(errno.ENOSPC, f"no space left on device while writing {self.path}/last.pt")
-
-    monkeypatch.setattr(store.TrialFiles, "save_resume", full_disk)
-    files = store.TrialFiles(tmp_path / "full")
-    with pytest.raises(store.WriteFailed, match="no space left on device while writing .*last.pt"):
-        train.run_trial(ALEXNET, runtime, out_dir=files.path)
-    assert not files.has_metrics()
-
-
-def test_a_stopped_trial_resumes_from_its_background_checkpoint_to_the_same_result(
-    runtime, alexnet_run, tmp_path, caplog
-):
-    class Stopped(Exception):
-        pass
-
-    def stop_after_two(row):
-        if row["epoch"] == 2:
-            raise Stopped
-
-    files = store.TrialFiles(tmp_path / "stopped")
-    with pytest.raises(Stopped):
-        train.run_trial(ALEXNET, runtime, out_dir=files.path, report=stop_after_two)
-    assert files.load_resume()["epoch"] == 1  # the write in flight when the trial stopped was waited for
-    with caplog.at_level(logging.INFO, logger="harness.train"):
-        train.run_trial(ALEXNET, runtime, out_dir=files.path)
-    assert "resuming after epoch 2" in caplog.text
-    same_result(files, alexnet_run[1])
-    assert files.read_metrics()["resumed_after_epoch"] == 2  # a researcher can see the trial was resumed
-    assert "resumed_after_epoch" not in alexnet_run[0]  # a trial that ran straight through reads as before
 
 
 def test_the_writer_writes_the_state_as_submitted_not_as_training_changes_it(tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+PACKAGE = REPO / "harness"
 
 # Each top-level module or subpackage of harness and its layer: a module imports only from lower layers
 # (or from inside its own package). Read top to bottom, this is the flow from a grid to a report.

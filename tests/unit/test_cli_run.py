@@ -89,3 +89,11 @@ def test_dry_run_shows_varied_fields_the_label_leaves_out(tmp_path, capsys):
     assert cli.main(["run", str(p), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[-1] for line in lines] == ["lr=0.001", "lr=0.0001"]
+
+
+def test_missing_data_root_is_one_clear_line_before_anything_starts(tmp_path, capsys):
+    argv = ["run", PAPER, "--data-root", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Data_Entry_2017.csv" in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

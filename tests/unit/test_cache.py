@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import pixels
 from PIL import Image
+from support import pixels
 
 from harness import store
 from harness.data import cache, nih
@@ -172,28 +171,6 @@ def test_killed_build_is_never_used(nih_tree, tmp_path):
 def test_empty_selection(nih_tree, tmp_path):
     built = cache.build(load_tree(nih_tree), np.arange(0), size=24, cache_dir=tmp_path, progress=False)
     assert built.images.shape == (0, 24, 24) and len(built.rows) == 0
-
-
-def _build_in_child(root: str, cache_dir: str, queue) -> None:
-    import warnings
-
-    warnings.simplefilter("ignore")
-    data = nih.load(root)
-    built = cache.build(data, np.arange(len(data.table)), size=24, cache_dir=cache_dir, workers=1, progress=False)
-    queue.put(built.reused)
-
-
-def test_two_processes_build_once(nih_tree, tmp_path):
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    children = [context.Process(target=_build_in_child, args=(str(nih_tree), str(tmp_path), queue)) for _ in range(2)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(120)
-        assert child.exitcode == 0
-    assert sorted([queue.get(timeout=5), queue.get(timeout=5)]) == [False, True]  # one built, one reused
-    assert len(list(tmp_path.glob("*.npy"))) == 1 and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_build_waits_for_the_lock_holder(nih_tree, tmp_path):

@@ -13,9 +13,8 @@ import pytest
 import torch
 import torchvision
 
-from harness import cli, models, prepare, store, train
-from harness.config import ConfigError, Runtime, Trial, with_weights_file
-from harness.grid import load_grid
+from harness import cli, models, prepare
+from harness.config import ConfigError, Trial, with_weights_file
 from harness.models import start
 
 # 21 training images of the tiny tree at batch 8: two steps an epoch.
@@ -168,42 +167,6 @@ def test_a_dry_run_lists_the_file_by_name_beside_imagenet_and_scratch(tmp_path, 
     assert [line.split()[1].split("/")[1] for line in lines] == ["scratch", "pretrained", "weights:ssl-cxr.pt"]
     assert [line.split()[-1] for line in lines] == ["init=scratch", "init=imagenet", "init=cxr"]
     assert len({line.split()[0] for line in lines}) == 3
-
-
-@pytest.fixture(scope="module")
-def runtime(nih_tree, tmp_path_factory) -> Runtime:
-    cache = tmp_path_factory.mktemp("cache")
-    return Runtime(data_root=str(nih_tree), cache_dir=str(cache), device="cpu", progress=False, workers=1)
-
-
-def test_a_trial_trains_from_the_file_and_records_it(runtime, tmp_path, monkeypatch):
-    """Before training the net holds the file's tensors; frozen stages still do after; metrics.json names the file."""
-    state = alexnet_state(3)
-    path = saved(tmp_path / "nih-alexnet-selfsup.pt", {"state_dict": {f"module.{k}": v for k, v in state.items()}})
-    trial = load_grid(grid(tmp_path, f"weights: {path}, epochs: 2, batch_size: 8, freeze: 2")).trials[0]
-    built = []
-    real_build = models.build
-
-    def build(t, **kwargs):
-        model = real_build(t, **kwargs)
-        built.append({k: v.clone() for k, v in model.state_dict().items()})
-        return model
-
-    monkeypatch.setattr(models, "build", build)
-    result = train.run_trial(trial, runtime, out_dir=tmp_path / "out")
-    assert len(built) == 1
-    for key, value in state.items():
-        if not key.startswith("classifier.6."):
-            assert torch.equal(built[0][key], value), key
-    trained = store.TrialFiles(tmp_path / "out").load_weights()
-    for key in ("features.0.weight", "features.3.bias"):  # conv1 and conv2: frozen by freeze=2
-        assert torch.equal(trained[key], state[key]), key
-    assert not torch.equal(trained["features.6.weight"], state["features.6.weight"]), "conv3 trains"
-    record = store.TrialFiles(tmp_path / "out").read_metrics()["weights"]
-    assert record == result["weights"]
-    assert record["file"] == path and record["source"] == "file" and record["imagenet_verified"] is False
-    assert record["sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    assert "NIH" in record["nih_overlap"]
 
 
 def test_known_nih_trained_files_are_flagged_by_name():

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ENTRIES, NOT_LISTED, NOT_ON_DISK, pixels
 from PIL import Image
+from support import ENTRIES, NOT_LISTED, NOT_ON_DISK, pixels
 
 from harness.config import ConfigError
 from harness.data import nih

@@ -99,13 +99,6 @@ def test_same_arguments_give_identical_bytes_and_another_seed_differs(tmp_path, 
     assert other["images_001/images/00000001_000.png"] != base["images_001/images/00000001_000.png"]
 
 
-def test_parallel_rendering_gives_the_same_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(writer, "POOL_MIN_PIXELS", 0)  # use worker processes even for this little work
-    one = sy.generate(tmp_path / "one", n=48, size=32, seed=5, workers=1, progress=False)
-    two = sy.generate(tmp_path / "two", n=48, size=32, seed=5, workers=2, progress=False)
-    assert _files(one) == _files(two)
-
-
 def test_a_box_for_every_drawn_finding_in_1024_space(tree):
     data = nih.load(tree)
     boxes = data.boxes

@@ -1,41 +1,19 @@
-"""hardware: per-trial peak memory in a reused worker, reuse of freed host memory; a reused worker gives fresh numbers."""
+"""Host memory as trials use it: a freed batch is reused instead of faulting its pages in again (in a fresh
+process), and a worker that ran other trials gives a fresh one's numbers."""
 
-import mmap
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 
-from harness import hardware, train
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-trial host peaks need Linux's clear_refs")
-def test_peak_host_memory_counts_from_the_reset_not_from_earlier_trials():
-    cpu = torch.device("cpu")
-
-    def touch(mb: int) -> None:
-        """Make mb of resident memory and give it back to the system (mapped directly: whatever the allocator keeps)."""
-        with mmap.mmap(-1, mb << 20) as region:
-            pages = np.frombuffer(region, dtype=np.uint8)
-            pages[:] = 1
-            del pages
-
-    touch(400)  # an earlier trial in this process
-    before = hardware.peak_memory(cpu)["peak_host_mb"]
-    hardware.reset_peak_memory(cpu)
-    after = hardware.peak_memory(cpu)["peak_host_mb"]
-    assert before - after > 300, (before, after)
-    touch(200)  # this trial
-    assert hardware.peak_memory(cpu)["peak_host_mb"] - after > 150
-
+from harness import train
 
 _FAULTS = """
 import resource, sys, torch
-from harness import hardware, train
+from harness import hardware
 if sys.argv[1] == "keep":
-    hardware.keep_freed_memory()
+    hardware.keep_freed_memory()  # before the first large block: glibc's choice for a size sticks once made
 size = 48 << 20  # a float batch of 64 x 3 x 224 x 224 is 37 MB
 
 def faults_of_a_fresh_batch():
@@ -63,13 +41,13 @@ def test_freed_batches_are_reused_without_faulting_their_pages_in_again():
     assert median_faults("default") > pages // 2  # the control: glibc unmaps and refaults without it
 
 
-def test_a_worker_that_ran_other_trials_gives_the_same_numbers_as_a_fresh_one(tmp_path):
+def test_a_worker_that_ran_other_trials_gives_the_same_numbers_as_a_fresh_one(small_synthetic_tree, tmp_path):
     """Worker processes run trial after trial: nothing a trial leaves behind may change the next one's result."""
     from harness.config import Runtime, Trial
-    from harness.data import synthetic
 
-    root = synthetic.generate(tmp_path / "nih", n=120, size=64, seed=1, progress=False)
-    runtime = Runtime(data_root=str(root), cache_dir=str(tmp_path / "cache"), device="cpu", progress=False)
+    runtime = Runtime(
+        data_root=str(small_synthetic_tree), cache_dir=str(tmp_path / "cache"), device="cpu", progress=False
+    )
     base = Trial(dataset="synthetic", arch="efficientnet_b0", image_size=64, epochs=1, batch_size=16, lr=1e-3)
     other, probe = base.replace(loss="focal", seed=3), base.replace(seed=1)
 
