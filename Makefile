@@ -26,19 +26,23 @@ demo: $(STAMP)
 	TORCH_HOME=$(DEMO_TORCH_HOME) $(BIN)/python -m harness run grids/paper.yaml --profile smoke
 	$(BIN)/python -m harness report results/paper
 
+# Two pytest-xdist workers, one per core of a small machine; tests that share a session Ray or the finished
+# grid stay in one worker (tests/integration/conftest.py). `pytest` alone runs the same tests in one process.
+XDIST ?= -n 2 --dist loadgroup
+
 # The default suite: the unit layer and the integration layer, without -m slow and -m gpu (about 5 minutes).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # The unit layer alone: no Ray, no subprocess (about a minute).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest $(XDIST) tests/unit
 
 # Everything that runs without a GPU: the default suite and -m slow.
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m 'not gpu'
+	$(BIN)/python -m pytest $(XDIST) -m 'not gpu'
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from test_grid import THOUSAND  # 5 archs x 2 inits (a grouped axis) x 4 losses x 5 freeze depths x 5 seeds
+from unit.test_grid import THOUSAND  # 5 archs x 2 inits (a grouped axis) x 4 losses x 5 freeze depths x 5 seeds
 
 from harness import cli
 from harness.grid import load_grid

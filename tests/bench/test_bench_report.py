@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report import ARCHS, FINDINGS, store_trial, trial_metrics, trial_predictions
+from unit.test_report import ARCHS, FINDINGS, store_trial, trial_metrics, trial_predictions
 
 from harness import cli
 from harness.config import Trial

@@ -10,16 +10,19 @@ import pytest
 from harness import train
 
 _FAULTS = """
-import resource, sys, torch
+import ctypes, resource, sys
 from harness import hardware
 if sys.argv[1] == "keep":
     hardware.keep_freed_memory()  # before the first large block: glibc's choice for a size sticks once made
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
 size = 48 << 20  # a float batch of 64 x 3 x 224 x 224 is 37 MB
 
 def faults_of_a_fresh_batch():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    batch = torch.empty(size, dtype=torch.uint8).fill_(1)
-    del batch
+    batch = libc.malloc(size)
+    ctypes.memset(batch, 1, size)
+    libc.free(batch)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 faults_of_a_fresh_batch()  # the first one maps its pages
@@ -29,8 +32,10 @@ print(sorted(faults_of_a_fresh_batch() for _ in range(5))[2])
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_freed_batches_are_reused_without_faulting_their_pages_in_again():
-    """In a fresh process (a long test session's heap says nothing about a worker's): with the setting, a
-    freed 48 MB batch is reused; without it, each new one faults in its 12,288 pages again."""
+    """In a fresh process (a long test session's heap says nothing about a worker's): with the setting, glibc
+    reuses a freed 48 MB block; without it, each new one faults in its 12,288 pages again. The blocks come from
+    malloc itself: what else allocates between two of torch's 64-byte-aligned blocks decides whether the freed
+    one fits the next, which makes a count of torch's own faults depend on the process's history."""
 
     def median_faults(mode: str) -> int:
         out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)

@@ -36,13 +36,19 @@ def _unit_layer(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", _no_process)
+    # Under pytest-xdist a worker may hold the integration layer's session Ray: only a Ray this test started counts.
+    ray_was_up = _ray_is_up()
     if "ray" in sys.modules:
         monkeypatch.setattr(sys.modules["ray"], "init", _no_ray)
     yield
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        ray.shutdown()
+    if not ray_was_up and _ray_is_up():
+        sys.modules["ray"].shutdown()
         raise LayerError("a unit test started Ray: move it to tests/integration")
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def _no_ray(*args, **kwargs):
