@@ -9,7 +9,7 @@ from harness import bench as bench_mod
 from harness import cli
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tree(tmp_path_factory):
     from harness.data import synthetic
 

@@ -39,7 +39,7 @@ def train_trial(root: Path, work: Path, trial: Trial, *, device: str = "cpu", wo
 TINY = Trial(dataset="synthetic", arch="alexnet", image_size=64, epochs=1, batch_size=32)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(result directory, cache dir) of AlexNet trained 1 epoch at 64 px on 120 synthetic images."""
     from harness.data import synthetic

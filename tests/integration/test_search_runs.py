@@ -29,7 +29,7 @@ sampler: {seed: 0, startup_trials: 20}
 TrialState = optuna.trial.TrialState
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def env(tmp_path_factory, small_synthetic_tree, local_ray):
     home = tmp_path_factory.mktemp("search")
     path = home / "tiny.yaml"
@@ -44,7 +44,7 @@ def env(tmp_path_factory, small_synthetic_tree, local_ray):
     return SimpleNamespace(path=path, runtime=runtime, grid_dir=home / "results" / "tiny")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def first(env):
     outcome = search.run(search.load_search(env.path), env.runtime)
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{env.grid_dir / 'study.db'}")
@@ -104,6 +104,9 @@ sampler: {seed: 0, startup_trials: 20}   # TPE's seeded startup draws focal, bce
 """
 
 
+# The sampling itself is a unit test (tests/unit/test_conditions.py), as is the replay of a done key
+# (tests/unit/test_search.py); this runs both through Ray and the store.
+@pytest.mark.slow
 def test_search_draws_loss_parameters_only_under_their_loss(env):
     path = env.path.with_name("tinyloss.yaml")
     path.write_text(LOSS_SEARCH)

@@ -22,13 +22,13 @@ from harness.grid import load_grid
 ALEXNET = Trial(dataset="nih", arch="alexnet", image_size=64, epochs=3, batch_size=8, lr=1e-3, lr_step=2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runtime(nih_tree, tmp_path_factory) -> Runtime:
     cache = tmp_path_factory.mktemp("cache")
     return Runtime(data_root=str(nih_tree), cache_dir=str(cache), device="cpu", progress=False, workers=1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def alexnet_run(runtime, tmp_path_factory):
     """ALEXNET trained once, as every run of it must end: (metrics, its trial folder)."""
     out = tmp_path_factory.mktemp("alexnet")

@@ -36,10 +36,12 @@ def _unit_layer(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", _no_process)
-    # Under pytest-xdist a worker may hold the integration layer's session Ray: only a Ray this test started counts.
+    # Under pytest-xdist a worker may hold the integration layer's session Ray. A unit test must not see it (the
+    # runner would join it instead of calling ray.init), and only a Ray the test itself started is its fault.
     ray_was_up = _ray_is_up()
     if "ray" in sys.modules:
         monkeypatch.setattr(sys.modules["ray"], "init", _no_ray)
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     yield
     if not ray_was_up and _ray_is_up():
         sys.modules["ray"].shutdown()
@@ -48,7 +50,7 @@ def _unit_layer(monkeypatch: pytest.MonkeyPatch):
 
 def _ray_is_up() -> bool:
     ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+    return ray is not None and ray._private.worker.global_worker.connected  # what ray.is_initialized reads
 
 
 def _no_ray(*args, **kwargs):
