@@ -26,9 +26,9 @@ demo: $(STAMP)
 	TORCH_HOME=$(DEMO_TORCH_HOME) $(BIN)/python -m harness run grids/paper.yaml --profile smoke
 	$(BIN)/python -m harness report results/paper
 
-# Two pytest-xdist workers, one per core of a small machine; tests that share a session Ray or the finished
-# grid stay in one worker (tests/integration/conftest.py). `pytest` alone runs the same tests in one process.
-XDIST ?= -n 2 --dist loadgroup
+# Two pytest-xdist workers, one per core of a small machine, each taking whole test files: a file's fixtures are
+# built once, and the tests that read the finished grid share one file. `pytest` alone runs them in one process.
+XDIST ?= -n 2 --dist loadfile
 
 # The default suite: the unit layer and the integration layer, without -m slow and -m gpu (about 5 minutes).
 test: $(STAMP)

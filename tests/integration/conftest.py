@@ -64,15 +64,3 @@ def finished_grid(tmp_path_factory: pytest.TempPathFactory, synthetic_tree: Path
     results = home / "results"
     proc = run_harness("run", grid, "--data-root", synthetic_tree, "--results", results, *extra, env=env, timeout=900)
     return FinishedGrid(proc=proc, grid=grid, dir=results / "tiny", tree=synthetic_tree, env=env)
-
-
-# Under pytest-xdist (`make test` runs two workers), the tests that share one of these session fixtures run in
-# one worker, so each fixture is built once per run rather than once per worker.
-_SHARED = ("finished_grid", "local_ray")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        shared = next((name for name in _SHARED if name in getattr(item, "fixturenames", ())), None)
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared))

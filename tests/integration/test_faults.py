@@ -18,8 +18,6 @@ import psutil
 import pytest
 from support import REPO, cli_env, harness_cmd, write_grid
 
-from harness import store
-
 BIN = Path(sys.executable).parent
 
 
@@ -232,38 +230,6 @@ def test_a_second_ctrl_c_stops_at_once(synthetic_tree, env, tmp_path):
     )
     assert proc.returncode == 130 and "rerun the same command to resume" in err, err[-3000:]
     assert took < 30, f"took {took:.0f} s to stop"
-
-
-# --- done means intact: a damaged result is mended from its predictions, or trained again -----------------------
-
-
-def truncate(path):
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def test_a_rerun_mends_damaged_metrics_and_retrains_damaged_weights(finished_grid, tmp_path):
-    """The finished grid, copied: one trial's metrics cut off mid-write (mended from its predictions, not
-    retrained), the other's weights cut off (trained again); its failed trial fails again. That an intact trial is
-    skipped untouched is asserted after the kill -9 above."""
-    grid_dir = finished_grid.copy(tmp_path)
-    dirs = done_dirs(grid_dir)
-    assert len(dirs) == 2
-    mended, no_weights = dirs
-    history = {d.name: (d / "history.csv").stat().st_mtime_ns for d in dirs}
-    auc = json.loads((mended / "metrics.json").read_text())["auc_macro"]
-    (mended / "metrics.json").write_text("{")
-    truncate(no_weights / "model.pt")
-
-    again = subprocess.run(
-        finished_grid.command(tmp_path), cwd=REPO, env=finished_grid.env, capture_output=True, text=True, timeout=900
-    )
-    assert again.returncode == 1, again.stdout + again.stderr[-3000:]  # the pretrained trial has no weights offline
-    assert "2/3 trials done (1 already done before this run), 1 failed" in again.stdout, again.stdout
-    assert (mended / "history.csv").stat().st_mtime_ns == history[mended.name]  # not retrained
-    assert json.loads((mended / "metrics.json").read_text())["auc_macro"] == auc
-    assert (no_weights / "history.csv").stat().st_mtime_ns != history[no_weights.name]  # retrained
-    for d in dirs:
-        assert store.TrialFiles(d).problems() == []
 
 
 def _free_port():

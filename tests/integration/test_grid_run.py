@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import TRACKED, cli_env, hparams, read_events, run_harness, scalars
+from support import REPO, TRACKED, cli_env, hparams, read_events, run_harness, scalars
 
-from harness import cli
+from harness import cli, store
 from harness.config import Trial
 from harness.runner import tracking
 
@@ -148,3 +148,35 @@ def test_a_report_never_imports_torch_or_ray(finished_grid, tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "index.html").is_file()
+
+
+# --- done means intact: a damaged result is mended from its predictions, or trained again -----------------------
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_rerun_mends_damaged_metrics_and_retrains_damaged_weights(finished_grid, tmp_path):
+    """The finished grid, copied: one trial's metrics cut off mid-write (mended from its predictions, not
+    retrained), the other's weights cut off (trained again); its failed trial fails again. That an intact trial is
+    skipped untouched is asserted after the kill -9 in test_faults.py."""
+    grid_dir = finished_grid.copy(tmp_path)
+    dirs = sorted(d.parent for d in grid_dir.glob("*/DONE"))
+    assert len(dirs) == 2
+    mended, no_weights = dirs
+    history = {d.name: (d / "history.csv").stat().st_mtime_ns for d in dirs}
+    auc = json.loads((mended / "metrics.json").read_text())["auc_macro"]
+    (mended / "metrics.json").write_text("{")
+    truncate(no_weights / "model.pt")
+
+    again = subprocess.run(
+        finished_grid.command(tmp_path), cwd=REPO, env=finished_grid.env, capture_output=True, text=True, timeout=900
+    )
+    assert again.returncode == 1, again.stdout + again.stderr[-3000:]  # the pretrained trial has no weights offline
+    assert "2/3 trials done (1 already done before this run), 1 failed" in again.stdout, again.stdout
+    assert (mended / "history.csv").stat().st_mtime_ns == history[mended.name]  # not retrained
+    assert json.loads((mended / "metrics.json").read_text())["auc_macro"] == auc
+    assert (no_weights / "history.csv").stat().st_mtime_ns != history[no_weights.name]  # retrained
+    for d in dirs:
+        assert store.TrialFiles(d).problems() == []
