@@ -63,6 +63,10 @@ class Trial:
     # and a changed file a new one. The 14-finding head is always new; the file's own head is ignored.
     weights: str = ""
     weights_sha256: str = ""
+    # The SHA-256 of the published-weights file a pretrained trial loads ($TORCH_HOME/hub/checkpoints/<file>),
+    # filled in before a run (prepare.resolve) while the file is there: a placeholder and torchvision's file
+    # under the same name are different trials, and a result made from one is never taken for the other.
+    pretrained_sha256: str = ""
 
     @property
     def key(self) -> str:
@@ -107,7 +111,8 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # Fields added after the first results were stored -> their default, which the key leaves out. Every later
 # field goes here: listing it keeps all stored trials where they are.
 KEYED_WHEN_SET: dict[str, Any] = {
-    name: TRIAL_FIELDS[name].default for name in ("bn_recalibrate", "tta", "weights", "weights_sha256")
+    name: TRIAL_FIELDS[name].default
+    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256")
 }
 
 # The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks

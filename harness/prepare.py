@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from harness import models
-from harness.config import ConfigError, Runtime, Trial
+from harness.config import ConfigError, Runtime, Trial, file_sha256
 from harness.data import cache, loader, nih
 
 log = logging.getLogger(__name__)
@@ -68,28 +69,54 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
     return out
 
 
-def resolve_dataset(trials: list[Trial], runtime: Runtime) -> tuple[list[Trial], Runtime]:
-    """Point trials at real NIH data when a root is given, else at the embedded synthetic set, loudly."""
-    from harness.data import synthetic
-
+def resolve(trials: list[Trial], runtime: Runtime) -> tuple[list[Trial], Path | None]:
+    """The trials as a run will key them, without writing anything: the dataset the data root holds (the
+    embedded synthetic set when there is none, said loudly) and, for pretrained trials, the SHA-256 of the
+    published-weights file they will load. Returns them and the data root (None: the embedded set)."""
     root = nih.locate(runtime.data_root)
     if root is None:
-        root = synthetic.default_root(runtime.cache_dir)
         log.warning(
-            "no NIH data root (--data-root or HARNESS_DATA_ROOT): using the embedded SYNTHETIC "
-            "dataset at %s; every result is labelled dataset=synthetic and is not an NIH number",
-            root,
+            "no NIH data root (--data-root or HARNESS_DATA_ROOT): using the embedded SYNTHETIC dataset; every "
+            "result is labelled dataset=synthetic and is not an NIH number"
         )
-    dataset = nih.load(root).dataset
+        dataset = "synthetic"
+    else:
+        dataset = nih.load(root).dataset
     out = []
     for t in trials:
         if t.dataset == "synthetic" and dataset == "nih":
             raise ConfigError(
                 f"{t.label}: dataset=synthetic but {root} holds the real NIH data; drop --data-root or set dataset: nih"
             )
-        out.append(t.replace(dataset=dataset))
+        out.append(with_pretrained_file(t.replace(dataset=dataset)))
     if dataset == "synthetic" and any(t.dataset == "nih" for t in trials):
-        log.warning("dataset=nih trials run on SYNTHETIC data at %s and are recorded as dataset=synthetic", root)
+        log.warning("dataset=nih trials run on SYNTHETIC data and are recorded as dataset=synthetic")
+    missing = sorted({t.arch for t in out if t.pretrained and not t.pretrained_sha256})
+    for arch in missing:
+        log.warning(
+            "pretrained %s: no weights file at %s; its pretrained trials will fail (place the file, or run "
+            "with --fetch-weights)",
+            arch,
+            models.weights_path(arch),
+        )
+    return out, root
+
+
+def with_pretrained_file(trial: Trial) -> Trial:
+    """A pretrained trial keyed by the weights file it will load (its SHA-256), when that file is there."""
+    if not trial.pretrained:
+        return trial
+    path = models.weights_path(trial.arch)
+    return trial.replace(pretrained_sha256=file_sha256(path)) if path.is_file() else trial
+
+
+def resolve_dataset(trials: list[Trial], runtime: Runtime) -> tuple[list[Trial], Runtime]:
+    """resolve(), then the data root a run reads: the embedded synthetic set is written on first use."""
+    from harness.data import synthetic
+
+    out, root = resolve(trials, runtime)
+    if root is None:
+        root = synthetic.default_root(runtime.cache_dir)
     return out, replace(runtime, data_root=str(root))
 
 

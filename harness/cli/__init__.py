@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -94,14 +95,20 @@ def _dry_run_line(grid: Grid, i: int) -> str:
 @COMMANDS.register("run")
 def cmd_run(args: argparse.Namespace) -> int:
     grid, runtime = _checked_grid(args)
+    from harness import prepare
+
     if args.dry_run:
+        # The keys a run will use: the dataset it will read and the weights files it will load, resolved the
+        # same way (nothing is written; a missing weights file is warned about, as the run would).
+        trials, root = prepare.resolve(list(grid.trials), runtime)
+        grid = dataclasses.replace(grid, trials=tuple(trials))
+        data = f"data: {root}" if root is not None else "data: the embedded SYNTHETIC set"
         print(
             f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
-            f"{', '.join(grid.axes) or 'nothing'})"
+            f"{', '.join(grid.axes) or 'nothing'}; {data})"
         )
         print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
         return EXIT_OK
-    from harness import prepare
     from harness.runner import tracking
     from harness.runner.grid import run_grid
     from harness.store import Store
@@ -133,8 +140,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     grid_dir = Path(args.results_dir)
     if not grid_dir.is_dir():
         raise ConfigError(f"{grid_dir}: no such results directory; run a grid first (harness run GRID)")
+    if args.n_boot < report.MIN_N_BOOT:
+        raise ConfigError(
+            f"--n-boot {args.n_boot}: too few resamples for a 95% interval's tails; valid: an integer >= "
+            f"{report.MIN_N_BOOT} (default 1000)"
+        )
     written = report.write_report(
-        grid_dir, Path(args.out) if args.out else None, recompute=args.recompute, reference=args.reference
+        grid_dir,
+        Path(args.out) if args.out else None,
+        recompute=args.recompute,
+        reference=args.reference,
+        n_boot=args.n_boot,
     )
     for key in written.healed:
         print(f"harness: healed {key}: metrics recomputed from its predictions", file=sys.stderr)

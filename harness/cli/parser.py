@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output directory (default: reports/<grid name>)")
     rp.add_argument("--recompute", action="store_true", help="recompute every metric from saved predictions")
     rp.add_argument("--reference", help="arch of the reference row for significance marks")
+    rp.add_argument(
+        "--n-boot",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for every interval, test and P(best) of the report (default 1000, at least 100)",
+    )
 
     se = sub.add_parser("search", help="hyperparameter search: Optuna TPE through Ray Tune, ASHA pruning")
     se.add_argument("search", help="search YAML file, e.g. grids/search.yaml")

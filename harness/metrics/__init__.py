@@ -9,7 +9,14 @@ evaluation: everything metrics.json holds.
 """
 
 from harness.metrics.bootstrap import BOOT_STATS, bootstrap, resample_counts
-from harness.metrics.compare import delong, holm, paired_bootstrap, paired_seed_bootstrap, summary_sentence
+from harness.metrics.compare import (
+    bootstrap_test,
+    delong,
+    holm,
+    paired_bootstrap,
+    paired_seed_bootstrap,
+    summary_sentence,
+)
 from harness.metrics.core import (
     EPS,
     FALLBACK_THRESHOLD,
@@ -35,6 +42,7 @@ from harness.metrics.degenerate import (
     degenerate,
 )
 from harness.metrics.evaluation import evaluate
+from harness.metrics.rank import probability_best, rank_first
 from harness.metrics.seeds import seed_bootstrap, seeds_summary
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "ThresholdRule",
     "bce_loss",
     "bootstrap",
+    "bootstrap_test",
     "calibration",
     "choose_thresholds",
     "degenerate",
@@ -62,6 +71,8 @@ __all__ = [
     "paired_bootstrap",
     "paired_seed_bootstrap",
     "per_finding",
+    "probability_best",
+    "rank_first",
     "resample_counts",
     "roc_auc",
     "roc_curve_points",

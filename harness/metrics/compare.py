@@ -14,21 +14,34 @@ from harness.metrics.core import MetricsError, _check, _level, _reason, roc_auc
 from harness.metrics.seeds import SEED_STREAM, by_seed, seed_mean, seed_picks
 
 
-def _bootstrap_p(diffs: np.ndarray) -> float:
-    """Two-sided p from the bootstrap distribution of a difference: twice the smaller tail beyond 0.
+def bootstrap_test(diff: float, diffs: np.ndarray) -> float:
+    """Two-sided p of a paired difference from its bootstrap distribution, as pROC's roc.test does it.
 
-    The +1 terms keep p above 0 for a finite n_boot; p < 1 - level exactly when the percentile CI
-    (nearly) excludes 0, so the p and the interval never tell different stories.
+    D = diff / SD(bootstrap differences), referred to the standard normal. A tail count (share of resamples
+    beyond 0) cannot go below about 2 / n_boot, which Holm's correction over a report's tests turns into
+    "never significant"; D has no such floor. With no spread (identical rankings) p is 1 for no difference and
+    0 for any other.
     """
-    n = diffs.size
-    le, ge = np.sum(diffs <= 0), np.sum(diffs >= 0)
-    return float(min(1.0, 2 * min(le + 1, ge + 1) / (n + 1)))
+    diffs = diffs[np.isfinite(diffs)]
+    sd = float(np.std(diffs, ddof=1)) if diffs.size > 1 else 0.0
+    if sd <= 1e-15:
+        return 1.0 if abs(diff) <= 1e-15 else 0.0
+    return float(2 * sps.norm.sf(abs(diff) / sd))
 
 
 def _paired_auc(
-    da: list[_Data], db: list[_Data], patient_ids: Any, *, n_boot: int, seed: int, finding: int | None, level: float
+    da: list[_Data],
+    db: list[_Data],
+    patient_ids: Any,
+    *,
+    n_boot: int,
+    seed: int,
+    finding: int | None,
+    level: float,
+    matched: bool = False,
 ) -> dict[str, Any]:
-    """Seed-mean AUROC of cell A minus cell B, both scored on the same patient resamples; seeds drawn per cell."""
+    """Seed-mean AUROC of cell A minus cell B, both scored on the same patient resamples. Seeds are drawn per
+    cell, or, when `matched`, the same seed positions for both (seed s of A and of B share split and start)."""
     n_f = da[0].p.shape[1]
     y = da[0].y
     keep = _defined(y)
@@ -51,13 +64,16 @@ def _paired_auc(
         )
         return np.mean(points, axis=0), boot, [float(np.mean(pt[keep])) for pt in points]
 
+    if matched and len(da) != len(db):
+        raise MetricsError(f"matched seeds need as many seeds in each cell, got {len(da)} and {len(db)}")
     point_a, sa, per_seed_a = cell(da, SEED_STREAM)
-    point_b, sb, per_seed_b = cell(db, SEED_STREAM + 1)
+    point_b, sb, per_seed_b = cell(db, SEED_STREAM if matched else SEED_STREAM + 1)
     diffs, dropped = _macro_samples(sa - sb, keep)
+    diff = float(np.mean(point_a[keep] - point_b[keep]))
     return {
-        "diff": float(np.mean(point_a[keep] - point_b[keep])),
+        "diff": diff,
         "ci": _interval(diffs, level),
-        "p": _bootstrap_p(diffs) if diffs.size else None,
+        "p": bootstrap_test(diff, diffs) if diffs.size else None,
         "auc_a": float(np.mean(point_a[keep])),
         "auc_b": float(np.mean(point_b[keep])),
         "auc_a_per_seed": per_seed_a,
@@ -68,6 +84,7 @@ def _paired_auc(
         "n_dropped": dropped,
         "level": level,
         "unit": "seed, then patient",
+        "matched": matched,
         "metric": "AUROC",
     }
 
@@ -87,7 +104,8 @@ def paired_bootstrap(
 ) -> dict[str, Any]:
     """AUROC of model A minus model B on the same images and the same patient resamples.
 
-    {"diff": macro (or `finding`'s) AUROC difference, "ci": [lo, hi] percentile interval, "p": two-sided,
+    {"diff": macro (or `finding`'s) AUROC difference, "ci": [lo, hi] percentile interval, "p": two-sided
+    (bootstrap_test: the difference over the SD of its bootstrap distribution),
     "auc_a", "auc_b", "n_boot", "n_dropped", "level", "unit": "patient", "metric": "AUROC"}. With logits,
     each model's AUROC ranks its logits.
     """
@@ -95,7 +113,7 @@ def paired_bootstrap(
     da = _prepare(probs_a, labels, patient_ids, logits=logits_a, what="probs_a")
     db = _prepare(probs_b, labels, patient_ids, logits=logits_b, what="probs_b")
     r = _paired_auc([da], [db], patient_ids, n_boot=n_boot, seed=seed, finding=finding, level=level)
-    for key in ("auc_a_per_seed", "auc_b_per_seed", "n_seeds_a", "n_seeds_b"):
+    for key in ("auc_a_per_seed", "auc_b_per_seed", "n_seeds_a", "n_seeds_b", "matched"):
         del r[key]
     return {**r, "unit": "patient"}
 
@@ -112,15 +130,18 @@ def paired_seed_bootstrap(
     seed: int = 0,
     finding: int | None = None,
     level: float = 0.95,
+    matched: bool = False,
 ) -> dict[str, Any]:
     """Two settings, each run with one or more seeds on the same test images: seed-mean AUROC of A minus B.
 
     The difference is that of the seed-mean macro (or `finding`'s) AUROCs, as the table shows them. Its
     interval and two-sided p come from the two-level bootstrap of seed_bootstrap: every resample draws
-    each cell's seeds with replacement (independently: the two cells' seeds are separate trainings) and
-    one patient resample that scores both cells. With one seed per cell every number equals
-    paired_bootstrap's. Returns paired_bootstrap's keys, "unit": "seed, then patient", and
-    "auc_a_per_seed", "auc_b_per_seed" (each seed's macro AUROC), "n_seeds_a", "n_seeds_b".
+    each cell's seeds with replacement and one patient resample that scores both cells. With `matched` (the
+    i-th seed of A and of B are the same seed value: same split, subset, initial weights and batch order),
+    every resample draws the same positions for both cells, so what the seed shares cancels; otherwise each
+    cell's seeds are drawn independently. With one seed per cell every number equals paired_bootstrap's.
+    Returns paired_bootstrap's keys, "unit": "seed, then patient", "matched", and "auc_a_per_seed",
+    "auc_b_per_seed" (each seed's macro AUROC), "n_seeds_a", "n_seeds_b".
     """
     level = _level(level)
     da = by_seed(
@@ -129,7 +150,7 @@ def paired_seed_bootstrap(
     db = by_seed(
         probs_b_by_seed, labels, patient_ids, logits_b_by_seed, what="probs_b_by_seed", caller="paired_seed_bootstrap"
     )
-    return _paired_auc(da, db, patient_ids, n_boot=n_boot, seed=seed, finding=finding, level=level)
+    return _paired_auc(da, db, patient_ids, n_boot=n_boot, seed=seed, finding=finding, level=level, matched=matched)
 
 
 def _midrank(x: np.ndarray) -> np.ndarray:
@@ -197,11 +218,14 @@ def _p_text(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
-def summary_sentence(name_a: str, name_b: str, result: Mapping[str, Any], *, alpha: float = 0.05) -> str:
+def summary_sentence(
+    name_a: str, name_b: str, result: Mapping[str, Any], *, alpha: float = 0.05, significant: bool | None = None
+) -> str:
     """One sentence on a comparison (paired_bootstrap or delong), claiming a winner only when the numbers do.
 
     A winner needs p < alpha and, when the result has a CI, an interval that excludes 0. A Holm-adjusted
-    "p_adjusted" in the result is used in place of "p".
+    "p_adjusted" in the result is used in place of "p". A caller that has decided the verdict elsewhere (the
+    report, one verdict per pair) passes it as `significant`.
     """
     metric = result.get("metric", "AUROC")
     diff = float(result["diff"])
@@ -211,7 +235,8 @@ def summary_sentence(name_a: str, name_b: str, result: Mapping[str, Any], *, alp
     has_ci = ci is not None and ci[0] is not None and ci[1] is not None
     p_word = ("Holm-adjusted " if adjusted else "") + (_p_text(p) if p is not None else "p unknown")
     excludes_0 = has_ci and (ci[0] > 0 or ci[1] < 0)
-    significant = p is not None and p < alpha and (excludes_0 if has_ci else diff != 0)
+    if significant is None:
+        significant = p is not None and p < alpha and (excludes_0 if has_ci else diff != 0)
     if significant:
         win, lose, d = (name_a, name_b, diff) if diff > 0 else (name_b, name_a, -diff)
         band = ""

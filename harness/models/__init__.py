@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from harness.config import ConfigError, Trial, sha256
+from harness.config import ConfigError, Trial, file_sha256, sha256
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -375,6 +375,12 @@ def build(trial: Trial, *, num_classes: int = NUM_CLASSES) -> nn.Module:
             s.aux_min_size,
         )
     if trial.pretrained:
+        path = weights_path(s.name)  # the file the key names, not whatever lies there now (missing: see below)
+        if trial.pretrained_sha256 and path.is_file() and (found := file_sha256(path)) != trial.pretrained_sha256:
+            raise WeightsMissing(
+                f"pretrained {s.name}: {path} has SHA-256 {found[:12]}, not the {trial.pretrained_sha256[:12]} this "
+                "trial was keyed with: the file changed after the run began; run the grid again to key it anew"
+            )
         state = published_state(s.name)  # read first: a missing file fails before the slow build
         model = s.new(trial, aux=aux, num_classes=1000)  # the checkpoint's ImageNet classes
         _load_published(model, s.name, s.adapt_state(state, model))

@@ -3,7 +3,7 @@
 paper: the published values, sources, warnings, arch names and columns.
 cells: results grouped into cells (every field but the seed), the fields a grid varied, readable names.
 tables: the Table and its Markdown, LaTeX, HTML and CSV renderings.
-context: the shared state: each cell's predictions read once, each paired test run once, Holm.
+context: the shared state: each cell's predictions read once, each paired test run once, one Holm family.
 flags: the mark and footnote of a degenerate trial (saturated or constant output).
 build: Tables 1-2, per finding, the grid and Grad-CAM; paired: the tests along each axis and the conclusions.
 figures: the figures; methods: the choices the paper leaves open and the values used.
@@ -12,11 +12,12 @@ page: the sections in order and the page; write: `harness report` itself.
 
 from harness.report.cells import Cell, describe, group_cells, varied_fields
 from harness.report.paper import DAGGER, DASH, PM, SYNTHETIC_WARNING, WEIGHTS_WARNING, arch_name
-from harness.report.write import Written, heal, recompute_metrics, write_report
+from harness.report.write import MIN_N_BOOT, Written, heal, recompute_metrics, write_report
 
 __all__ = [
     "DAGGER",
     "DASH",
+    "MIN_N_BOOT",
     "PM",
     "SYNTHETIC_WARNING",
     "WEIGHTS_WARNING",

@@ -9,11 +9,12 @@ from typing import Any
 import pandas as pd
 
 from harness.report.cells import Cell, describe, field_order, field_text, trial_name, varied_fields
-from harness.report.context import ALPHA, Comparison, Context, focal_params, holm
+from harness.report.context import ALPHA, Comparison, Context, focal_params
 from harness.report.flags import degenerate_note, finding_note, mark
 from harness.report.paper import (
     DAGGER,
     DASH,
+    DDAGGER,
     F1_NOTE,
     F1_VAL_COLUMN,
     GRID_COLUMNS,
@@ -33,6 +34,9 @@ from harness.report.tables import Table
 CAM_SCORES = (("pointing", "pointing game"), ("energy", "energy in box"), ("iou", "IoU"))
 
 
+SEEDS_HINT = "run the grid with --seeds 5 (grids/paper.yaml: --profile publish) for claims about the setting."
+
+
 def ci_note(ctx: Context, cells: Sequence[Cell], *, losses: bool = False) -> str:
     """How the intervals were made: over test patients for one seed, over seeds then patients for several."""
     m = ctx.results[0].metrics
@@ -41,10 +45,14 @@ def ci_note(ctx: Context, cells: Sequence[Cell], *, losses: bool = False) -> str
     patients = (
         f"{level:.0%} bootstrap interval over test {m.get('ci_unit', 'patient')}s ({m.get('n_boot', '?')} resamples)"
     )
+    # One seed's interval says how the number would move on other test patients, not with another training run.
+    one_seed = (
+        f" One seed: these intervals and tests cover test-set sampling only, not seed-to-seed variation; {SEEDS_HINT}"
+    )
     if not seeded:
-        text = f"[lo, hi]: {patients}."
+        text = f"[lo, hi]: {patients}." + (one_seed if any(len(c.results) == 1 for c in cells) else "")
     elif any(len(c.results) == 1 for c in cells):
-        text = f"[lo, hi]: {patients} for single-seed cells."
+        text = f"[lo, hi]: {patients} for single-seed cells." + one_seed
     else:
         text = ""
     if seeded:
@@ -97,6 +105,12 @@ def lockstep_notes(ctx: Context) -> list[str]:
     return out
 
 
+def family_words(ctx: Context) -> str:
+    """What every adjusted p in the report is adjusted over."""
+    n = len(ctx.family)
+    return f"the report's one family of {n} test{'s' if n != 1 else ''} (Holm)"
+
+
 def warnings_first(ctx: Context, notes: list[str]) -> list[str]:
     """A table's notes, led by the synthetic-data warning unless every result is on NIH, and by the warning
     about starting weights that may have seen NIH test images when any result started from such."""
@@ -122,17 +136,9 @@ class PaperPlan:
     ref: int
     ranked: list[int]  # rows with an AUC and no degenerate output, best first
 
-    @property
-    def runner_up_test(self) -> bool:
-        """Best against runner-up is a test of its own when the reference is neither of them."""
-        return len(self.ranked) >= 2 and self.ref not in self.ranked[:2]
-
-    def pairs(self) -> list[tuple[Cell, Cell]]:
-        """The family Holm corrects: every row against the reference, plus best against runner-up."""
-        out = [(c, self.cells[self.ref]) for i, c in enumerate(self.cells) if i != self.ref]
-        if self.runner_up_test:
-            out.append((self.cells[self.ranked[0]], self.cells[self.ranked[1]]))
-        return out
+    def pairs(self) -> list[tuple[Cell, Cell, str]]:
+        """The table's tests, each row against the reference (they join the report's one family)."""
+        return [(c, self.cells[self.ref], "") for i, c in enumerate(self.cells) if i != self.ref]
 
 
 def paper_plan(ctx: Context, *, number: int, pretrained: bool, stem: str, fig_stem: str, what: str) -> PaperPlan | None:
@@ -159,25 +165,11 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
     for i, c in enumerate(cells):
         if i != ref and (cmp := ctx.compare(c, cells[ref], name_a=names[i], name_b=names[ref])):
             vs_ref[i] = cmp
-    family = list(vs_ref.values())
-    extra = None
-    if plan.runner_up_test:
-        best, runner = ranked[:2]
-        extra = ctx.compare(cells[best], cells[runner], name_a=names[best], name_b=names[runner])
-        family += [extra] if extra else []
-    holm(family)
-    top: Comparison | None = None  # best row minus runner-up, from the family above
-    if len(ranked) >= 2:
-        best, runner = ranked[:2]
-        if ref == best:
-            top = vs_ref[runner].flipped() if runner in vs_ref else None
-        elif ref == runner:
-            top = vs_ref.get(best)
-        else:
-            top = extra
+    # "Best" as a probability: the share of resamples in which a row ranks first (degenerate rows never rank).
+    p_best = dict(zip(ranked, ctx.p_best([cells[i] for i in ranked]))) if len(ranked) >= 2 else {}
 
     ours = [*PAPER_COLUMNS[:3], F1_VAL_COLUMN, *PAPER_COLUMNS[3:]]  # F1 at validation thresholds beside F1
-    columns = ["Model"] + [c.header for c in ours]
+    columns = ["Model"] + [c.header for c in ours] + ["P(best)"]
     paper = PAPER_VALUES[plan.pretrained] if ctx.is_nih else {}
     if paper:
         columns += [f"Paper {c.header}" for c in PAPER_COLUMNS]
@@ -189,24 +181,27 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
         for col in ours:
             s = c.stat(col.metric)
             text = mark(s.text(col.digits), c.degenerate and s.value is not None)
-            if col.name == "auc" and i in vs_ref and vs_ref[i].p_holm < ALPHA:
+            if col.name == "auc" and i in vs_ref and vs_ref[i].significant:
                 text += DAGGER
             row.append(text)
             rec.update(s.columns(col.name, std=True))
         cmp = vs_ref.get(i)
+        best = p_best.get(i)
+        row.append(DASH if best is None or best != best else f"{best:.2f}")
         rec.update(
             {
                 "reference": i == ref,
                 "auc_diff_vs_ref": cmp.diff if cmp else None,
                 "p_vs_ref": cmp.p if cmp else None,
-                "p_holm_vs_ref": cmp.p_holm if cmp else None,
-                "sig_vs_ref": bool(cmp and cmp.p_holm < ALPHA),
+                "p_adjusted_vs_ref": cmp.p_holm if cmp else None,
+                "significant_vs_ref": bool(cmp and cmp.significant),
+                "p_best": best,
             }
         )
-        significant_best = top is not None and i == ranked[0] and top.diff > 0 and top.p_holm < ALPHA
-        if significant_best:
+        confident_best = best is not None and best >= 1 - ALPHA
+        if confident_best:
             bold.add((i, auc_col))
-        rec["auc_best_significant"] = significant_best
+        rec["auc_best_confident"] = confident_best
         if paper:
             published = paper.get(c.arch, {})
             for col in PAPER_COLUMNS:
@@ -221,11 +216,12 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
     named = list(zip(names, cells))
     notes = [
         ci_note(ctx, cells, losses=True) + " " + F1_NOTE + " " + focal_note(named),
-        f"{DAGGER} mean AUROC differs from the reference row ({names[ref]}) at p < {ALPHA}: paired bootstrap "
-        f"over test patients (both models scored on the same {ctx.n_boot} patient resamples), Holm-corrected "
-        f"over the {len(family)} comparison(s) made in this table.",
-        "Bold: best AUC, only where it beats the runner-up under that same test (Holm-adjusted p < "
-        f"{ALPHA}); no bold means the best is not significantly better.",
+        f"{DAGGER} mean AUROC differs from the reference row ({names[ref]}): paired bootstrap over test patients "
+        f"(both models scored on the same {ctx.n_boot} patient resamples), Holm-adjusted p < {ALPHA} over "
+        f"{family_words(ctx)}; the same verdict as in 'Paired comparisons'. Never on a {DDAGGER} row.",
+        f"P(best): the share of those resamples in which the row has the highest mean AUROC among the rows "
+        f"not marked {DDAGGER}; bold AUC where it is at least {1 - ALPHA:.2f}. Choosing the best row on the test "
+        "set and then testing it against the runner-up would ignore that the choice was made on the same data.",
         *degenerate_note(named),
     ]
     if any(c.combined for c in cells):

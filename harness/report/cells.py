@@ -13,7 +13,7 @@ from harness import metrics, store
 from harness.report.paper import ARCH_ORDER, DASH, PM, arch_name
 
 # trial.json entries that never define a cell (a weights file's digest goes with its path, which names it)
-NOT_AXES = ("seed", "key", "label", "grid", "weights_sha256")
+NOT_AXES = ("seed", "key", "label", "grid", "weights_sha256", "pretrained_sha256")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,11 @@ class Cell:
     @property
     def id(self) -> str:
         return "+".join(r.key for r in self.results)
+
+    @property
+    def seeds(self) -> list[Any]:
+        """The seed values, in the cell's order (by value): two cells with equal lists have matched seeds."""
+        return [r.trial.get("seed", 0) for r in self.results]
 
     @property
     def arch(self) -> str:

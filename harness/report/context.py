@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,21 @@ class Comparison:
     ci: tuple[float, float]
     p: float
     axis: str = ""
-    p_holm: float = float("nan")
+    p_holm: float = float("nan")  # Holm-adjusted over the report's one family of tests (Context.settle)
     unit: str = "patient"  # what the test resampled: "patient", or "seed, then patient" when a cell has seeds
+    family: int = 0  # how many tests the family holds
 
     @property
     def degenerate(self) -> bool:
         """Either side's output is degenerate: the test is shown, flagged, and names no winner."""
         return bool(self.a.degenerate or self.b.degenerate)
+
+    @property
+    def significant(self) -> bool:
+        """The one verdict every part of the report gives this pair: adjusted p below ALPHA, an interval that
+        excludes 0, and neither side degenerate."""
+        excludes_0 = self.ci[0] > 0 or self.ci[1] < 0
+        return not self.degenerate and math.isfinite(self.p_holm) and self.p_holm < ALPHA and excludes_0
 
     def result(self) -> dict[str, Any]:
         """The shape metrics.summary_sentence reads, with the Holm-adjusted p."""
@@ -50,10 +59,8 @@ class Comparison:
 
     def flipped(self) -> Comparison:
         """b minus a: the same test read the other way round."""
-        ci = (-self.ci[1], -self.ci[0])
-        return Comparison(
-            self.b, self.a, self.name_b, self.name_a, -self.diff, ci, self.p, self.axis, self.p_holm, self.unit
-        )
+        ci = (0.0 - self.ci[1], 0.0 - self.ci[0])  # 0.0 - x: a difference of zero reads 0.0 either way, not -0.0
+        return replace(self, a=self.b, b=self.a, name_a=self.name_b, name_b=self.name_a, diff=0.0 - self.diff, ci=ci)
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,7 @@ class Context:
     _data: OrderedDict[str, CellData | None] = field(default_factory=OrderedDict)
     _data_bytes: int = 0
     _tests: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+    family: dict[frozenset[str], Comparison] = field(default_factory=dict)  # every pair the report states
 
     @property
     def datasets(self) -> list[str]:
@@ -235,6 +243,7 @@ class Context:
                     logits_b_by_seed=logits_b,
                     n_boot=self.n_boot,
                     seed=BOOT_SEED,
+                    matched=a.seeds == b.seeds,
                 )
             except metrics.MetricsError:
                 res = {"p": None}  # e.g. no finding with both classes: nothing to compare
@@ -249,12 +258,63 @@ class Context:
         self._tests[(a.id, b.id)] = out
         return out
 
+    def p_best(self, cells: Sequence[Cell]) -> list[float | None]:
+        """metrics.probability_best over the cells scored on the first one's test images (None for the others)."""
+        datas = [self._cell_data(c) for c in cells]
+        first = datas[0] if datas else None
+        if first is None:
+            return [None] * len(cells)
+        idx = [
+            None
+            if d is None
+            else _order(first.image_index, d.image_index, n_want=len(first.labels), n_have=len(d.labels))
+            for d in datas
+        ]
+        inside = [i for i, x in enumerate(idx) if x is not None]
+        if len(inside) < 2:
+            return [None] * len(cells)
+        moved = [datas[i].reordered(idx[i]) for i in inside]
+        try:
+            res = metrics.probability_best(
+                [probs for probs, _ in moved],
+                first.labels,
+                first.patient_id,
+                logits_by_cell=[logits for _, logits in moved],
+                n_boot=self.n_boot,
+                seed=BOOT_SEED,
+            )
+        except metrics.MetricsError:
+            return [None] * len(cells)
+        out: list[float | None] = [None] * len(cells)
+        for i, v in zip(inside, res["p_best"]):
+            out[i] = v
+        return out
+
+    def settle(self, pairs: Sequence[tuple[Cell, Cell, str]]) -> None:
+        """Run every test the report states, (a, b, axis) in order, and Holm-correct them as one family: a pair
+        gets one p, one adjusted p and one verdict wherever it appears (tables, paired tests, conclusions)."""
+        self.run([(a, b) for a, b, _ in pairs])
+        family: dict[frozenset[str], Comparison] = {}
+        for a, b, axis in pairs:
+            key = frozenset((a.id, b.id))
+            if key in family:
+                family[key].axis = family[key].axis or axis
+            elif (res := self.paired(a, b)) is not None:
+                ci = (res["ci"][0], res["ci"][1])
+                family[key] = Comparison(a, b, "", "", res["diff"], ci, res["p"], axis, unit=res["unit"])
+        if family:
+            for c, p in zip(family.values(), metrics.holm([c.p for c in family.values()])):
+                c.p_holm, c.family = float(p), len(family)
+        self.family = family
+
     def compare(self, a: Cell, b: Cell, *, name_a: str, name_b: str, axis: str = "") -> Comparison | None:
-        res = self.paired(a, b)
-        if res is None:
+        """The family's test of a against b (settle ran it), named as the caller shows the two; None when the
+        pair was not tested (different test images, or no AUROC to compare)."""
+        c = self.family.get(frozenset((a.id, b.id)))
+        if c is None:
             return None
-        ci = (res["ci"][0], res["ci"][1])
-        return Comparison(a, b, name_a, name_b, res["diff"], ci, res["p"], axis, unit=res["unit"])
+        c = c if c.a.id == a.id else c.flipped()
+        return replace(c, name_a=name_a, name_b=name_b, axis=axis or c.axis)
 
 
 def _history(r: store.Result) -> pd.DataFrame | None:
@@ -313,11 +373,3 @@ def report_metrics(r: store.Result, p: dict[str, np.ndarray]) -> store.Result:
         m["focal"] = metrics.focal_loss(p["probs"], p["labels"], gamma=gamma, alpha=alpha)
     m[F1_VAL] = ((m.get("thresholds") or {}).get(F1_VAL_RULE) or {}).get("f1_macro")
     return store.Result(trial=r.trial, metrics=m, path=r.path)
-
-
-def holm(comparisons: Sequence[Comparison]) -> None:
-    """Set each comparison's Holm-adjusted p over the family given."""
-    if comparisons:
-        adjusted = metrics.holm([c.p for c in comparisons])
-        for c, p in zip(comparisons, adjusted):
-            c.p_holm = float(p)

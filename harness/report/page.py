@@ -17,7 +17,7 @@ from harness.report.figures import (
     roc_figures,
 )
 from harness.report.methods import methods
-from harness.report.paired import axis_comparisons, axis_plan, conclusions, paired_table
+from harness.report.paired import axis_plan, conclusions, family_comparisons, paired_table
 from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
 
 
@@ -81,7 +81,10 @@ def build_sections(ctx: Context) -> list[Section]:
             for stem, number, pretrained, fig, what in PAPER_TABLES
         ]
         axes = axis_plan(ctx)
-        ctx.run([pair for *_, plan in plans if plan for pair in plan.pairs()] + [(a, b) for _, a, b in axes.pairs])
+        # One family: the axis tests and the tables' tests against their reference, each pair once.
+        ctx.settle(
+            [(a, b, axis) for axis, a, b in axes.pairs] + [t for *_, plan in plans if plan for t in plan.pairs()]
+        )
         for number, what, plan in plans:
             if plan is None:
                 msg = f"Table {number} ({what}): no such results in this grid."
@@ -142,7 +145,7 @@ def build_sections(ctx: Context) -> list[Section]:
         table = comparison_table(ctx)
         table.write(ctx.out_dir)
         sections.append(Section("Grid", table.html(), table.markdown()))
-        tests = axis_comparisons(ctx, axes)
+        tests = family_comparisons(ctx)
         table = paired_table(ctx, tests, axes)
         table.write(ctx.out_dir)
         sections.append(Section("Paired comparisons", table.html(), table.markdown()))

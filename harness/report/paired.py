@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations, pairwise
 
 import pandas as pd
 
 from harness import metrics
-from harness.report.build import lockstep_notes, warnings_first
+from harness.report.build import family_words, lockstep_notes, warnings_first
 from harness.report.cells import Cell, describe, field_order, hashable
-from harness.report.context import ALPHA, Comparison, Context, holm
+from harness.report.context import ALPHA, Comparison, Context
 from harness.report.flags import degenerate_note, mark
 from harness.report.paper import DASH, DDAGGER
 from harness.report.tables import Table
@@ -48,15 +48,14 @@ def axis_plan(ctx: Context) -> AxisPlan:
     return plan
 
 
-def axis_comparisons(ctx: Context, plan: AxisPlan) -> list[Comparison]:
-    """The planned tests that could be made (same test images), Holm-corrected together."""
+def family_comparisons(ctx: Context) -> list[Comparison]:
+    """Every test of the report's one family (Context.settle), named by the grid's axes: the axis tests in
+    plan order, then the tables' tests against their reference that differ in more than one axis."""
     shown = [a for a in ctx.axes if a != "seed"]
-    out: list[Comparison] = []
-    for axis, a, b in plan.pairs:
-        cmp = ctx.compare(a, b, name_a=describe(a.fields, shown), name_b=describe(b.fields, shown), axis=axis)
-        if cmp is not None:
-            out.append(cmp)
-    holm(out)
+    out = []
+    for c in ctx.family.values():
+        axis = c.axis or "+".join(a for a in shown if c.a.fields.get(a) != c.b.fields.get(a))
+        out.append(replace(c, name_a=describe(c.a.fields, shown), name_b=describe(c.b.fields, shown), axis=axis))
     return out
 
 
@@ -75,7 +74,7 @@ def _sentence(text: str) -> str:
 
 
 def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table:
-    columns = ["Axis", "A", "B", "AUROC A - B [95% CI]", "p", "p (Holm)"]
+    columns = ["Axis", "A", "B", "AUROC A - B [95% CI]", "p", "p (adjusted)", "Significant"]
     rows = [
         [
             c.axis,
@@ -84,38 +83,61 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
             f"{_signed(c.diff)} [{_signed(c.ci[0])}, {_signed(c.ci[1])}]",
             _p_text(c.p),
             _p_text(c.p_holm),
+            "yes" if c.significant else "no",
         ]
         for c in tests
     ]
+    # One row per pair; the first ten columns are the claim, the rest say which trials and how.
     frame = pd.DataFrame(
         [
             {
-                "axis": c.axis,
                 "a": c.name_a,
                 "b": c.name_b,
+                "axis": c.axis,
+                "diff": c.diff,
+                "ci_low": c.ci[0],
+                "ci_high": c.ci[1],
+                "p": c.p,
+                "p_adjusted": c.p_holm,
+                "family": c.family,
+                "significant": c.significant,
                 "keys_a": c.a.id,
                 "keys_b": c.b.id,
-                "diff": c.diff,
-                "lo": c.ci[0],
-                "hi": c.ci[1],
-                "p": c.p,
-                "p_holm": c.p_holm,
                 "unit": c.unit,
                 "degenerate": c.degenerate,
             }
             for c in tests
         ],
-        columns=["axis", "a", "b", "keys_a", "keys_b", "diff", "lo", "hi", "p", "p_holm", "unit", "degenerate"],
+        columns=[
+            "a",
+            "b",
+            "axis",
+            "diff",
+            "ci_low",
+            "ci_high",
+            "p",
+            "p_adjusted",
+            "family",
+            "significant",
+            "keys_a",
+            "keys_b",
+            "unit",
+            "degenerate",
+        ],
     )
     notes = [
         f"Paired bootstrap of mean AUROC over test patients ({ctx.n_boot} resamples), between settings equal "
-        f"in every other field; Holm-corrected over all {len(tests)} tests in this table."
+        "in every other field and between each table row and its reference; p from the bootstrap test (the "
+        f"difference over the SD of its resampled values, normal reference, as pROC's roc.test), Holm-adjusted "
+        f"over {family_words(ctx)}. Significant: adjusted p < {ALPHA} and an interval that excludes 0; every "
+        "table, figure and sentence of this report gives a pair this verdict."
     ]
     if any(c.unit != "patient" for c in tests):
         notes.append(
             "Where a cell has several seeds the test is at the seed level: each resample draws each cell's seeds "
-            "with replacement, then the test patients (metrics.paired_seed_bootstrap); the difference is that "
-            "of the seed-mean AUROCs, as the tables show them."
+            "with replacement, then the test patients (metrics.paired_seed_bootstrap), the same seed values for "
+            "both cells where they ran the same seeds (seed s shares split, start and batch order); the difference "
+            "is that of the seed-mean AUROCs, as the tables show them."
         )
     notes += lockstep_notes(ctx)
     seen: dict[str, Cell] = {}
@@ -123,7 +145,9 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
         seen.update({c.name_a: c.a, c.name_b: c.b})
     if any(c.degenerate for c in tests):
         notes += degenerate_note(list(seen.items()))
-        notes.append(f"Rows with a {DDAGGER} cell are tested and counted in Holm's correction, but name no winner.")
+        notes.append(
+            f"Rows with a {DDAGGER} cell are tested and counted in Holm's correction, but are never significant."
+        )
     if plan.neighbours_only:
         notes.append(
             f"Where more than {ALL_PAIRS_UP_TO} values of an axis share every other field, each is tested against "
@@ -150,12 +174,12 @@ def _degenerate_sentence(c: Comparison) -> str:
 def conclusions(ctx: Context, tests: list[Comparison]) -> tuple[str, str]:
     """A paragraph of one metrics.summary_sentence per paired test (significant ones first), and how it was tested.
     A test involving a degenerate cell names no winner: it says why instead, after the others."""
-    ordered = sorted(tests, key=lambda c: (c.degenerate, not c.p_holm < ALPHA, -abs(c.diff)))
+    ordered = sorted(tests, key=lambda c: (c.degenerate, not c.significant, -abs(c.diff)))
     text = " ".join(
         _sentence(
             _degenerate_sentence(c)
             if c.degenerate
-            else metrics.summary_sentence(c.name_a, c.name_b, c.result(), alpha=ALPHA)
+            else metrics.summary_sentence(c.name_a, c.name_b, c.result(), significant=c.significant)
         )
         for c in ordered
     )
@@ -168,9 +192,9 @@ def conclusions(ctx: Context, tests: list[Comparison]) -> tuple[str, str]:
         " (seeds, then patients, where a cell has several seeds)" if any(c.unit != "patient" for c in tests) else ""
     )
     method = (
-        f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap{seeded} ({ctx.n_boot} "
-        f"resamples), Holm-corrected over all {len(tests)} tests in 'Paired comparisons'; a winner is named "
-        f"only where the adjusted p < {ALPHA} and the interval excludes 0, and never for a degenerate "
-        f"({DDAGGER}) model."
+        f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap test{seeded} "
+        f"({ctx.n_boot} resamples), Holm-adjusted over {family_words(ctx)}, the tests of 'Paired comparisons'; a "
+        f"winner is named only where the adjusted p < {ALPHA} and the interval excludes 0, and never for a "
+        f"degenerate ({DDAGGER}) model."
     )
     return text, method

@@ -11,6 +11,10 @@ from harness.report.cells import field_order, group_cells, lockstep, varied_fiel
 from harness.report.context import Context
 from harness.report.page import build_sections, render_html, render_markdown
 
+# The fewest resamples `harness report --n-boot` takes: a 95% interval's tails are its 2.5% extremes, 2-3
+# resamples each at 100. Tests call write_report with fewer to stay fast.
+MIN_N_BOOT = 100
+
 
 @dataclass
 class Written:

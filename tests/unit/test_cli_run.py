@@ -68,7 +68,7 @@ def test_dry_run_refuses_what_a_run_refuses(tmp_path, capsys, no_training, argv,
 def test_paper_dry_run_freezes_early_layers_of_pretrained_trials(capsys):
     assert cli.main(["run", PAPER, "--dry-run"]) == 0
     header, *lines = capsys.readouterr().out.splitlines()
-    assert header == "# paper: 12 trials (profile: none; varied: arch, pretrained, loss, freeze)"
+    assert header.startswith("# paper: 12 trials (profile: none; varied: arch, pretrained, loss, freeze; data: ")
     assert len(lines) == 12
     for line in lines:
         pretrained = "/pretrained/" in line

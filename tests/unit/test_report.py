@@ -217,7 +217,19 @@ def test_paper_tables_hold_every_arch_with_the_metrics_and_intervals(built, stem
     csv = pd.read_csv(out_dir / f"{stem}.csv")
     for header in ("BCE loss", "Focal loss", "F1", "F1 (val. thr.)", "AUC"):
         assert header in md and header in tex
-    for col in ("bce", "focal", "f1", "f1_val", "auc", "auc_lo", "auc_hi", "f1_lo", "f1_hi", "p_holm_vs_ref"):
+    for col in (
+        "bce",
+        "focal",
+        "f1",
+        "f1_val",
+        "auc",
+        "auc_lo",
+        "auc_hi",
+        "f1_lo",
+        "f1_hi",
+        "p_adjusted_vs_ref",
+        "p_best",
+    ):
         assert col in csv.columns
     assert list(csv["arch"]) == list(ARCHS)  # the paper's row order
     for arch, r in _results(grid_dir, pretrained=pretrained).items():
@@ -243,14 +255,14 @@ def test_bold_and_dagger_only_where_significant(built):
     """Scratch models are identical (no bold, no dagger); pretrained ResNet152 is clearly best (bold, dagger)."""
     _, out_dir, _ = built["synthetic"]
     t1 = pd.read_csv(out_dir / "table1_scratch.csv")
-    assert not t1["auc_best_significant"].any() and not t1["sig_vs_ref"].any()
+    assert not t1["auc_best_confident"].any() and not t1["significant_vs_ref"].any()
     assert "**" not in _read(out_dir, "table1_scratch.md")
     assert "\\textbf" not in _read(out_dir, "table1_scratch.tex")
     assert report.DAGGER not in _read(out_dir, "table1_scratch.md").split("\n\n")[1]  # table body, not footnote
 
     t2 = pd.read_csv(out_dir / "table2_pretrained.csv").set_index("arch")
-    assert t2["auc_best_significant"].to_dict() == {"alexnet": False, "resnet152": True, "inception_v3": False}
-    assert t2["sig_vs_ref"].to_dict() == {"alexnet": False, "resnet152": True, "inception_v3": False}
+    assert t2["auc_best_confident"].to_dict() == {"alexnet": False, "resnet152": True, "inception_v3": False}
+    assert t2["significant_vs_ref"].to_dict() == {"alexnet": False, "resnet152": True, "inception_v3": False}
     assert bool(t2.loc["alexnet", "reference"])
     md, tex = _read(out_dir, "table2_pretrained.md"), _read(out_dir, "table2_pretrained.tex")
     auc = t2.loc["resnet152", "auc"]
@@ -269,8 +281,8 @@ def test_reference_row_can_be_chosen_and_out_dir_defaults_to_reports_grid(tmp_pa
     assert index.resolve() == (tmp_path / "reports" / "pretrained" / "index.html").resolve()
     t2 = pd.read_csv(index.parent / "table2_pretrained.csv").set_index("arch")
     assert bool(t2.loc["resnet152", "reference"])
-    assert t2["sig_vs_ref"].to_dict() == {"alexnet": True, "resnet152": False, "inception_v3": True}
-    assert bool(t2.loc["resnet152", "auc_best_significant"])
+    assert t2["significant_vs_ref"].to_dict() == {"alexnet": True, "resnet152": False, "inception_v3": True}
+    assert bool(t2.loc["resnet152", "auc_best_confident"])
     with pytest.raises(ConfigError, match="valid: alexnet, resnet152, inception_v3"):
         report.write_report(grid_dir, tmp_path, reference="densenet121")
 
@@ -321,9 +333,9 @@ def test_comparison_table_has_the_varied_axes_and_paired_tests(built):
     assert len(comp) == 6
     tests = pd.read_csv(out_dir / "paired_tests.csv")
     assert sorted(tests["axis"].value_counts().items()) == [("arch", 6), ("pretrained", 3)]
-    assert (tests["p_holm"] >= tests["p"]).all()
+    assert (tests["p_adjusted"] >= tests["p"]).all()
     pre = tests[tests["axis"] == "pretrained"]
-    assert (pre["diff"] > 0.1).all() and (pre["p_holm"] < 0.05).all()
+    assert (pre["diff"] > 0.1).all() and (pre["p_adjusted"] < 0.05).all()
     assert list(pre["a"]) == [f"pretrained {report.arch_name(a)}" for a in ARCHS]
 
 
@@ -341,6 +353,39 @@ def test_conclusions_claim_only_what_the_tests_support(built):
     assert "pretrained InceptionV3 beats pretrained AlexNet" not in text
     assert "pretrained ResNet152 beats pretrained AlexNet" in text.replace("Pretrained", "pretrained")
     assert "beats" in _read(out_dir, "index.html")
+
+
+def test_every_pair_has_one_verdict_everywhere_it_appears(built):
+    """Tables, paired tests and conclusions read one family's computation: one p, one adjusted p, one verdict."""
+    _, out_dir, _ = built["synthetic"]
+    tests = pd.read_csv(out_dir / "paired_tests.csv")
+    assert list(tests.columns[:10]) == [
+        "a",
+        "b",
+        "axis",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "p",
+        "p_adjusted",
+        "family",
+        "significant",
+    ]
+    assert (tests["family"] == len(tests)).all()  # one family: every test of the report, each pair once
+    pairs = [frozenset((a, b)) for a, b in zip(tests["keys_a"], tests["keys_b"])]
+    assert len(set(pairs)) == len(pairs)
+    verdict = dict(zip(pairs, tests["significant"]))
+    excludes_0 = (tests["ci_low"] > 0) | (tests["ci_high"] < 0)
+    assert (tests["significant"] == ((tests["p_adjusted"] < 0.05) & excludes_0 & ~tests["degenerate"])).all()
+    for stem in ("table1_scratch", "table2_pretrained"):
+        t = pd.read_csv(out_dir / f"{stem}.csv")
+        ref = t.loc[t["reference"], "keys"].item()
+        assert t["p_best"].sum() == pytest.approx(1.0)
+        for _, row in t[~t["reference"]].iterrows():
+            assert bool(row["significant_vs_ref"]) == verdict[frozenset((row["keys"], ref))], row["model"]
+            assert row["p_adjusted_vs_ref"] in set(tests["p_adjusted"])
+    text = _read(out_dir, "report.md").split("## What can be concluded")[1].split("\n## ")[0]
+    assert text.count("beats") == int(tests["significant"].sum())
 
 
 def test_failed_trials_are_listed_with_reasons(built):
@@ -425,7 +470,7 @@ def test_seeds_on_different_test_images_are_neither_combined_nor_tested(tmp_path
             write_trial(grid_dir, trial, dataset="synthetic", strength=0.8, noise_seed=seed, other_images=seed == 1)
     report.write_report(grid_dir, tmp_path / "out", n_boot=50)
     csv = pd.read_csv(tmp_path / "out" / "table2_pretrained.csv")
-    assert csv["auc_lo"].isna().all() and not csv["sig_vs_ref"].any()
+    assert csv["auc_lo"].isna().all() and not csv["significant_vs_ref"].any()
     assert "different test images" in _read(tmp_path / "out", "table2_pretrained.md")
     assert len(pd.read_csv(tmp_path / "out" / "paired_tests.csv")) == 0
 
@@ -642,15 +687,22 @@ def test_a_long_axis_is_tested_between_neighbouring_values(tmp_path):
         write_trial(grid_dir, trial, dataset="synthetic", strength=0.5, noise_seed=i)
     report.write_report(grid_dir, tmp_path / "out", n_boot=20, progress=False)
     tests = pd.read_csv(tmp_path / "out" / "paired_tests.csv")
-    assert list(tests["axis"]) == ["lr"] * (len(lrs) - 1)
-    assert list(tests["a"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[:-1]]
-    assert list(tests["b"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[1:]]
+    steps = tests.iloc[: len(lrs) - 1]
+    assert list(steps["a"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[:-1]]
+    assert list(steps["b"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[1:]]
+    # Table 2 states each row against its reference (the first): those join the one family, each pair once.
+    against_ref = tests.iloc[len(lrs) - 1 :]
+    assert list(against_ref["a"]) == [f"AlexNet (lr={lr:g})" for lr in lrs[2:]]
+    assert set(against_ref["b"]) == {f"AlexNet (lr={lrs[0]:g})"}
+    assert list(tests["axis"]) == ["lr"] * len(tests) and (tests["family"] == 2 * len(lrs) - 3).all()
     assert "tested against the next value only: lr" in _read(tmp_path / "out", "paired_tests.md")
 
 
 # --- single-seed numbers are those of the report before seed-level statistics ---------------------------
 
-BASELINE = Path(__file__).parent / "report_baseline"  # CSV tables the report wrote at 0b896bb for `built`
+BASELINE = (
+    Path(__file__).parent / "report_baseline"
+)  # CSV tables the report writes for `built` (p-values as of the bootstrap test)
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "nih"])
@@ -706,8 +758,8 @@ def test_a_degenerate_trial_is_marked_explained_and_never_best(degenerate):
     t2 = pd.read_csv(out / "table2_pretrained.csv").set_index("arch")
     assert t2["degenerate"].to_dict() == {"alexnet": False, "resnet152": False, "inception_v3": True}
     assert t2.loc["inception_v3", "auc"] == t2["auc"].max()  # the highest AUROC of the table ...
-    assert not t2.loc["inception_v3", "auc_best_significant"]  # ... is not the best: ResNet152 is
-    assert t2.loc["resnet152", "auc_best_significant"]
+    assert not t2.loc["inception_v3", "auc_best_confident"]  # ... is not the best: ResNet152 is
+    assert t2.loc["resnet152", "auc_best_confident"]
     md, tex = _read(out, "table2_pretrained.md"), _read(out, "table2_pretrained.tex")
     row = next(line for line in _body(md) if "InceptionV3" in line)
     assert row.startswith(f"| InceptionV3{DDAGGER} |") and "**" not in row
@@ -754,7 +806,11 @@ def test_paired_tests_with_a_degenerate_cell_are_flagged_and_name_no_winner(dege
     md = _read(out, "paired_tests.md")
     for line in _body(md):
         assert (DDAGGER in line) == ("InceptionV3" in line)
-    assert "name no winner" in md
+    assert "are never significant" in md
+    assert not tests.loc[involved, "significant"].any()  # whatever the p: no verdict rests on a degenerate output
+    for stem in ("table1_scratch", "table2_pretrained"):  # and no dagger on a double-dagger row
+        for line in _body(_read(out, f"{stem}.md")):
+            assert not (DDAGGER in line and report.DAGGER in line), line
     text = _read(out, "report.md").split("## What can be concluded")[1].split("\n## ")[0]
     assert "InceptionV3 beats" not in text and "beats pretrained InceptionV3" not in text
     assert "beats scratch InceptionV3" not in text
@@ -840,13 +896,14 @@ def test_paired_tests_across_seeded_cells_are_seed_level(seeded):
         patient_ids=pa[0]["patient_id"],
         n_boot=200,
         seed=0,
+        matched=True,  # both cells ran seeds 0, 1 and 2: seed s of one is paired with seed s of the other
     )
     assert (t2.loc["resnet152", "auc_diff_vs_ref"], t2.loc["resnet152", "p_vs_ref"]) == pytest.approx(
         (ref["diff"], ref["p"]), abs=1e-12
     )
     assert t2.loc["resnet152", "test_unit"] == "seed, then patient"
     assert (tests.loc[0, "diff"], tests.loc[0, "p"]) == pytest.approx((-ref["diff"], ref["p"]), abs=1e-12)
-    assert (tests.loc[0, "lo"], tests.loc[0, "hi"]) == pytest.approx((-ref["ci"][1], -ref["ci"][0]), abs=1e-12)
+    assert (tests.loc[0, "ci_low"], tests.loc[0, "ci_high"]) == pytest.approx((-ref["ci"][1], -ref["ci"][0]), abs=1e-12)
     assert "seed level" in _read(out, "paired_tests.md")
 
 

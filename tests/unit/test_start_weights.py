@@ -163,7 +163,7 @@ def test_a_dry_run_lists_the_file_by_name_beside_imagenet_and_scratch(tmp_path, 
     )
     assert cli.main(["run", str(p), "--dry-run"]) == 0
     header, *lines = capsys.readouterr().out.splitlines()
-    assert header.endswith("varied: pretrained, weights)")
+    assert "varied: pretrained, weights; data: " in header
     assert [line.split()[1].split("/")[1] for line in lines] == ["scratch", "pretrained", "weights:ssl-cxr.pt"]
     assert [line.split()[-1] for line in lines] == ["init=scratch", "init=imagenet", "init=cxr"]
     assert len({line.split()[0] for line in lines}) == 3
