@@ -157,6 +157,9 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+# Each part is in the default run: mending (tests/unit/test_recovery.py), retraining what is damaged
+# (test_other_damage_means_the_trial_is_trained_again) and a rerun over finished trials (test_faults.py).
+@pytest.mark.slow
 def test_a_rerun_mends_damaged_metrics_and_retrains_damaged_weights(finished_grid, tmp_path):
     """The finished grid, copied: one trial's metrics cut off mid-write (mended from its predictions, not
     retrained), the other's weights cut off (trained again); its failed trial fails again. That an intact trial is
