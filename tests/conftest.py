@@ -47,8 +47,8 @@ def small_synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic.generate(tmp_path_factory.mktemp("synth_small") / "nih", n=120, size=64, seed=1, progress=False)
 
 
-# The longest files first: xdist hands out files in this order, and one of these started last would leave the
-# other worker idle while it runs (measured: about a minute of the default run's five).
+# The longest files first: xdist hands out files in collection order, and one of these started last would
+# leave the other worker idle while it runs.
 LONGEST_FIRST = ("integration/test_faults.py", "integration/test_grid_run.py", "integration/test_search_runs.py")
 
 
