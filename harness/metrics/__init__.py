@@ -43,7 +43,7 @@ from harness.metrics.degenerate import (
 )
 from harness.metrics.evaluation import evaluate
 from harness.metrics.rank import probability_best, rank_first
-from harness.metrics.seeds import seed_bootstrap, seeds_summary
+from harness.metrics.seeds import seed_bootstrap, seed_interval, seeds_summary
 
 __all__ = [
     "BOOT_STATS",
@@ -77,6 +77,7 @@ __all__ = [
     "roc_auc",
     "roc_curve_points",
     "seed_bootstrap",
+    "seed_interval",
     "seeds_summary",
     "summary_sentence",
     "weighted",

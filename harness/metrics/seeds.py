@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats as sps
 
 from harness.metrics.bootstrap import (
     _Data,
     _defined,
     _intervals,
+    _macro_samples,
     _prepare,
     _stat_fn,
     resample_counts,
@@ -20,6 +23,31 @@ from harness.metrics.core import MetricsError, _level, _thresholds, macro, per_f
 # Seeds are drawn from a stream of their own, so the patient resamples of a given `seed` are the same
 # whether or not seeds are resampled too; a paired comparison draws its second cell's seeds from the next.
 SEED_STREAM = 1
+
+
+def seed_interval(per_seed: Sequence[float | None], patient_samples: np.ndarray, level: float) -> list[float | None]:
+    """An interval for the mean over k seeds that holds both sources of error: mean +- t * SE.
+
+    SE^2 = s^2 / k (s: the seeds' standard deviation) + SE_patients^2 (the spread of the all-seed mean over
+    patient resamples: every seed was tested on the same patients, so that error does not average out). The
+    t quantile has (k - 1) * SE^2 / (s^2 / k) degrees of freedom: k - 1 where the seeds dominate, growing without
+    bound as the patients do (Welch-Satterthwaite's square of that ratio, with s^2 estimated from 3 values,
+    covered 0.93). A percentile interval of resampled seeds covered 0.78 where the seed SD was 4.5 times the
+    patient SE (the bootstrap of k values has no t tail); this covers 0.94-0.97 for k = 3 and 5 and a seed SD
+    of 0 to 4.5 times it (tests/unit/test_seed_coverage.py).
+    """
+    v = np.asarray([x for x in per_seed if x is not None], dtype=np.float64)
+    b = patient_samples[np.isfinite(patient_samples)]
+    k = v.size
+    if k < 2 or b.size < 2 or k != len(per_seed):
+        return [None, None]
+    seed_var, patient_var = float(v.var(ddof=1)) / k, float(b.var(ddof=1))
+    total = seed_var + patient_var
+    if total <= 0:
+        return [float(v.mean())] * 2
+    df = math.inf if seed_var == 0 else (k - 1) * (total / seed_var)
+    half = float(sps.t.ppf((1 + level) / 2, df)) * math.sqrt(total)
+    return [float(v.mean() - half), float(v.mean() + half)]
 
 
 def seeds_summary(values: Sequence[float]) -> dict[str, Any]:
@@ -92,12 +120,10 @@ def seed_bootstrap(
     """One setting run with several seeds on the same test images: seed-mean values, two-level intervals.
 
     A statistic's value is the mean over seeds of each seed's value (of the macro: each seed's macro,
-    then their mean). Its percentile interval comes from resampling seeds, then patients: each resample
-    draws as many seeds as there are, with replacement, and one patient resample, shared by the drawn
-    seeds because they were tested on the same patients; it scores every drawn seed on it and averages.
-    The spread of those averages holds seed-to-seed and test-set variation together. The patient
-    resamples are bootstrap()'s for the same `seed` (the seeds come from their own stream), so with one
-    seed every number equals bootstrap()'s and evaluate()'s. `thresholds_by_seed` holds each seed's
+    then their mean). With several seeds its interval is seed_interval's: the seeds' spread and the
+    patients' (every seed scored on each patient resample, averaged) added as variances, with a t
+    quantile. The patient resamples are bootstrap()'s for the same `seed`, so with one seed every number
+    equals bootstrap()'s and evaluate()'s. `thresholds_by_seed` holds each seed's
     thresholds (default 0.5); with `logits_by_seed`, auc and ap rank the logits.
 
     Returns {stat: {"value", "ci": [lo, hi], "per_seed": [each seed's macro], "per_finding": [seed-mean,
@@ -118,18 +144,31 @@ def seed_bootstrap(
     keep = _defined(data[0].y)
     out: dict[str, Any] = {}
     for name, fn in fns.items():
-        ci = _intervals(seed_mean([fn(d, counts, t) for d, t in zip(data, ts)], picks), keep, level)
+        samples = [fn(d, counts, t) for d, t in zip(data, ts)]
         per_seed = [macro(per, name) for per in pers]
+        by_finding = [[per[n][name] for per in pers] for n in names]
+        if k == 1:  # bootstrap()'s percentile intervals exactly
+            ci = _intervals(seed_mean(samples, picks), keep, level)
+            macro_ci, finding_ci, dropped = ci["macro"], ci["per_finding"], ci["n_dropped"]
+        else:  # the patients' share of the error: every seed on each patient resample, averaged
+            everyone = np.mean(samples, axis=0)
+            macro_samples, dropped = _macro_samples(everyone, keep)
+            macro_ci = seed_interval(per_seed, macro_samples, level)
+            finding_ci = [
+                seed_interval(by_finding[f], everyone[:, f], level) if keep[f] else [None, None] for f in range(n_f)
+            ]
         out[name] = {
             "value": _mean(per_seed),
-            "ci": ci["macro"],
+            "ci": macro_ci,
             "per_seed": per_seed,
-            "per_finding": [_mean([per[n][name] for per in pers]) for n in names],
-            "per_finding_ci": ci["per_finding"],
-            "n_dropped": ci["n_dropped"],
+            "per_finding": [_mean(v) for v in by_finding],
+            "per_finding_ci": finding_ci,
+            "n_dropped": dropped,
         }
     method = (
-        "mean over seeds; percentile interval of a two-level bootstrap: seeds drawn with "
-        "replacement, then patients, every drawn seed scored on the same patient resample and averaged"
+        "mean over seeds; interval mean +- t * SE with SE^2 = (seed variance) / k + (variance of the all-seed "
+        "mean over patient resamples), Welch-Satterthwaite degrees of freedom (seed_interval)"
+        if k > 1
+        else "percentile interval over patient resamples"
     )
     return {**out, **_how(k, counts, level, unit="seed, then patient", method=method)}

@@ -59,9 +59,10 @@ def ci_note(ctx: Context, cells: Sequence[Cell], *, losses: bool = False) -> str
         k = " or ".join(map(str, seeded))
         text += (
             f" Cells with {k} seeds: mean {PM} standard deviation over seeds; [lo, hi] for AUROC and F1: a "
-            f"{level:.0%} interval over {k} seeds, then patients (a two-level bootstrap of {ctx.n_boot} resamples: "
-            "seeds drawn with replacement, then test patients, every drawn seed scored on the same patients; "
-            "metrics.seed_bootstrap); other metrics have no interval over seeds."
+            f"{level:.0%} interval for the mean over {k} seeds that holds both seed-to-seed and test-set variation "
+            f"(mean {PM} t {PM} SE, SE^2 = seed variance / seeds + the all-seed mean's variance over {ctx.n_boot} "
+            "patient resamples, Welch-Satterthwaite degrees of freedom; metrics.seed_interval); other metrics "
+            "have no interval over seeds."
         )
     elif any(len(c.results) > 1 for c in cells):
         text += f" Several seeds: mean {PM} standard deviation over seeds."

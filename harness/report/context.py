@@ -163,7 +163,7 @@ class Context:
 
     def read(self) -> None:
         """Read each trial's predictions and history once: complete each result's metrics for the report
-        (report_metrics) and give each seeded cell its two-level intervals (metrics.seed_bootstrap)."""
+        (report_metrics) and give each seeded cell its seed-level intervals (metrics.seed_bootstrap)."""
         views: dict[str, store.Result] = {}
         with self.bar(total=len(self.results), desc="reading trials", unit="trial") as bar:
             for cell in self.cells:

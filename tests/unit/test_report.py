@@ -875,7 +875,7 @@ def test_a_seeded_cell_is_the_mean_of_its_seeds_with_a_seed_then_patient_interva
         single = [np.diff(r.metrics["auc_macro_ci"])[0] for r in results]  # each seed's patient interval
         assert width > max(single)
     md = _read(out, "table2_pretrained.md")
-    assert "95% interval over 3 seeds, then patients" in md and "metrics.seed_bootstrap" in md
+    assert "95% interval for the mean over 3 seeds" in md and "metrics.seed_interval" in md
     assert "tested at the seed level" in md
 
 
