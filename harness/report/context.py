@@ -192,7 +192,7 @@ class Context:
     def predictions(self, r: store.Result) -> dict[str, np.ndarray]:
         return r.predictions()
 
-    def _cell_data(self, cell: Cell) -> CellData | None:
+    def cell_data(self, cell: Cell) -> CellData | None:
         """The cell's test-set predictions, read once and kept while the memory budget allows."""
         if cell.id in self._data:
             self._data.move_to_end(cell.id)
@@ -226,7 +226,7 @@ class Context:
             return (
                 None if other is None else {**other, "diff": -other["diff"], "ci": [-other["ci"][1], -other["ci"][0]]}
             )
-        da, db = self._cell_data(a), self._cell_data(b)
+        da, db = self.cell_data(a), self.cell_data(b)
         idx = None
         if da is not None and db is not None:
             idx = _order(da.image_index, db.image_index, n_want=len(da.labels), n_have=len(db.labels))
@@ -260,7 +260,7 @@ class Context:
 
     def p_best(self, cells: Sequence[Cell]) -> list[float | None]:
         """metrics.probability_best over the cells scored on the first one's test images (None for the others)."""
-        datas = [self._cell_data(c) for c in cells]
+        datas = [self.cell_data(c) for c in cells]
         first = datas[0] if datas else None
         if first is None:
             return [None] * len(cells)

@@ -19,6 +19,7 @@ from harness.report.figures import (
 from harness.report.methods import methods
 from harness.report.paired import axis_plan, conclusions, family_comparisons, paired_table
 from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
+from harness.report.testset import testset_table
 
 
 @dataclass
@@ -127,6 +128,9 @@ def build_sections(ctx: Context) -> list[Section]:
                 table.markdown() + f"\n![{caption}]({fig})\n",
             )
         )
+        if (split := testset_table(ctx, names)) is not None:
+            split.write(ctx.out_dir)
+            sections.append(Section("Test split", split.html(), split.markdown()))
 
         figs_html, figs_md = "", ""
         loss, skipped = loss_figure(ctx)

@@ -491,6 +491,7 @@ REPORT_MODULES = (
     "flags",
     "build",
     "paired",
+    "testset",
     "figures",
     "methods",
     "page",
@@ -1010,3 +1011,24 @@ def test_the_freeze_stage_table_follows_models():
         spec = models.spec(arch)
         assert len(FREEZE_STAGES[arch]) == len(spec.stages), arch
         assert all(text.startswith(label) for text, label in zip(FREEZE_STAGES[arch], spec.labels)), arch
+
+
+# --- the test split -----------------------------------------------------------------------------------
+
+
+def test_the_test_split_is_given_with_each_findings_positives_and_the_dropped_resamples(built):
+    grid_dir, out_dir, _ = built["synthetic"]
+    split = pd.read_csv(out_dir / "test_set.csv")
+    p = store.load_results(grid_dir)[0].predictions()
+    labels, pid = p["labels"], p["patient_id"]
+    assert list(split["finding"]) == FINDINGS
+    assert list(split["positive_images"]) == [int(v) for v in labels.sum(axis=0)]
+    for f, row in split.iterrows():
+        assert row["positive_patients"] == len(np.unique(pid[labels[:, f] == 1]))
+    dropped = metrics.bootstrap(p["probs"], labels, pid, stats=("auc",), n_boot=REPORT_BOOT, seed=0)["auc"]["n_dropped"]
+    md = _read(out_dir, "test_set.md")
+    assert f"Test split: {len(labels):,} images from {len(np.unique(pid)):,} patients" in md
+    assert f"Resamples left out of a macro interval: {dropped} of the report's {REPORT_BOOT}" in md
+    few = split[(split["positive_patients"] > 0) & (split["positive_patients"] < 5)]
+    assert ("fewer than 5 positive patients" in md) == (len(few) > 0)
+    assert "The test split" in _read(out_dir, "report.md")
