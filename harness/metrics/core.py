@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.optimize import brentq
 from sklearn.metrics import average_precision_score, roc_curve
 
 from harness.registry import Registry
@@ -138,6 +139,24 @@ def bce_loss(probs: Any, labels: Any) -> float:
         return float("nan")
     p = np.clip(p, EPS, 1 - EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def constant_for_bce(labels: Any, value: float) -> float | None:
+    """The constant prediction c > positive rate whose mean BCE on these labels is `value` (None when no
+    constant reaches it: below the labels' entropy, the least a constant can score). A published BCE that a
+    constant matches says the published model's output may have been near constant."""
+    y = np.asarray(labels, dtype=np.float64)
+    rate = float(y.mean()) if y.size else float("nan")
+    if not 0 < rate < 1:
+        return None
+
+    def gap(c: float) -> float:
+        return -(rate * math.log(c) + (1 - rate) * math.log1p(-c)) - value
+
+    hi = 1 - EPS
+    if gap(rate) > 0 or gap(hi) < 0:
+        return None
+    return float(brentq(gap, rate, hi))
 
 
 def focal_loss(probs: Any, labels: Any, *, gamma: float = 2.0, alpha: float = 0.25) -> float:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness import metrics
 from harness.report.cells import Cell, describe, field_order, field_text, trial_name, varied_fields
 from harness.report.context import ALPHA, Comparison, Context, focal_params
 from harness.report.flags import degenerate_note, finding_note, mark
@@ -104,6 +105,27 @@ def lockstep_notes(ctx: Context) -> list[str]:
         verb = "varies" if len(followers) == 1 else "vary"
         out.append(f"{', '.join(followers)} {verb} with {axis} ({values}): one axis, named {axis}.")
     return out
+
+
+def constant_bce_note(ctx: Context, plan: PaperPlan) -> str:
+    """What constant prediction would score each of the paper's BCE values on this test split."""
+    data = ctx.cell_data(plan.cells[plan.ref])
+    if data is None:
+        return ""
+    published = PAPER_VALUES[plan.pretrained]
+    found = [
+        (arch, v, metrics.constant_for_bce(data.labels, v))
+        for arch, v in ((a, published.get(a, {}).get("bce")) for a in published)
+        if v is not None
+    ]
+    parts = [f"{arch_name(a)} {v:g} at c = {c:.3f}" for a, v, c in found if c is not None]
+    if not parts:
+        return ""
+    return (
+        f" On this test split (positive rate {float(data.labels.mean()):.3f}) a constant prediction c for every "
+        f"finding of every image scores the paper's BCE: {'; '.join(parts)}. The paper's values match "
+        "near-constant outputs."
+    )
 
 
 def family_words(ctx: Context) -> str:
@@ -242,7 +264,7 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
     if missing:
         notes.append(f"Not tested (not the reference's test images, or no AUROC to compare): {', '.join(missing)}.")
     if paper:
-        notes += [f"Paper: {PAPER_SOURCE}.", PAPER_BCE_NOTE, PUBLISHED_AUROC]
+        notes += [f"Paper: {PAPER_SOURCE}.", PAPER_BCE_NOTE + constant_bce_note(ctx, plan), PUBLISHED_AUROC]
     else:
         notes.insert(0, SYNTHETIC_WARNING)
     if plan.pretrained and ctx.unverified_weights:

@@ -691,3 +691,17 @@ def test_paired_seed_bootstrap_p_is_not_too_small_under_the_null():
         ps.append(res["p"])
     assert 0.35 <= np.mean(ps) <= 0.7
     assert np.mean(np.array(ps) < 0.05) <= 0.1
+
+
+def test_the_constant_that_scores_a_given_bce():
+    """The paper's BCE column (0.79-0.94) is what a near-constant output of 0.55-0.62 scores at NIH's
+    prevalences: constant_for_bce finds that constant, and bce_loss of it gives the value back."""
+    rng = np.random.default_rng(0)
+    y = (rng.random((5000, 14)) < np.linspace(0.002, 0.18, 14)).astype(np.uint8)
+    for value in (0.7925, 0.909, 0.936):
+        c = M.constant_for_bce(y, value)
+        assert c > y.mean() and M.bce_loss(np.full(y.shape, c), y) == pytest.approx(value, abs=1e-9)
+    rate = y.mean()
+    entropy = -(rate * math.log(rate) + (1 - rate) * math.log1p(-rate))
+    assert M.constant_for_bce(y, entropy * 0.9) is None  # no constant scores below the labels' entropy
+    assert M.constant_for_bce(np.zeros((4, 2)), 0.8) is None

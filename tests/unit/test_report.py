@@ -300,6 +300,9 @@ def test_published_values_only_on_nih(built):
         assert report.SYNTHETIC_WARNING not in _read(nih, f"{stem}.md")
         # the paper's BCE beside ours, with the reason the two are not the same quantity
         assert PAPER_BCE_NOTE in _read(nih, f"{stem}.md") and "ln 2 = 0.693" in _read(nih, f"{stem}.tex")
+        assert "a constant prediction c for every finding of every image scores the paper's BCE" in _read(
+            nih, f"{stem}.md"
+        )
         assert PAPER_BCE_NOTE not in _read(syn, f"{stem}.md")
     assert "0.80-0.82" in _read(nih, "table2_pretrained.md") and "0.80-0.82" not in _read(syn, "index.html")
     assert "SYNTHETIC phantoms (not NIH)" in _read(syn, "table2_pretrained.md")
