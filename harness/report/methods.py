@@ -14,6 +14,8 @@ from harness.report.paper import (
     DEFAULT_NATIVE_SIZE,
     F1_NOTE,
     FREEZE_STAGES,
+    INCEPTION_AUX_MIN_SIZE,
+    INCEPTION_AUX_WEIGHT,
     NATIVE_SIZES,
     arch_name,
 )
@@ -137,8 +139,36 @@ def _scores(ctx: Context) -> str:
     return "the probabilities (no logits saved: these trials predate them)"
 
 
+# Marks a row that is the harness's own choice, not a gap in the paper's description filled in.
+OWN = " (the harness's choice)"
+
+
+def _precision(r: store.Result) -> str:
+    on_gpu = str(r.metrics.get("device", "cpu")).startswith("cuda")
+    return "bf16 autocast on CUDA (logits and losses in float32)" if on_gpu else "float32 (CPU)"
+
+
+def _aux(results: list[store.Result]) -> str | None:
+    inception = [r for r in results if _get(r, "arch") == "inception_v3"]
+    if not inception:
+        return None
+    sizes = sorted({_size(r)[0] for r in inception})
+    used = [s for s in sizes if s >= INCEPTION_AUX_MIN_SIZE]
+    dropped = [s for s in sizes if s < INCEPTION_AUX_MIN_SIZE]
+    where = "; ".join(
+        [f"built at {', '.join(f'{s} px' for s in used)}"] * bool(used)
+        + [f"left out at {', '.join(f'{s} px' for s in dropped)} (below the {INCEPTION_AUX_MIN_SIZE} px it needs)"]
+        * bool(dropped)
+    )
+    return (
+        f"its loss added with weight {INCEPTION_AUX_WEIGHT:g} in training (torchvision's recipe), unused in "
+        f"evaluation; {where}"
+    )
+
+
 def methods(ctx: Context) -> list[tuple[str, str]]:
-    """(choice, value used) for each choice the paper leaves open, and the other facts a reader needs."""
+    """(choice, value used) for each choice the paper leaves open, and the other facts a reader needs; the
+    harness's own choices say so in their name."""
     rs = ctx.results
     datasets = sorted({str(r.metrics.get("dataset") or _get(r, "dataset")) for r in rs})
     test = values(rs, "subset_test", lambda v: "shrunk like training (subset_test)" if v else "whole")
@@ -150,7 +180,8 @@ def methods(ctx: Context) -> list[tuple[str, str]]:
             f"lr {values(rs, 'lr')}, multiplied by {values(rs, 'lr_gamma')} (lr_gamma) every "
             f"{values(rs, 'lr_step')} epochs (lr_step)",
         ),
-        ("Epochs", values(rs, "epochs") + "; the checkpoint kept is the epoch with the best validation mean AUROC"),
+        ("Epochs", values(rs, "epochs")),
+        ("Checkpoint" + OWN, "the epoch with the best validation mean AUROC"),
         ("Batch", f"{values(rs, 'batch_size')} (training), {values(rs, 'eval_batch_size')} (evaluation)"),
         ("Frozen layers (freeze)", _freeze(rs)),
         (
@@ -160,8 +191,21 @@ def methods(ctx: Context) -> list[tuple[str, str]]:
             "(val_fraction), whole patients",
         ),
         ("Input size", values(rs, "image_size", _px, get=_size)),
+        (
+            "Resize and crop" + OWN,
+            "each image resized once to 8/7 of the input size (torchvision's 256 -> 224 convention), then cropped "
+            "to the input size: at random in training with augmentation, at the centre otherwise and in evaluation",
+        ),
         ("Augmentation", values(rs, "augment", lambda v: "random crop and horizontal flip" if v else "none")),
-        ("Precise BatchNorm (bn_recalibrate)", values(rs, "bn_recalibrate", _recalibrate)),
+        ("Precise BatchNorm (bn_recalibrate)" + OWN, values(rs, "bn_recalibrate", _recalibrate)),
+        (
+            "Test-time augmentation (tta)" + OWN,
+            values(
+                rs, "tta", lambda v: "none" if v == "none" else f"{v}: the mean of each image's and its mirror's logits"
+            ),
+        ),
+        ("Precision" + OWN, values(rs, "device", get=_precision)),
+        *([("InceptionV3 auxiliary head", aux)] if (aux := _aux(rs)) else []),
         ("Losses", _losses(rs)),
         ("Seeds", _seeds(ctx)),
         ("Pretrained weights", _weights(ctx)),

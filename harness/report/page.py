@@ -48,7 +48,10 @@ def _listing(title: str, items: list[str]) -> Section:
 
 def _methods(ctx: Context) -> Section:
     items = methods(ctx)
-    lead = "Each choice the paper leaves open, and the value these trials used (read from each trial.json):"
+    lead = (
+        "Each choice the paper leaves open, and the value these trials used (read from each trial.json and "
+        "metrics.json); rows marked as the harness's choice are not in the paper's recipe at all:"
+    )
     return Section(
         "Methods",
         f"<p>{html.escape(lead)}</p><ul>"

@@ -87,6 +87,9 @@ FREEZE_STAGES: dict[str, tuple[str, ...]] = {
     "swin_tiny_patch4_window7_224": ("stem (patch_embed)", "layers.0", "layers.1", "layers.2", "layers.3"),
     "convnext_tiny": ("stem", "stages.0", "stages.1", "stages.2", "stages.3"),
 }
+# InceptionV3's auxiliary head as models.py trains it (a test keeps these equal to models.AUX_WEIGHT and the
+# spec's aux_min_size; the report never imports torch): its loss weight, and the smallest input it is built at.
+INCEPTION_AUX_WEIGHT, INCEPTION_AUX_MIN_SIZE = 0.4, 299
 NATIVE_SIZES = {"inception_v3": 299}  # input size at image_size 0; every other arch: DEFAULT_NATIVE_SIZE
 DEFAULT_NATIVE_SIZE = 224
 

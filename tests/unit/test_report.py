@@ -18,7 +18,13 @@ from harness.config import ConfigError, Trial
 from harness.report import figures
 from harness.report.figures import DEGENERATE_LABEL
 from harness.report.paired import ALL_PAIRS_UP_TO
-from harness.report.paper import DDAGGER, FREEZE_STAGES, PAPER_BCE_NOTE
+from harness.report.paper import (
+    DDAGGER,
+    FREEZE_STAGES,
+    INCEPTION_AUX_MIN_SIZE,
+    INCEPTION_AUX_WEIGHT,
+    PAPER_BCE_NOTE,
+)
 
 FINDINGS = [
     "Atelectasis",
@@ -998,7 +1004,13 @@ def test_the_methods_note_lists_the_values_used(recipe):
         "subset_fraction AlexNet 0.5, ResNet152 0.2, InceptionV3 0.3 of the train_val patients: whole patients, "
         "stratified",
         "**Input size**: 80 px",
-        "**Precise BatchNorm (bn_recalibrate)**: off (0: the paper's recipe)",
+        "**Precise BatchNorm (bn_recalibrate) (the harness's choice)**: off (0: the paper's recipe)",
+        "**Checkpoint (the harness's choice)**: the epoch with the best validation mean AUROC",
+        "**Resize and crop (the harness's choice)**: each image resized once to 8/7 of the input size",
+        "**Test-time augmentation (tta) (the harness's choice)**: none",
+        "**Precision (the harness's choice)**: float32 (CPU)",
+        "**InceptionV3 auxiliary head**: its loss added with weight 0.4 in training (torchvision's recipe), unused "
+        "in evaluation; left out at 80 px (below the 299 px it needs)",
         "**Seeds**: 1 per cell (seed 0)",
         "**Pretrained weights**: UNVERIFIED",
         "**AUROC ranks**: the saved logits",
@@ -1010,6 +1022,10 @@ def test_the_methods_note_lists_the_values_used(recipe):
 def test_the_freeze_stage_table_follows_models():
     from harness import models  # torch, in this test only: the report itself never imports it
 
+    assert (
+        models.AUX_WEIGHT,
+        models.spec("inception_v3").aux_min_size,
+    ) == (INCEPTION_AUX_WEIGHT, INCEPTION_AUX_MIN_SIZE)
     for arch in models.MODELS:
         spec = models.spec(arch)
         assert len(FREEZE_STAGES[arch]) == len(spec.stages), arch
