@@ -12,7 +12,7 @@ from support import write_nih_tree
 
 def pytest_configure(config: pytest.Config) -> None:
     # Under pytest-xdist each worker has a core: torch's default of one thread per core in every worker would
-    # have them take each other's cores (measured: the default suite 6:10 with two threads each).
+    # have them take each other's cores, and the suite is CPU-bound.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
