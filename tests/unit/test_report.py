@@ -644,6 +644,19 @@ def _keys(out_dir) -> set[str]:
     return set(pd.read_csv(out_dir / "comparison.csv")["key"])
 
 
+def test_n_boot_sets_every_resample_of_the_report_and_too_few_is_one_line(tmp_path, capsys, built):
+    grid_dir = built["nih"][0]
+    code, err = _report_cli(capsys, grid_dir, tmp_path / "few", "--n-boot", "50")
+    assert code == 2 and err == [
+        "harness: error: --n-boot 50: too few resamples for a 95% interval's tails; valid: an integer >= 100 "
+        "(default 1000)"
+    ]
+    assert not (tmp_path / "few").exists()
+    code, _ = _report_cli(capsys, grid_dir, tmp_path / "out", "--n-boot", "120")
+    assert code == 0 and "(120 resamples)" in _read(tmp_path / "out", "paired_tests.md")
+    assert "of the report's 120" in _read(tmp_path / "out", "test_set.md")
+
+
 def test_a_corrupt_metrics_file_is_named_left_out_and_healed_by_recompute(tmp_path, capsys, built):
     grid_dir = shutil.copytree(built["nih"][0], tmp_path / "paper")
     results = store.load_results(grid_dir)
