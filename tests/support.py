@@ -227,3 +227,20 @@ def hparams(events: list) -> dict[str, object]:
                 info = HParamsPluginData.FromString(v.metadata.plugin_data.content).session_start_info
                 return {k: getattr(p, p.WhichOneof("kind")) for k, p in info.hparams.items()}
     return {}
+
+
+def alexnet_state(seed: int = 0):
+    """A seeded torchvision AlexNet state dict with ImageNet's 1,000-class head: a starting-weights file's content."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.alexnet(num_classes=1000).state_dict()
+
+
+def saved(path, obj) -> str:
+    """obj written with torch.save at path; returns the path as a string."""
+    import torch
+
+    torch.save(obj, path)
+    return str(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
+from support import alexnet_state, saved
 
 from harness import metrics, models, rescore, store, train
 from harness.config import Runtime, Trial
@@ -143,16 +143,6 @@ def test_a_stopped_trial_resumes_from_its_background_checkpoint_to_the_same_resu
     same_result(files, alexnet_run[1])
     assert files.read_metrics()["resumed_after_epoch"] == 2  # a researcher can see the trial was resumed
     assert "resumed_after_epoch" not in alexnet_run[0]  # a trial that ran straight through reads as before
-
-
-def alexnet_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return torchvision.models.alexnet(num_classes=1000).state_dict()
-
-
-def saved(path, obj) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 def test_a_trial_trains_from_the_file_and_records_it(runtime, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from support import alexnet_state, saved
 
 from harness import cli, models, prepare
 from harness.config import ConfigError, Trial, with_weights_file
@@ -19,16 +20,6 @@ from harness.models import start
 
 # 21 training images of the tiny tree at batch 8: two steps an epoch.
 ALEXNET = Trial(dataset="nih", arch="alexnet", image_size=64, epochs=2, batch_size=8, lr=1e-3)
-
-
-def alexnet_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return torchvision.models.alexnet(num_classes=1000).state_dict()
-
-
-def saved(path, obj) -> str:
-    torch.save(obj, path)
-    return str(path)
 
 
 WRAPS = {
