@@ -5,7 +5,8 @@ cells: results grouped into cells (every field but the seed), the fields a grid 
 tables: the Table and its Markdown, LaTeX, HTML and CSV renderings.
 context: the shared state: each cell's predictions read once, each paired test run once, one Holm family.
 flags: the mark and footnote of a degenerate trial (saturated or constant output).
-build: Tables 1-2, per finding, the grid and Grad-CAM; paired: the family's tests and the conclusions.
+build: Tables 1-2, per finding, the grid and Grad-CAM; paired: the family's tests, their table and method.
+conclusions: what the report concludes, a few sentences per axis, largest effect first (the page's top and end).
 testset: the test split's size, each finding's positive images and patients, the resamples left out.
 figures: the figures; methods: the choices the paper leaves open and the values used.
 page: the sections in order and the page; write: `harness report` itself.

@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass
 
 from harness.report.build import cam_table, comparison_table, paper_plan, paper_table, per_finding_table
+from harness.report.conclusions import Summary, summarise
 from harness.report.context import Context
 from harness.report.figures import (
     bar_figure,
@@ -17,8 +18,8 @@ from harness.report.figures import (
     roc_figures,
 )
 from harness.report.methods import methods
-from harness.report.paired import axis_plan, conclusions, family_comparisons, paired_table
-from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
+from harness.report.paired import axis_plan, family_comparisons, method_note, paired_table
+from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, PLACEHOLDER_TITLE, SYNTHETIC_WARNING, WEIGHTS_WARNING
 from harness.report.testset import testset_table
 
 
@@ -34,8 +35,25 @@ def _img(name: str, alt: str) -> str:
     return f"<figure><img src='{html.escape(name)}' alt='{alt}'><figcaption>{alt}</figcaption></figure>\n"
 
 
-def _warning(text: str) -> Section:
-    return Section("Warning", f"<p class='warning'>{html.escape(text)}</p>\n", f"**{text}**\n")
+def _warning(texts: list[str]) -> Section:
+    """Every warning of the page in one block at its top: what the numbers are not."""
+    return Section(
+        "Warning" if len(texts) == 1 else "Warnings",
+        "".join(f"<p class='warning'>{html.escape(t)}</p>\n" for t in texts),
+        "".join(f"**{t}**\n\n" for t in texts),
+    )
+
+
+def _summary(title: str, summary: Summary, method: str) -> Section:
+    """The summary's sentences, one per line, and how they were tested: at the page's top and at its end."""
+    lines = summary.sentences()
+    return Section(
+        title,
+        "<div class='summary'><ul>"
+        + "".join(f"<li>{html.escape(s)}</li>" for s in lines)
+        + f"</ul><p class='note'>{html.escape(method)}</p></div>\n",
+        "\n".join(f"- {s}" for s in lines) + f"\n\n{method}\n",
+    )
 
 
 def _listing(title: str, items: list[str]) -> Section:
@@ -72,23 +90,27 @@ def _finding_names(ctx: Context) -> list[str]:
 def build_sections(ctx: Context) -> list[Section]:
     """Every part of the report, in page order; the paired tests run first, then tables and figures are written."""
     sections: list[Section] = []
-    if not ctx.is_nih and ctx.results:
-        sections.append(_warning(SYNTHETIC_WARNING))
-    if ctx.unverified_weights:
-        sections.append(_warning(WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))))
-    if ctx.nih_warning():
-        sections.append(_warning(ctx.nih_warning()))
+    warnings = [
+        *([SYNTHETIC_WARNING] if not ctx.is_nih and ctx.results else []),
+        *([WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))] if ctx.unverified_weights else []),
+        *([ctx.nih_warning()] if ctx.nih_warning() else []),
+    ]
+    if warnings:
+        sections.append(_warning(warnings))
     if ctx.results:
-        sections.append(_methods(ctx))
         plans = [
             (number, what, paper_plan(ctx, number=number, pretrained=pretrained, stem=stem, fig_stem=fig, what=what))
             for stem, number, pretrained, fig, what in PAPER_TABLES
+            for what in [PLACEHOLDER_TITLE if pretrained and ctx.unverified_weights else what]
         ]
         axes = axis_plan(ctx)
         # One family: the axis tests and the tables' tests against their reference, each pair once.
         ctx.settle(
             [(a, b, axis) for axis, a, b in axes.pairs] + [t for *_, plan in plans if plan for t in plan.pairs()]
         )
+        tests = family_comparisons(ctx)
+        summary = summarise(ctx, tests)
+        sections += [_summary("Summary", summary, method_note(ctx, tests)), _methods(ctx)]
         for number, what, plan in plans:
             if plan is None:
                 msg = f"Table {number} ({what}): no such results in this grid."
@@ -152,20 +174,10 @@ def build_sections(ctx: Context) -> list[Section]:
         table = comparison_table(ctx)
         table.write(ctx.out_dir)
         sections.append(Section("Grid", table.html(), table.markdown()))
-        tests = family_comparisons(ctx)
         table = paired_table(ctx, tests, axes)
         table.write(ctx.out_dir)
         sections.append(Section("Paired comparisons", table.html(), table.markdown()))
-        text, method = conclusions(ctx, tests)
-        warning = "" if ctx.is_nih else SYNTHETIC_WARNING
-        sections.append(
-            Section(
-                "What can be concluded",
-                (f"<p class='warning'>{html.escape(warning)}</p>\n" if warning else "")
-                + f"<p>{html.escape(text)}</p>\n<p class='note'>{html.escape(method)}</p>\n",
-                (f"**{warning}**\n\n" if warning else "") + f"{text}\n\n{method}\n",
-            )
-        )
+        sections.append(_summary("What can be concluded", summary, method_note(ctx, tests)))
 
     cam = cam_table(ctx)
     if cam is not None:

@@ -8,7 +8,6 @@ from itertools import combinations, pairwise
 
 import pandas as pd
 
-from harness import metrics
 from harness.report.build import family_words, lockstep_notes, warnings_first
 from harness.report.cells import Cell, describe, field_order, hashable
 from harness.report.context import ALPHA, Comparison, Context
@@ -67,10 +66,6 @@ def _p_text(p: float) -> str:
     if not math.isfinite(p):
         return DASH
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table:
@@ -163,38 +158,14 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
     )
 
 
-def _degenerate_sentence(c: Comparison) -> str:
-    bad = [mark(n, True) for n, cell in ((c.name_a, c.a), (c.name_b, c.b)) if cell.degenerate]
-    return (
-        f"No conclusion from {c.name_a} against {c.name_b} ({_signed(c.diff)} AUROC): the output of "
-        f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} degenerate (see the paired comparisons' notes)"
-    )
-
-
-def conclusions(ctx: Context, tests: list[Comparison]) -> tuple[str, str]:
-    """A paragraph of one metrics.summary_sentence per paired test (significant ones first), and how it was tested.
-    A test involving a degenerate cell names no winner: it says why instead, after the others."""
-    ordered = sorted(tests, key=lambda c: (c.degenerate, not c.significant, -abs(c.diff)))
-    text = " ".join(
-        _sentence(
-            _degenerate_sentence(c)
-            if c.degenerate
-            else metrics.summary_sentence(c.name_a, c.name_b, c.result(), significant=c.significant)
-        )
-        for c in ordered
-    )
-    if not tests:
-        text = (
-            "No paired comparison could be made: the grid has no two settings that differ in one field only "
-            "and share their test images."
-        )
+def method_note(ctx: Context, tests: list[Comparison]) -> str:
+    """How the summary's tests were made: the statistic, the resampling, the correction and the verdict's rule."""
     seeded = (
         " (seeds, then patients, where a cell has several seeds)" if any(c.unit != "patient" for c in tests) else ""
     )
-    method = (
-        f"Differences are in mean AUROC; p-values from a paired patient-level bootstrap test{seeded} "
-        f"({ctx.n_boot} resamples), Holm-adjusted over {family_words(ctx)}, the tests of 'Paired comparisons'; a "
-        f"winner is named only where the adjusted p < {ALPHA} and the interval excludes 0, and never for a "
-        f"degenerate ({DDAGGER}) model."
+    return (
+        f"Differences are in mean AUROC (A - B, with its 95% interval); p-values from a paired patient-level "
+        f"bootstrap test{seeded} ({ctx.n_boot} resamples), Holm-adjusted over {family_words(ctx)}, the tests of "
+        f"'Paired comparisons'; a winner is named only where the adjusted p < {ALPHA} and the interval excludes 0, "
+        f"and never for a degenerate ({DDAGGER}) model."
     )
-    return text, method

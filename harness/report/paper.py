@@ -26,6 +26,8 @@ PAPER_TABLES = (  # (stem, table number, pretrained, figure stem, title)
     ("table1_scratch", 1, False, "fig1_scratch", "Trained from scratch"),
     ("table2_pretrained", 2, True, "fig2_pretrained", "ImageNet-pretrained"),
 )
+# Table 2's title when a pretrained trial's weights file is not torchvision's ImageNet checkpoint.
+PLACEHOLDER_TITLE = "Pretrained from placeholder weights, not ImageNet's"
 PUBLISHED_AUROC = (
     "Published mean AUROC on the official patient-wise NIH ChestX-ray14 split: 0.745 for "
     "ResNet-50 (Wang et al. 2017, ChestX-ray8, CVPR; 14-finding update); about 0.80-0.82 for "
