@@ -1,5 +1,6 @@
 """The command line teaches: every command's help ends with examples that parse and name real grids, profiles and
-archs, and every option says what it is and its default."""
+archs; every option says what it is and its default; grids and search spaces are listed apart, and a search space
+given to `harness run` is one line naming the command that runs it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from harness import cli
 from harness.cli.parser import HelpFormatter, build_parser
-from harness.grid import builtin_grids
+from harness.grid import BUILTIN_DIR, builtin_grids, is_search, read_yaml
 
 SHELL = {">", ">>", "|", "&&", ";"}  # an example may redirect its output; the command ends there
 
@@ -109,3 +110,54 @@ def test_every_example_parses_and_names_what_exists(path, line, capsys):
     except SystemExit:
         pytest.fail(f"{line!r} does not parse: {capsys.readouterr().err.strip()}")
     check_names(args)
+
+
+def listing(capsys) -> dict[str, list[str]]:
+    """`harness grids` as heading -> the names under it."""
+    assert cli.main(["grids"]) == 0
+    sections: dict[str, list[str]] = {}
+    names: list[str] = []
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  "):
+            names.append(line.split()[0])
+        elif line.endswith(":"):
+            names = sections.setdefault(line, [])
+    return sections
+
+
+def test_grids_lists_runnable_grids_and_search_spaces_apart(capsys):
+    sections = listing(capsys)
+    grids = next(names for heading, names in sections.items() if heading.startswith("grids (harness run"))
+    spaces = next(names for heading, names in sections.items() if heading.startswith("search spaces (harness search"))
+    assert "paper" in grids and "search" in spaces
+    assert sorted(grids + spaces) == sorted(builtin_grids())
+    assert all(is_search(read_yaml(builtin_grids()[name])) for name in spaces)
+    assert not any(is_search(read_yaml(builtin_grids()[name])) for name in grids)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search"],
+        ["grids/search.yaml", "--dry-run"],
+        [str(BUILTIN_DIR / "search.yaml")],
+        ["search", "--profile", "smoke", "--dry-run"],
+    ],
+)
+def test_run_given_a_search_space_says_how_to_run_it(argv, capsys):
+    assert cli.main(["run", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "unknown key" not in err
+    hint = err.split("run it with: ")[1].strip()
+    profile = ["--profile", "smoke"] if "--profile" in argv else []
+    assert shlex.split(hint) == ["harness", "search", argv[0], *profile]
+    args = build_parser().parse_args(argv_of(hint))  # the command it names is one that works
+    check_names(args)
+
+
+def test_a_search_file_of_ones_own_is_told_apart_too(tmp_path, capsys):
+    mine = tmp_path / "my search.yaml"
+    mine.write_text((BUILTIN_DIR / "search.yaml").read_text())
+    assert cli.main(["run", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run it with: harness search {shlex.quote(str(mine))}" in err
