@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shlex
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,14 @@ Choice = tuple[str | None, dict[str, Any]]
 def builtin_grids() -> dict[str, Path]:
     """The grids shipped with the package, by name (the file's stem)."""
     return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
+
+
+def is_search(spec: Any) -> bool:
+    """Whether a parsed file is a search space for `harness search`: it has a `space`, where a grid has axes.
+
+    Told apart here by that key alone, so the grid stage never imports the search stage above it.
+    """
+    return isinstance(spec, Mapping) and "space" in spec
 
 
 def locate(path: Path | str) -> Path:
@@ -405,10 +414,13 @@ def load_grid(
 
     `overrides` are `--set KEY=VALUE` items; `seeds` is `--seeds N` (seeds 0..N-1 for every cell).
     """
-    path = locate(path)
+    given, path = path, locate(path)
     spec = read_yaml(path)
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(GRID_KEYS)}")
+    if is_search(spec):  # one line with the command that does run it, not "unknown key 'space'"
+        again = f"harness search {shlex.quote(str(given))}" + (f" --profile {shlex.quote(profile)}" if profile else "")
+        raise ConfigError(f"{path}: a search space, not a grid; run it with: {again}")
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{path}: name={name!r} must be letters, digits, '-' or '_' (it names the results directory)")

@@ -310,8 +310,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
 @COMMANDS.register("grids")
 def cmd_grids(args: argparse.Namespace) -> int:
-    """List the built-in grids with their first comment line, or print one to copy and edit."""
-    from harness.grid import builtin_grids
+    """List the built-in grids, then the search spaces, each with its first comment line; or print one."""
+    from harness.grid import builtin_grids, is_search, read_yaml
 
     builtin = builtin_grids()
     if args.action == "show":
@@ -320,11 +320,17 @@ def cmd_grids(args: argparse.Namespace) -> int:
             raise ConfigError(f"harness grids show: {given}; built-in: {', '.join(builtin)}")
         print(builtin[args.name].read_text(), end="")
         return EXIT_OK
+    searches = {name for name, path in builtin.items() if is_search(read_yaml(path))}
     width = max(map(len, builtin), default=0)
-    for name, path in builtin.items():
-        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
-        print(f"{name:<{width}}  {first.lstrip('#').strip()}")
-    print("run one by name: harness run NAME; copy one to edit: harness grids show NAME > my.yaml")
+    for heading, names in (
+        ("grids (harness run NAME):", [n for n in builtin if n not in searches]),
+        ("search spaces (harness search NAME):", [n for n in builtin if n in searches]),
+    ):
+        print(heading)
+        for name in names:
+            first = next((line for line in builtin[name].read_text().splitlines() if line.startswith("#")), "#")
+            print(f"  {name:<{width}}  {' '.join(first.lstrip('#').split())}")
+    print("copy one to edit: harness grids show NAME > my.yaml")
     return EXIT_OK
 
 

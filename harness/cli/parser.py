@@ -1,9 +1,58 @@
-"""The command line's grammar: every subcommand, its options and their help."""
+"""The command line's grammar: every subcommand, its options, their help and their examples."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
+
+# A command line as a user types it, and what it is for. Every one is parsed by a test, so none can rot.
+Example = tuple[str, str]
+
+FLOW: tuple[Example, ...] = (
+    ("harness grids", "the built-in grids and search spaces"),
+    ("harness run grids/paper.yaml --profile smoke --dry-run", "the trials and their keys; starts nothing"),
+    ("harness run grids/paper.yaml --profile smoke", "the paper's grid in minutes on a CPU (synthetic data)"),
+    ("harness report results/paper", "its tables, figures and statistics"),
+    ("harness search search --profile smoke --samples 6", "a small hyperparameter search"),
+)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped, examples kept line by line, and each option's default after its help.
+
+    argparse's ArgumentDefaultsHelpFormatter would also print "(default: None)" and "(default: False)";
+    here an option without a value of its own, or whose help already states its default, is left as it is.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:  # the examples: one command line per line, lined up as written
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        # A paragraph: wrapped, but never inside a name such as ChestX-ray14.
+        return textwrap.fill(
+            " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        takes_default = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+        no_value = any(action.default is v for v in (None, False, argparse.SUPPRESS))  # `is`: 0 == False
+        if not takes_default or no_value or "(default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def epilog(lines: Sequence[Example]) -> str:
+    """The examples section: each command line with its purpose as a shell comment, so it pastes as it is."""
+    width = max(len(line) for line, _ in lines)
+    return "examples:\n" + "\n".join(f"  {line:<{width}}  # {why}" for line, why in lines)
+
+
+def command(
+    sub: argparse._SubParsersAction, name: str, *, help: str, examples: Sequence[Example]
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with what it does and ends with examples."""
+    return sub.add_parser(name, help=help, description=help, epilog=epilog(examples), formatter_class=HelpFormatter)
 
 
 def _count(least: int) -> Callable[[str], int]:
@@ -23,16 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="harness",
         description="Benchmark and ablation harness for chest X-ray "
-        "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in).",
+        "classification on NIH ChestX-ray14 (or its embedded synthetic stand-in). "
+        "`python -m harness` is the same program; `harness COMMAND --help` ends with examples.",
+        epilog=epilog(FLOW),
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data-root", help="NIH Kaggle-layout root (else $HARNESS_DATA_ROOT, else synthetic)")
-        sp.add_argument("--results", default="results", help="results directory (default: results/)")
+        sp.add_argument("--data-root", help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic)")
+        sp.add_argument("--results", default="results", help="results directory; a grid's trials go to RESULTS/<name>")
         sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
         sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        sp.add_argument("--workers", type=int, default=0, help="decode processes (0 = all cores)")
+        sp.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")
 
     def tracker_opt(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -43,7 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
             "TensorBoard files are always written to RESULTS/<name>/tensorboard/",
         )
 
-    r = sub.add_parser("run", help="run a grid of trials through Ray Tune")
+    def ray_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
+        sp.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
+        sp.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves (at least)")
+
+    r = command(
+        sub,
+        "run",
+        help="run a grid of trials through Ray Tune",
+        examples=(
+            ("harness run grids/paper.yaml --profile smoke --dry-run", "the trials and their keys; starts nothing"),
+            ("harness run grids/paper.yaml --profile smoke", "minutes on a CPU, embedded synthetic data"),
+            ("harness run paper --data-root /data/nih --seeds 3", "the paper's Tables 1-2 on NIH, three seeds"),
+        ),
+    )
     r.add_argument("grid", help="grid YAML file, or a built-in grid's name (harness grids lists them), e.g. paper")
     r.add_argument("--profile", help="a named profile of the grid, e.g. smoke")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field for every trial")
@@ -57,10 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="before any trial starts, download the ImageNet weights the grid's pretrained trials need "
         "(as `harness weights fetch`); offline it fails at once, naming the files to place",
     )
-    r.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves (at least)")
-    r.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
-    r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died (default 2)")
+    ray_opts(r)
+    r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died")
     r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
     r.add_argument(
         "--fresh-workers",
@@ -70,62 +134,135 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_opt(r)
     data_opts(r)
 
-    rp = sub.add_parser("report", help="tables, figures and statistics of a grid's results")
+    rp = command(
+        sub,
+        "report",
+        help="tables, figures and statistics of a grid's results",
+        examples=(
+            ("harness report results/paper", "writes reports/paper/"),
+            ("harness report results/paper --reference alexnet", "significance marks against AlexNet's rows"),
+            ("harness report results/paper --recompute --n-boot 2000", "every metric again from the predictions"),
+        ),
+    )
     rp.add_argument("results_dir", help="results/<grid name>")
     rp.add_argument("--out", help="output directory (default: reports/<grid name>)")
     rp.add_argument("--recompute", action="store_true", help="recompute every metric from saved predictions")
-    rp.add_argument("--reference", help="arch of the reference row for significance marks")
+    rp.add_argument("--reference", help="arch of the reference row for significance marks (default: the first row)")
     rp.add_argument(
         "--n-boot",
         type=int,
         default=1000,
-        help="bootstrap resamples for every interval, test and P(best) of the report (default 1000, at least 100)",
+        help="bootstrap resamples for every interval, test and P(best) of the report (at least 100)",
     )
 
-    se = sub.add_parser("search", help="hyperparameter search: Optuna TPE through Ray Tune, ASHA pruning")
-    se.add_argument("search", help="search YAML file, e.g. grids/search.yaml")
+    se = command(
+        sub,
+        "search",
+        help="hyperparameter search: Optuna TPE through Ray Tune, ASHA pruning",
+        examples=(
+            ("harness search search --profile smoke --dry-run", "the space and the pruner; starts nothing"),
+            ("harness search grids/search.yaml --profile smoke --samples 6", "minutes on a CPU, synthetic data"),
+            ("harness search grids/search.yaml --samples 40 --data-root /data/nih", "40 more trials on NIH"),
+        ),
+    )
+    se.add_argument(
+        "search", help="search YAML file (one with a space:), or a built-in one's name (harness grids lists them)"
+    )
     se.add_argument("--profile", help="a named profile of the search file, e.g. smoke")
-    se.add_argument("--samples", type=int, help="new trials to add to the study (default: the file's)")
+    se.add_argument("--samples", type=int, help="new trials to add to the study (default: the file's samples)")
     se.add_argument("--dry-run", action="store_true", help="check the file and print the space; start nothing")
-    se.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT")
-    se.add_argument("--gpus-per-trial", default="auto")
-    se.add_argument("--cpus-per-trial", type=float, default=1.0)
+    ray_opts(se)
     tracker_opt(se)
     data_opts(se)
 
-    c = sub.add_parser("cam", help="Grad-CAM overlays, activations and box scores of a finished trial")
+    c = command(
+        sub,
+        "cam",
+        help="Grad-CAM overlays, activations and box scores of a finished trial",
+        examples=(
+            ("harness cam results/paper/KEY", "KEY: a trial's key, as `harness run ... --dry-run` prints it"),
+            ("harness cam results/paper/KEY --finding Effusion --method gradcam++", "one finding, another method"),
+            ("harness cam results/paper/KEY --max-images 32 --out cam/paper", "more images, written elsewhere"),
+        ),
+    )
     c.add_argument("trial_dir", help="results/<grid>/<key>")
-    c.add_argument("--finding", action="append", help="finding to explain (repeatable; default Atelectasis, Effusion)")
+    c.add_argument(
+        "--finding", action="append", help="finding to explain (repeatable; default: Atelectasis and Effusion)"
+    )
     c.add_argument("--images", nargs="+", help="image names (default: test images with a box)")
     c.add_argument("--out", help="output directory (default: TRIAL_DIR/cam)")
     c.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or smoothgrad")
     c.add_argument("--layer", help="dotted module name (default: the arch's last conv block)")
-    c.add_argument("--max-images", type=int, default=8)
+    c.add_argument("--max-images", type=int, default=8, help="test images explained at most")
     data_opts(c)
 
-    d = sub.add_parser("data", help="synthetic data, dataset statistics, caches")
+    synth = ("harness data synth --out /tmp/nih-synth --n 500 --size 128", "a small synthetic NIH-layout tree")
+    stats = ("harness data stats /tmp/nih-synth", "its images, patients, splits and prevalences")
+    prepare = ("harness data prepare /data/nih --size 256", "decode NIH once for 224 px trials")
+    d = command(sub, "data", help="synthetic data, dataset statistics, caches", examples=(synth, stats, prepare))
     dsub = d.add_subparsers(dest="data_command", required=True)
-    s = dsub.add_parser("synth", help="write a synthetic NIH-layout tree")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=3000)
-    s.add_argument("--size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s = command(
+        dsub,
+        "synth",
+        help="write a synthetic NIH-layout tree",
+        examples=(synth, ("harness data synth --out /tmp/hard --difficulty 0.9 --label-noise 0.05", "a harder one")),
+    )
+    s.add_argument("--out", required=True, help="folder to write the tree into")
+    s.add_argument("--n", type=int, default=3000, help="images")
+    s.add_argument("--size", type=int, default=256, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0, help="seed of the labels, patients and images")
     s.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (lesion contrast)")
     s.add_argument("--label-noise", type=float, default=0.0, help="rate of flipped labels in the CSV")
-    st = dsub.add_parser("stats", help="images, patients, splits, overlap, prevalence")
-    st.add_argument("root", nargs="?", help="data root (else $HARNESS_DATA_ROOT)")
-    st.add_argument("--json", action="store_true")
-    st.add_argument("--val-fraction", type=float, default=0.1)
-    st.add_argument("--seed", type=int, default=0)
-    pr = dsub.add_parser("prepare", help="decode every image once into the cache")
-    pr.add_argument("root", nargs="?")
-    pr.add_argument("--size", type=int, required=True)
-    pr.add_argument("--cache-dir")
-    pr.add_argument("--workers", type=int, default=0)
-    pr.add_argument("--val-fraction", type=float, default=0.1)
-    pr.add_argument("--seed", type=int, default=0)
-    w = sub.add_parser(
-        "weights", help="where pretrained weights go; download them (fetch); placeholder files for offline smoke runs"
+
+    def split_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--val-fraction", type=float, default=0.1, help="train_val patients held out for validation")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+
+    st = command(
+        dsub,
+        "stats",
+        help="images, patients, splits, overlap, prevalence",
+        examples=(stats, ("harness data stats /data/nih --json", "the same as one JSON object")),
+    )
+    st.add_argument("root", nargs="?", help="data root (default: $HARNESS_DATA_ROOT)")
+    st.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    split_opts(st)
+    pr = command(
+        dsub,
+        "prepare",
+        help="decode every image once into the cache",
+        examples=(prepare, ("harness data prepare /data/nih --size 342 --workers 8", "for InceptionV3's 299 px")),
+    )
+    pr.add_argument("root", nargs="?", help="data root (default: $HARNESS_DATA_ROOT)")
+    pr.add_argument("--size", type=int, required=True, help="cache side in pixels (trials crop 7/8 of it)")
+    pr.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+    pr.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")
+    split_opts(pr)
+
+    paper_archs = "alexnet resnet152 inception_v3"
+    weights_examples = {
+        "where": (
+            (f"harness weights where {paper_archs}", "the paper's archs: where their files go, and whether there"),
+            ("harness weights where densenet121 efficientnet_b0", "the others the harness adds"),
+        ),
+        "fetch": (
+            (f"harness weights fetch {paper_archs}", "download them, hashes checked"),
+            ("harness weights fetch resnet50 densenet121", "the ablation grid's arch, and DenseNet-121"),
+        ),
+        "placeholder": (
+            ("harness weights placeholder alexnet", "offline: a random-init stand-in, NOT ImageNet"),
+            (f"harness weights placeholder {paper_archs}", "stand-ins for the paper grid's pretrained trials"),
+        ),
+        "from-xrv": (
+            ("harness weights from-xrv densenet121-all.pt densenet121-all-3ch.pt", "then in a grid: weights: OUT"),
+            ("harness weights from-xrv nih-densenet121.pt nih-densenet121-3ch.pt", "NIH-trained: keep nih in OUT"),
+        ),
+    }
+    w = command(
+        sub,
+        "weights",
+        help="where pretrained weights go; download them (fetch); placeholder files for offline smoke runs",
+        examples=[weights_examples[action][0] for action in ("where", "fetch", "placeholder")],
     )
     wsub = w.add_subparsers(dest="action", required=True)
     for action, what in (
@@ -133,44 +270,74 @@ def build_parser() -> argparse.ArgumentParser:
         ("fetch", "download torchvision's ImageNet files, with its hash check"),
         ("placeholder", "random-init files under torchvision's names, for offline smoke runs (NOT ImageNet)"),
     ):
-        wsub.add_parser(action, help=what).add_argument("archs", nargs="+")
-    x = wsub.add_parser(
+        command(wsub, action, help=what, examples=weights_examples[action]).add_argument(
+            "archs", nargs="+", metavar="ARCH", help="arch names, e.g. resnet50"
+        )
+    x = command(
+        wsub,
         "from-xrv",
         help="a torchxrayvision DenseNet state dict as a densenet121 starting file (weights: OUT): its 1-channel "
         "stem folded into the 3-channel ImageNet-normalised input",
+        examples=weights_examples["from-xrv"],
     )
     x.add_argument("src", help="torch.save(xrv.models.DenseNet(weights=...).state_dict(), SRC)")
     x.add_argument("out", help="the file to write; keep an NIH-trained source's name in it (e.g. SRC-3ch.pt)")
 
-    gr = sub.add_parser("grids", help="the built-in grids: list them, or print one to copy and edit")
-    gr.add_argument("action", nargs="?", choices=("list", "show"), default="list")
-    gr.add_argument("name", nargs="?", help="with show: the grid to print, e.g. paper")
-
-    b = sub.add_parser("bench", help="throughput: cached loader vs naive PNG loader; trial step vs bare loop")
-    bsub = b.add_subparsers(dest="bench_command", required=True)
-    bl = bsub.add_parser("loader", help="cached-loader images/s, naive PNG DataLoader images/s, ratio")
-    bs = bsub.add_parser(
-        "step", help="a trial's step beside a bare PyTorch loop's (ratio), and the trial's end-to-end images/s"
+    gr = command(
+        sub,
+        "grids",
+        help="the built-in grids and search spaces: list them, or print one to copy and edit",
+        examples=(
+            ("harness grids", "grids (harness run) and search spaces (harness search), apart"),
+            ("harness grids show paper > my.yaml", "a copy to edit, then: harness run my.yaml"),
+        ),
     )
-    bs.add_argument("--arch", required=True)
-    bs.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
+    gr.add_argument("action", nargs="?", choices=("list", "show"), default="list", help="list them, or show one")
+    gr.add_argument("name", nargs="?", help="with show: the grid or search space to print, e.g. paper")
+
+    bench_loader = ("harness bench loader", "cached loader against PNG decoding, on the data root or synthetic")
+    bench_step = ("harness bench step --arch resnet50 --batch 32", "a trial's step against a bare loop")
+    bench_pack = ("harness bench pack --arch resnet50", "trials of this shape per GPU (needs a GPU)")
+    b = command(
+        sub,
+        "bench",
+        help="throughput: cached loader vs naive PNG loader; trial step vs bare loop",
+        examples=(bench_loader, bench_step, bench_pack),
+    )
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bl = command(
+        bsub,
+        "loader",
+        help="cached-loader images/s, naive PNG DataLoader images/s, ratio",
+        examples=(bench_loader, ("harness bench loader --crop 299 --images 4096 --json", "InceptionV3's crop")),
+    )
+    bs = command(
+        bsub,
+        "step",
+        help="a trial's step beside a bare PyTorch loop's (ratio), and the trial's end-to-end images/s",
+        examples=(bench_step, ("harness bench step --arch alexnet --image-size 64 --steps 5 --windows 2", "quick")),
+    )
+    bs.add_argument("--arch", required=True, help="arch name, e.g. resnet50")
+    bs.add_argument("--image-size", type=int, default=0, help="input side in pixels; 0: the arch's own")
     bs.add_argument("--steps", type=_count(1), default=20, help="steps per timed window")
     bs.add_argument("--windows", type=_count(1), default=5, help="timed windows each for the trial and the bare loop")
     bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
-    bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch (0 = what a trial uses)")
-    bp = bsub.add_parser(
+    bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch; 0: what a trial uses")
+    bp = command(
+        bsub,
         "pack",
         help="how many trials of a shape share one GPU, measured now: 1, 2, then 4 copies of its step side by side "
         "(runs learn it from their own epochs; this measures on demand and remembers the result)",
+        examples=(bench_pack, ("harness bench pack --arch alexnet --image-size 224 --freeze 2", "a fine-tuning shape")),
     )
-    bp.add_argument("--arch", required=True)
-    bp.add_argument("--image-size", type=int, default=0, help="0 = the arch's own")
+    bp.add_argument("--arch", required=True, help="arch name, e.g. resnet50")
+    bp.add_argument("--image-size", type=int, default=0, help="input side in pixels; 0: the arch's own")
     bp.add_argument("--freeze", type=_count(0), default=0, help="leading stages kept fixed")
     bp.add_argument("--address", help="a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
-    for sp, batch in ((bl, 64), (bs, 64), (bp, 64)):
-        sp.add_argument("--batch", type=_count(1), default=batch)
-        sp.add_argument("--json", action="store_true")
+    for sp in (bl, bs, bp):
+        sp.add_argument("--batch", type=_count(1), default=64, help="training batch")
+        sp.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
         data_opts(sp)
-    bl.add_argument("--crop", type=_count(1), default=224)
+    bl.add_argument("--crop", type=_count(1), default=224, help="crop side in pixels")
     bl.add_argument("--images", type=_count(1), default=2048, help="images in the cached pass")
     return p
