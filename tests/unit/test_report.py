@@ -173,13 +173,16 @@ def store_trial(grid_dir, trial: Trial, predictions: dict[str, np.ndarray], stat
     st.mark_done(trial)
 
 
-def make_paper_grid(root, *, dataset: str, archs=ARCHS, name: str = "paper"):
+def make_paper_grid(root, *, dataset: str, archs=ARCHS, losses=("bce",), name: str = "paper"):
     grid_dir = root / name
-    for pretrained in (False, True):
-        for arch in archs:
-            strength, noise = SIGNAL[(pretrained, arch)]
-            trial = Trial(dataset=dataset, arch=arch, pretrained=pretrained, subset_fraction=0.1, epochs=3)
-            write_trial(grid_dir, trial, dataset=dataset, strength=strength, noise_seed=noise)
+    for loss in losses:
+        for pretrained in (False, True):
+            for arch in archs:
+                strength, noise = SIGNAL[(pretrained, arch)]
+                trial = Trial(
+                    dataset=dataset, arch=arch, pretrained=pretrained, loss=loss, subset_fraction=0.1, epochs=3
+                )
+                write_trial(grid_dir, trial, dataset=dataset, strength=strength, noise_seed=noise)
     store.Store(grid_dir).mark_failed(
         Trial(dataset=dataset, arch="resnet50", pretrained=True, epochs=3), "CUDA out of memory at batch 64"
     )
