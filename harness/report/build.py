@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
 from harness import metrics
-from harness.report.cells import Cell, describe, field_order, field_text, trial_name, varied_fields
+from harness.report.cells import Cell, Stat, describe, field_order, field_text, trial_name, varied_fields
 from harness.report.context import ALPHA, Comparison, Context, focal_params
 from harness.report.flags import degenerate_note, finding_note, mark
 from harness.report.paper import (
@@ -280,11 +280,14 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
     shown = [a for a in ctx.axes if a != "seed"]
     cols = [describe(c.fields, shown) for c in ctx.cells]
     bad = [c.degenerate_findings() for c in ctx.cells]
-    rows, records = [], []
+    rows, records, compact = [], [], []
     for name in [*names, "Mean (macro)"]:
         stats = [c.stat("auc_macro") if name == "Mean (macro)" else c.finding_stat(name) for c in ctx.cells]
         flags = [bool(c.degenerate) if name == "Mean (macro)" else name in b for c, b in zip(ctx.cells, bad)]
         rows.append([name] + [mark(s.text(3), flag and s.value is not None) for s, flag in zip(stats, flags)])
+        compact.append(
+            [name] + [mark(Stat(s.value).text(3), flag and s.value is not None) for s, flag in zip(stats, flags)]
+        )
         rec: dict[str, Any] = {"finding": name}
         for col, s in zip(cols, stats):
             rec.update(s.columns(col, sep=" "))
@@ -294,7 +297,7 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
     if any(bad):
         notes.append(finding_note())
     notes += degenerate_note(list(zip(cols, ctx.cells)))
-    return Table(
+    table = Table(
         "per_finding_auroc",
         f"Per-finding AUROC ({ctx.dataset_title})",
         ["Finding", *(mark(col, c.degenerate) for col, c in zip(cols, ctx.cells))],
@@ -302,6 +305,16 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
         pd.DataFrame(records),
         notes=warnings_first(ctx, notes),
     )
+    # A page holds one column per trial only as a number: LaTeX numbers the columns and leaves the intervals out.
+    numbered = [f"T{j}" for j in range(1, len(cols) + 1)]
+    key = "; ".join(f"{t}: {col}" for t, col in zip(numbered, cols))
+    table.compact = replace(
+        table,
+        columns=["Finding", *(mark(t, c.degenerate) for t, c in zip(numbered, ctx.cells))],
+        rows=compact,
+        notes=warnings_first(ctx, [f"{key}. AUROC alone: the intervals are in per_finding_auroc.csv.", *notes]),
+    )
+    return table
 
 
 def comparison_table(ctx: Context) -> Table:
