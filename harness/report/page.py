@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from harness.report.build import cam_table, comparison_table, paper_plan, paper_table, per_finding_table
 from harness.report.context import Context
+from harness.report.drawing import Drawn, supplementary
 from harness.report.figures import (
     bar_figure,
     calibration_figure,
@@ -18,7 +19,7 @@ from harness.report.figures import (
 )
 from harness.report.methods import methods
 from harness.report.paired import axis_plan, conclusions, family_comparisons, paired_table
-from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
+from harness.report.paper import DASH, PAPER_TABLES, SYNTHETIC_WARNING, WEIGHTS_WARNING
 from harness.report.testset import testset_table
 
 
@@ -29,9 +30,14 @@ class Section:
     markdown: str = ""
 
 
-def _img(name: str, alt: str) -> str:
-    alt = html.escape(alt)
-    return f"<figure><img src='{html.escape(name)}' alt='{alt}'><figcaption>{alt}</figcaption></figure>\n"
+def _img(fig: Drawn) -> str:
+    alt = html.escape(fig.caption)
+    pdf = f" <a href='{html.escape(fig.pdf)}'>PDF</a>" if fig.pdf else ""
+    return f"<figure><img src='{html.escape(fig.png)}' alt='{alt}'><figcaption>{alt}{pdf}</figcaption></figure>\n"
+
+
+def _md(fig: Drawn) -> str:
+    return f"\n![{fig.caption}]({fig.png})" + (f" [PDF]({fig.pdf})" if fig.pdf else "") + "\n"
 
 
 def _warning(text: str) -> Section:
@@ -96,41 +102,15 @@ def build_sections(ctx: Context) -> list[Section]:
                 continue
             table = paper_table(ctx, plan)
             table.write(ctx.out_dir)
-            fig = bar_figure(
-                ctx,
-                plan.cells,
-                plan.names,
-                pretrained=plan.pretrained,
-                stem=plan.fig_stem,
-                title=f"Figure {number}. {what}: AUC and F1 ({ctx.dataset_title})",
-            )
-            caption = f"Figure {number}: {what}" + (
-                f"; hatched bars ({DDAGGER}): degenerate output, see the table's notes"
-                if any(c.degenerate for c in plan.cells)
-                else ""
-            )
-            sections.append(
-                Section(
-                    f"Table {number}",
-                    table.html() + _img(fig, caption),
-                    table.markdown() + f"\n![{caption}]({fig})\n",
-                )
-            )
+            fig = bar_figure(ctx, plan)
+            sections.append(Section(f"Table {number}", table.html() + _img(fig), table.markdown() + _md(fig)))
 
         names = _finding_names(ctx)
         table = per_finding_table(ctx, names)
         table.write(ctx.out_dir)
-        fig = heatmap_figure(ctx, table, names)
-        caption = "Per-finding AUROC heat map" + (
-            f"; hatched, {DDAGGER}: degenerate output" if any(c.degenerate_findings() for c in ctx.cells) else ""
-        )
-        sections.append(
-            Section(
-                "Per-finding AUROC",
-                table.html() + _img(fig, caption),
-                table.markdown() + f"\n![{caption}]({fig})\n",
-            )
-        )
+        numbers = supplementary()  # S1, S2, ... in page order
+        fig = heatmap_figure(ctx, table, names, next(numbers))
+        sections.append(Section("Per-finding AUROC", table.html() + _img(fig), table.markdown() + _md(fig)))
         if (split := testset_table(ctx, names)) is not None:
             split.write(ctx.out_dir)
             sections.append(Section("Test split", split.html(), split.markdown()))
@@ -138,15 +118,15 @@ def build_sections(ctx: Context) -> list[Section]:
         figs_html, figs_md = "", ""
         loss, skipped = loss_figure(ctx)
         if loss:
-            figs_html += _img(loss, "Figure 3: training loss per epoch")
-            figs_md += f"![Figure 3]({loss})\n"
+            figs_html += _img(loss)
+            figs_md += _md(loss)
         if skipped:
             msg = f"No readable history.csv for: {', '.join(skipped)}."
             figs_html += f"<p class='note'>{html.escape(msg)}</p>\n"
             figs_md += msg + "\n"
-        for name in [*roc_figures(ctx), calibration_figure(ctx)]:
-            figs_html += _img(name, name[:-4].replace("_", " "))
-            figs_md += f"![{name}]({name})\n"
+        for fig in [*roc_figures(ctx, numbers), calibration_figure(ctx, next(numbers))]:
+            figs_html += _img(fig)
+            figs_md += _md(fig)
         sections.append(Section("Figures", figs_html, figs_md))
 
         table = comparison_table(ctx)
@@ -174,7 +154,7 @@ def build_sections(ctx: Context) -> list[Section]:
         sections.append(
             Section(
                 "Explainability",
-                cam.html() + "".join(_img(f, f) for f in figures),
+                cam.html() + "".join(_img(Drawn(f, f)) for f in figures),
                 cam.markdown() + "".join(f"\n![{f}]({f})" for f in figures) + "\n",
             )
         )
