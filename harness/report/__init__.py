@@ -1,4 +1,4 @@
-"""Results to the paper's tables (Markdown, CSV, LaTeX), figures (PNG) and index.html; never imports torch or ray.
+"""Results to the paper's tables (Markdown, CSV, LaTeX), figures (PNG, PDF) and index.html; never imports torch or ray.
 
 paper: the published values, sources, warnings, arch names and columns.
 cells: results grouped into cells (every field but the seed), the fields a grid varied, readable names.
@@ -8,6 +8,7 @@ flags: the mark and footnote of a degenerate trial (saturated or constant output
 build: Tables 1-2, per finding, the grid and Grad-CAM; paired: the family's tests, their table and method.
 conclusions: what the report concludes, a few sentences per axis, largest effect first (the page's top and end).
 testset: the test split's size, each finding's positive images and patients, the resamples left out.
+drawing: a figure's file and caption, its number, the styles that tell series apart.
 figures: the figures; methods: the choices the paper leaves open and the values used.
 page: the sections in order and the page; write: `harness report` itself.
 """

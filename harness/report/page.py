@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from harness.report.build import cam_table, comparison_table, paper_plan, paper_table, per_finding_table
 from harness.report.conclusions import Summary, summarise
 from harness.report.context import Context
+from harness.report.drawing import Drawn, supplementary
 from harness.report.figures import (
     bar_figure,
     calibration_figure,
@@ -19,7 +20,8 @@ from harness.report.figures import (
 )
 from harness.report.methods import methods
 from harness.report.paired import axis_plan, family_comparisons, method_note, paired_table
-from harness.report.paper import DASH, DDAGGER, PAPER_TABLES, PLACEHOLDER_TITLE, SYNTHETIC_WARNING, WEIGHTS_WARNING
+from harness.report.paper import DASH, PAPER_TABLES, PLACEHOLDER_TITLE, SYNTHETIC_WARNING, WEIGHTS_WARNING
+from harness.report.tables import Table
 from harness.report.testset import testset_table
 
 
@@ -30,9 +32,14 @@ class Section:
     markdown: str = ""
 
 
-def _img(name: str, alt: str) -> str:
-    alt = html.escape(alt)
-    return f"<figure><img src='{html.escape(name)}' alt='{alt}'><figcaption>{alt}</figcaption></figure>\n"
+def _img(fig: Drawn) -> str:
+    alt = html.escape(fig.caption)
+    pdf = f" <a href='{html.escape(fig.pdf)}'>PDF</a>" if fig.pdf else ""
+    return f"<figure><img src='{html.escape(fig.png)}' alt='{alt}'><figcaption>{alt}{pdf}</figcaption></figure>\n"
+
+
+def _md(fig: Drawn) -> str:
+    return f"\n![{fig.caption}]({fig.png})" + (f" [PDF]({fig.pdf})" if fig.pdf else "") + "\n"
 
 
 def _warning(texts: list[str]) -> Section:
@@ -53,6 +60,15 @@ def _summary(title: str, summary: Summary, method: str) -> Section:
         + "".join(f"<li>{html.escape(s)}</li>" for s in lines)
         + f"</ul><p class='note'>{html.escape(method)}</p></div>\n",
         "\n".join(f"- {s}" for s in lines) + f"\n\n{method}\n",
+    )
+
+
+def _table(table: Table, fig: Drawn | None = None) -> Section:
+    """A section headed by the table's own title (not repeated below it), with its figure where it has one."""
+    return Section(
+        table.title,
+        table.html(heading=False) + (_img(fig) if fig else ""),
+        table.markdown(heading=False) + (_md(fig) if fig else ""),
     )
 
 
@@ -118,65 +134,37 @@ def build_sections(ctx: Context) -> list[Section]:
                 continue
             table = paper_table(ctx, plan)
             table.write(ctx.out_dir)
-            fig = bar_figure(
-                ctx,
-                plan.cells,
-                plan.names,
-                pretrained=plan.pretrained,
-                stem=plan.fig_stem,
-                title=f"Figure {number}. {what}: AUC and F1 ({ctx.dataset_title})",
-            )
-            caption = f"Figure {number}: {what}" + (
-                f"; hatched bars ({DDAGGER}): degenerate output, see the table's notes"
-                if any(c.degenerate for c in plan.cells)
-                else ""
-            )
+            sections.append(_table(table, bar_figure(ctx, plan)))
+
+        loss, skipped = loss_figure(ctx)
+        if loss or skipped:
+            msg = f"No readable history.csv for: {', '.join(skipped)}." if skipped else ""
             sections.append(
                 Section(
-                    f"Table {number}",
-                    table.html() + _img(fig, caption),
-                    table.markdown() + f"\n![{caption}]({fig})\n",
+                    "Loss per epoch",
+                    (_img(loss) if loss else "") + (f"<p class='note'>{html.escape(msg)}</p>\n" if msg else ""),
+                    (_md(loss) if loss else "") + (msg + "\n" if msg else ""),
                 )
             )
 
         names = _finding_names(ctx)
         table = per_finding_table(ctx, names)
         table.write(ctx.out_dir)
-        fig = heatmap_figure(ctx, table, names)
-        caption = "Per-finding AUROC heat map" + (
-            f"; hatched, {DDAGGER}: degenerate output" if any(c.degenerate_findings() for c in ctx.cells) else ""
-        )
-        sections.append(
-            Section(
-                "Per-finding AUROC",
-                table.html() + _img(fig, caption),
-                table.markdown() + f"\n![{caption}]({fig})\n",
-            )
-        )
+        numbers = supplementary()  # S1, S2, ... in page order
+        sections.append(_table(table, heatmap_figure(ctx, table, names, next(numbers))))
         if (split := testset_table(ctx, names)) is not None:
             split.write(ctx.out_dir)
-            sections.append(Section("Test split", split.html(), split.markdown()))
+            sections.append(_table(split))
 
         figs_html, figs_md = "", ""
-        loss, skipped = loss_figure(ctx)
-        if loss:
-            figs_html += _img(loss, "Figure 3: training loss per epoch")
-            figs_md += f"![Figure 3]({loss})\n"
-        if skipped:
-            msg = f"No readable history.csv for: {', '.join(skipped)}."
-            figs_html += f"<p class='note'>{html.escape(msg)}</p>\n"
-            figs_md += msg + "\n"
-        for name in [*roc_figures(ctx), calibration_figure(ctx)]:
-            figs_html += _img(name, name[:-4].replace("_", " "))
-            figs_md += f"![{name}]({name})\n"
-        sections.append(Section("Figures", figs_html, figs_md))
+        for fig in [*roc_figures(ctx, numbers), calibration_figure(ctx, next(numbers))]:
+            figs_html += _img(fig)
+            figs_md += _md(fig)
+        sections.append(Section("Curves", figs_html, figs_md))
 
-        table = comparison_table(ctx)
-        table.write(ctx.out_dir)
-        sections.append(Section("Grid", table.html(), table.markdown()))
-        table = paired_table(ctx, tests, axes)
-        table.write(ctx.out_dir)
-        sections.append(Section("Paired comparisons", table.html(), table.markdown()))
+        for table in (comparison_table(ctx), paired_table(ctx, tests, axes)):
+            table.write(ctx.out_dir)
+            sections.append(_table(table))
         sections.append(_summary("What can be concluded", summary, method_note(ctx, tests)))
 
     cam = cam_table(ctx)
@@ -185,9 +173,9 @@ def build_sections(ctx: Context) -> list[Section]:
         figures = cam_figures(ctx)
         sections.append(
             Section(
-                "Explainability",
-                cam.html() + "".join(_img(f, f) for f in figures),
-                cam.markdown() + "".join(f"\n![{f}]({f})" for f in figures) + "\n",
+                cam.title,
+                cam.html(heading=False) + "".join(_img(Drawn(f, f)) for f in figures),
+                cam.markdown(heading=False) + "".join(f"\n![{f}]({f})" for f in figures) + "\n",
             )
         )
 
@@ -207,7 +195,8 @@ _CSS = (
     "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:90%}"
     "th{background:#eee}.note,.files{font-size:85%;color:#444;margin:.2em 0}"
     ".warning{background:#c00;color:#fff;font-weight:bold;padding:.8em;font-size:110%}"
-    "img{max-width:100%}figure{margin:1em 0}"
+    "img{max-width:100%}figure{margin:1em 0}.wide{overflow-x:auto;max-width:100%}"
+    ".summary{border:1px solid #888;background:#f6f6f6;padding:.2em 1em}"
 )
 
 

@@ -27,14 +27,15 @@ class Table:
     notes: list[str] = field(default_factory=list)
     compact: Table | None = None  # what the .tex shows instead, where this table is wider than a page
 
-    def markdown(self) -> str:
+    def markdown(self, *, heading: bool = True) -> str:
+        """The table as Markdown; heading=False where the page's section already carries its title."""
+
         def cell(i: int, j: int, text: str) -> str:
             text = text.replace("|", "\\|")
             return f"**{text}**" if (i, j) in self.bold else text
 
-        lines = [
-            f"### {self.title}",
-            "",
+        lines = [f"### {self.title}", ""] if heading else []
+        lines += [
             "| " + " | ".join(self.columns) + " |",
             "|" + "|".join("---" for _ in self.columns) + "|",
         ]
@@ -67,7 +68,9 @@ class Table:
         )
         return "\n".join([f"% needs \\usepackage{{{', '.join(packages)}}}", *lines]) + "\n"
 
-    def html(self) -> str:
+    def html(self, *, heading: bool = True) -> str:
+        """The table as HTML, scrolling sideways where it is wider than the page; heading as in markdown()."""
+
         def cell(i: int, j: int, text: str) -> str:
             text = html.escape(text)
             return f"<td><b>{text}</b></td>" if (i, j) in self.bold else f"<td>{text}</td>"
@@ -78,8 +81,9 @@ class Table:
         )
         notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in self.notes)
         links = " ".join(f"<a href='{self.stem}.{ext}'>{ext}</a>" for ext in ("md", "csv", "tex"))
+        title = f"<h3>{html.escape(self.title)}</h3>\n" if heading else ""
         return (
-            f"<h3>{html.escape(self.title)}</h3>\n<table>\n<tr>{head}</tr>\n{body}\n</table>\n{notes}"
+            f"{title}<div class='wide'><table>\n<tr>{head}</tr>\n{body}\n</table></div>\n{notes}"
             f"<p class='files'>{links}</p>\n"
         )
 

@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score
 
 from harness import cli, metrics, report, rescore, store
 from harness.config import ConfigError, Trial
-from harness.report import figures
-from harness.report.figures import DEGENERATE_LABEL
+from harness.report import drawing, figures
+from harness.report.figures import DEGENERATE_LABEL, PAPER_F1
 from harness.report.paired import ALL_PAIRS_UP_TO
 from harness.report.paper import (
     DDAGGER,
@@ -317,7 +317,7 @@ def test_published_values_only_on_nih(built):
         )
         assert PAPER_BCE_NOTE not in _read(syn, f"{stem}.md")
     assert "0.80-0.82" in _read(nih, "table2_pretrained.md") and "0.80-0.82" not in _read(syn, "index.html")
-    assert "SYNTHETIC phantoms (not NIH)" in _read(syn, "table2_pretrained.md")
+    assert "SYNTHETIC phantoms, not NIH" in _read(syn, "table2_pretrained.md")
     assert "NIH ChestX-ray14" in _read(nih, "table2_pretrained.md")
     assert html.escape(report.SYNTHETIC_WARNING) in _read(syn, "index.html")
     assert "SYNTHETIC DATA" not in _read(nih, "index.html")
@@ -431,6 +431,14 @@ def test_failed_trials_are_listed_with_reasons(built):
 # --- figures and the page -----------------------------------------------------------------------------
 
 
+FIGURE = re.compile(r"<figure><img src='([^']+)' alt='([^']*)'><figcaption>(.*?)</figcaption></figure>")
+
+
+def _figures_on(page: str) -> list[tuple[str, str, str]]:
+    """(png, caption, the figcaption's whole text) of each figure on a page, in page order."""
+    return [(png, html.unescape(alt), body) for png, alt, body in FIGURE.findall(page)]
+
+
 def test_figures_are_pngs_and_all_on_the_page(built):
     _, out_dir, index = built["synthetic"]
     expected = {
@@ -447,6 +455,137 @@ def test_figures_are_pngs_and_all_on_the_page(built):
         assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"src='{name}'" in page
     assert "src='/" not in page and "src='http" not in page  # self-contained, relative paths
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "nih"])
+def test_every_figure_has_a_pdf_twin_a_link_and_a_numbered_caption(built, dataset):
+    _, out_dir, index = built[dataset]
+    page, md = index.read_text(), _read(out_dir, "report.md")
+    shown = _figures_on(page)
+    assert {png for png, _, _ in shown} == {p.name for p in out_dir.glob("*.png")}
+    numbers = []
+    for png, caption, body in shown:
+        pdf = png[:-4] + ".pdf"
+        assert (out_dir / pdf).read_bytes()[:5] == b"%PDF-", pdf
+        assert body.endswith(f" <a href='{pdf}'>PDF</a>") and f"({png}) [PDF]({pdf})" in md
+        found = re.match(r"Figure (S?\d+)\. \S", caption)
+        assert found, caption
+        numbers.append(found.group(1))
+    assert sorted(n for n in numbers if not n.startswith("S")) == ["1", "2", "3"]  # the paper's, without CAM
+    supplementary = [n for n in numbers if n.startswith("S")]
+    assert supplementary == [f"S{i}" for i in range(1, len(supplementary) + 1)]  # consecutive, in page order
+    assert len(supplementary) == 2 + (len(ARCHS) if dataset == "synthetic" else 1)  # heat map, ROC, calibration
+
+
+def test_roc_and_calibration_captions_name_the_trial_shown_and_how_it_was_chosen(built):
+    grid, _, index = built["synthetic"]
+    captions = {png: caption for png, caption, _ in _figures_on(index.read_text())}
+    best = _results(grid, pretrained=True)  # the fixture's pretrained rows are each arch's best
+    for arch, r in best.items():
+        name = f"pretrained {report.arch_name(arch)} (trial {r.key})"
+        caption = captions[f"roc_{arch}.png"]
+        assert name in caption, caption
+        assert f"the highest mean AUROC ({r.metrics['auc_macro']:.3f}) of 2 {report.arch_name(arch)}" in caption
+        assert name in captions["calibration.png"]
+        scratch = _results(grid, pretrained=False)[arch]
+        assert scratch.key not in caption and scratch.key not in captions["calibration.png"]
+
+
+def test_the_bar_figures_second_panel_is_f1_at_validation_thresholds(degenerate):
+    grid, _, saved = degenerate
+    results = _results(grid, pretrained=True)
+    auc, f1 = saved["fig2_pretrained"].axes
+    assert auc.get_ylabel() == "mean AUROC" and f1.get_ylabel() == "macro F1 at validation thresholds"
+    for ax, value in ((auc, lambda m: m["auc_macro"]), (f1, lambda m: m["thresholds"]["val_max_f1"]["f1_macro"])):
+        heights = [p.get_height() for p in ax.patches]
+        assert heights == pytest.approx([value(results[a].metrics) for a in ARCHS])
+    # not the empty panel F1 at 0.5 gives short runs: the fixture's values are far from 0
+    assert min(p.get_height() for p in f1.patches) > 0.2
+
+
+def test_on_nih_the_papers_f1_is_labelled_as_at_0_5_beside_ours(tmp_path):
+    grid = _subgrid(make_paper_grid(tmp_path, dataset="nih", archs=("alexnet",)), tmp_path / "one", pretrained=True)
+    saved = {}
+    save = figures._save
+
+    def keep(ctx, fig, stem):
+        saved[stem] = fig
+        return save(ctx, fig, stem)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", keep)
+        report.write_report(grid, tmp_path / "out", n_boot=100, progress=False)
+    auc, f1 = saved["fig2_pretrained"].axes
+    assert [t.get_text() for t in auc.get_legend().get_texts()] == ["this run", "paper"]
+    assert [t.get_text() for t in f1.get_legend().get_texts()] == ["this run (validation thresholds)", PAPER_F1]
+    assert [p.get_height() for p in f1.patches][1] == pytest.approx(0.1596)  # the paper's Table 2 AlexNet F1
+    assert "its F1 is at the fixed 0.5 threshold" in _read(tmp_path / "out", "index.html")
+
+
+@pytest.fixture(scope="module")
+def losses(tmp_path_factory):
+    """arch x pretrained x loss, with one arch trained for a single epoch; the figures kept for inspection."""
+    root = tmp_path_factory.mktemp("losses")
+    grid = root / "grid"
+    labels, patient, image_index = _test_set()
+    for arch, epochs in (("alexnet", 3), ("resnet152", 1)):
+        for pretrained in (False, True):
+            for loss in ("bce", "focal"):
+                trial = Trial(dataset="nih", arch=arch, pretrained=pretrained, loss=loss, epochs=epochs)
+                p = trial_predictions(labels, patient, image_index, strength=0.5 + pretrained, noise_seed=1)
+                store_trial(grid, trial, p, trial_metrics(p, seed=0, n_boot=20), dataset="nih")
+    saved = {}
+    save = figures._save
+
+    def keep(ctx, fig, stem):
+        saved[stem] = fig
+        return save(ctx, fig, stem)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", keep)
+        report.write_report(grid, root / "out", n_boot=20, progress=False)
+    return root / "out", saved
+
+
+def _lines(ax):
+    return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
+def test_the_loss_figure_has_a_panel_per_loss_and_one_for_validation(losses):
+    out, saved = losses
+    fig = saved["fig3_training_loss"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["training loss: bce", "training loss: focal", "validation loss: BCE"]
+    bce, focal, val = fig.axes
+    assert len(_lines(bce)) == len(_lines(focal)) == 4 and len(_lines(val)) == 8
+    assert "Figure 3. Training and validation loss" in fig.get_suptitle()
+    caption = next(c for png, c, _ in _figures_on(_read(out, "index.html")) if png == "fig3_training_loss.png")
+    assert caption.startswith("Figure 3. Loss per epoch of every trial (8)")
+    assert "Colour: arch; line style: pretrained; marker: loss" in caption
+
+
+def test_the_loss_figures_series_are_told_apart_and_single_epochs_show(losses):
+    _, saved = losses
+    fig = saved["fig3_training_loss"]
+    val = fig.axes[-1]
+    triples = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in _lines(val)]
+    assert len(set(triples)) == len(triples) == 8
+    assert len({c for c, _, _ in triples}) == 2  # colour: the two archs
+    one_epoch = [line for ax in fig.axes for line in _lines(ax) if len(line.get_xdata()) == 1]
+    assert len(one_epoch) == 4 + 4  # ResNet152's four trials, in their training panels and in validation
+    assert all(line.get_marker() not in ("", "None", None) for ax in fig.axes for line in _lines(ax))
+    assert len(fig.legends[0].get_texts()) == 8
+
+
+def test_series_styles_fall_back_to_one_each_where_the_axes_do_not_fit():
+    rows = [{"arch": "alexnet", "lr": 10.0**-k} for k in range(12)]  # 12 values: more than there are colours
+    enc = drawing.encode(rows, ["lr"])
+    assert enc.key == [] and "its own colour" in enc.words()
+    assert len({(s.color, s.linestyle, s.marker) for s in enc.styles}) == 12
+    rows = [{"a": i % 2, "b": i // 2 % 2, "c": i // 4 % 2, "d": i // 8} for i in range(16)]  # four axes
+    assert drawing.encode(rows, ["a", "b", "c", "d"]).key == []
+    assert drawing.encode(rows[:8], ["a", "b", "c", "d"]).key == ["colour: a", "line style: b", "marker: c"]
+    assert len({(s.color, s.linestyle, s.marker) for s in drawing.styles(256)}) == 256
 
 
 def test_index_is_headed_by_dataset_grid_commit_and_date(built):
@@ -527,6 +666,7 @@ REPORT_MODULES = (
     "paired",
     "conclusions",
     "testset",
+    "drawing",
     "figures",
     "methods",
     "page",
@@ -880,7 +1020,7 @@ def test_degenerate_bars_are_hatched_and_the_heat_map_marks_cells(degenerate):
     hatched = [p for p in ax.patches if p.get_hatch() == "xx"]
     assert len(marked) == len(hatched) == 2 * len(FINDINGS) and DDAGGER in ax.get_title()
     assert f"pretrained InceptionV3{DDAGGER}" in [t.get_text() for t in ax.get_xticklabels()]
-    page = _read(out, "index.html")
+    page = _read(out, "index.html").lower()
     assert f"hatched bars ({DDAGGER}): degenerate output" in page and f"hatched, {DDAGGER}: degenerate" in page
     # the ROC figure of each arch is its best cell that is not degenerate, where it has one
     assert "roc_inception_v3" in saved and "roc_alexnet" in saved
@@ -1036,7 +1176,7 @@ def test_the_methods_note_lists_the_values_used(recipe):
     assert page.index("## Methods") < page.index("## Table 1")
     note = page.split("## Methods")[1].split("\n## ")[0]
     for text in (
-        "**Dataset**: SYNTHETIC phantoms (not NIH); test: the official test list (whole)",
+        "**Dataset**: SYNTHETIC phantoms, not NIH; test: the official test list (whole)",
         "**Learning rate and schedule**: lr 0.0003, multiplied by 0.1 (lr_gamma) every 10 epochs (lr_step)",
         "**Epochs**: AlexNet 5, ResNet152 1, InceptionV3 2",
         "**Batch**: 16 (training), 32 (evaluation)",
