@@ -11,7 +11,7 @@ import pandas as pd
 from harness import metrics
 from harness.report.cells import Cell, Stat, describe, field_order, field_text, trial_name, varied_fields
 from harness.report.context import ALPHA, Comparison, Context, focal_params
-from harness.report.flags import degenerate_note, finding_note, mark
+from harness.report.flags import chance_note, degenerate_note, finding_note, mark
 from harness.report.paper import (
     DAGGER,
     DASH,
@@ -147,7 +147,7 @@ def warnings_first(ctx: Context, notes: list[str]) -> list[str]:
 
 @dataclass
 class PaperPlan:
-    """Table 1 or 2 before its tests: its rows (cells), their names, the reference row and the ranking by AUC."""
+    """Table 1 or 2 before its tests: its rows (cells), their names, the reference row and the ranking by AUROC."""
 
     number: int
     pretrained: bool
@@ -157,7 +157,7 @@ class PaperPlan:
     cells: list[Cell]
     names: list[str]
     ref: int
-    ranked: list[int]  # rows with an AUC and no degenerate output, best first
+    ranked: list[int]  # rows with an AUROC and no degenerate output, best first
 
     def pairs(self) -> list[tuple[Cell, Cell, str]]:
         """The table's tests, each row against the reference (they join the report's one family)."""
@@ -243,9 +243,10 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
         f"(both models scored on the same {ctx.n_boot} patient resamples), Holm-adjusted p < {ALPHA} over "
         f"{family_words(ctx)}; the same verdict as in 'Paired comparisons'. Never on a {DDAGGER} row.",
         f"P(best): the share of those resamples in which the row has the highest mean AUROC among the rows "
-        f"not marked {DDAGGER}; bold AUC where it is at least {1 - ALPHA:.2f}. Choosing the best row on the test "
+        f"not marked {DDAGGER}; bold AUROC where it is at least {1 - ALPHA:.2f}. Choosing the best row on the test "
         "set and then testing it against the runner-up would ignore that the choice was made on the same data.",
         *degenerate_note(named),
+        *chance_note(named, ctx.cells),
     ]
     if any(c.combined for c in cells):
         notes.append(
@@ -320,12 +321,14 @@ def per_finding_table(ctx: Context, names: list[str]) -> Table:
 def comparison_table(ctx: Context) -> Table:
     """Every result: the fields the grid varied, then the metrics with their intervals."""
     axes = ctx.varied  # every varied field, those that vary together with an axis too: this is the full record
-    columns = ["Trial"] + axes + [c.header for c in GRID_COLUMNS]
+    columns = ["Trial", "Label"] + axes + [c.header for c in GRID_COLUMNS]
     rows, records = [], []
     results = sorted(ctx.results, key=lambda r: tuple(field_order(a, r.trial.get(a)) for a in axes))
     for r in results:
         cell = Cell.of(r)
-        row = [mark(r.key, cell.degenerate)] + [field_text(r.trial.get(a), a) for a in axes]
+        row = [mark(r.key, cell.degenerate), str(r.trial.get("label", ""))] + [
+            field_text(r.trial.get(a), a) for a in axes
+        ]
         rec: dict[str, Any] = {"key": r.key, "label": r.trial.get("label", ""), **{a: r.trial.get(a) for a in axes}}
         for col in GRID_COLUMNS:
             s = cell.stat(col.metric)
@@ -339,7 +342,11 @@ def comparison_table(ctx: Context) -> Table:
     notes = []
     if ctx.results:
         cells = [c for _, c in named]
-        notes = [ci_note(ctx, cells, losses=True) + " " + focal_note(named), *degenerate_note(named)]
+        notes = [
+            ci_note(ctx, cells, losses=True) + " " + focal_note(named),
+            *degenerate_note(named),
+            *chance_note(named, ctx.cells),
+        ]
     if not axes:
         notes.append("Every result has the same settings: the grid varied nothing.")
     return Table("comparison", title, columns, rows, pd.DataFrame(records), notes=warnings_first(ctx, notes))

@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.report.cells import Cell, describe, field_order, field_text
 from harness.report.context import Comparison, Context
-from harness.report.flags import mark
+from harness.report.flags import above_chance, mark
 from harness.report.paper import arch_name
 
 # How an axis is named in a sentence; any other field goes by its own name.
@@ -171,6 +171,12 @@ def summarise(ctx: Context, tests: list[Comparison]) -> Summary:
             f"Of {len(mixed)} further test{'s' if len(mixed) != 1 else ''} between table rows and their reference "
             f"that differ in more than one field, {sum(c.significant for c in mixed)} "
             f"{'is' if sum(c.significant for c in mixed) == 1 else 'are'} significant (see 'Paired comparisons')."
+        )
+    low = [describe(c.fields, shown) for c in ctx.cells if not c.degenerate and above_chance(c) is False]
+    if low:
+        tail.append(
+            f"Not above chance (mean AUROC interval reaches 0.5), too little training to judge the model: "
+            f"{', '.join(low)} (the tables' notes give each one's budget and the least that taught another)."
         )
     bad = [c for c in tests if c.degenerate]
     if bad:

@@ -1,7 +1,9 @@
-"""Degenerate output in the report: the mark on a value, and the footnote that says what was found and what to try."""
+"""Flags on a row: degenerate output (its mark and footnote: what was found, what to try), and a row that did not
+learn in its budget (its footnote: how much training it had, and how much taught the rows that did learn)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,3 +80,48 @@ def finding_note() -> str:
         f"more of its test outputs saturated, or fewer than {metrics.DEGENERATE_MIN_DISTINCT} distinct values) "
         f"in the trial (in a seed of it): its AUROC describes ties. {DDAGGER} on a column: the whole trial is."
     )
+
+
+def optimizer_steps(result: store.Result) -> int | None:
+    """About how many optimizer steps a trial took: epochs run times its training images over the batch size."""
+    n, epochs, batch = result.metrics.get("n_train"), result.metrics.get("epochs_run"), result.trial.get("batch_size")
+    if not (n and epochs and batch):
+        return None
+    return int(epochs) * math.ceil(int(n) / int(batch))
+
+
+def _budget(result: store.Result) -> str:
+    steps = optimizer_steps(result)
+    epochs = int(result.metrics.get("epochs_run") or 0)
+    size = f"{result.trial['image_size']} px" if result.trial.get("image_size") else "the arch's own size"
+    what = f"{epochs} epoch{'s' if epochs != 1 else ''} of {result.metrics.get('n_train', '?')} images at {size}"
+    return f"{steps} optimizer steps ({what})" if steps else what
+
+
+def above_chance(cell: Cell) -> bool | None:
+    """Whether the cell's mean-AUROC interval lies above 0.5 (None: no interval to tell)."""
+    stat = cell.stat("auc_macro")
+    return None if stat.ci is None else stat.ci[0] > 0.5
+
+
+def chance_note(named: Sequence[tuple[str, Cell]], everyone: Sequence[Cell]) -> list[str]:
+    """The footnote for the rows among (name, cell) that did not learn: a mean-AUROC interval that reaches 0.5
+    (degenerate rows have their own). It gives the training each had and the least that taught a row of this
+    report: the budget these rows would need at the least. [] when every row learned."""
+    low = [(n, c) for n, c in named if not c.degenerate and above_chance(c) is False]
+    if not low:
+        return []
+    found = "; ".join(f"{n} {c.stat('auc_macro').text(3)} after {_budget(c.results[0])}" for n, c in low)
+    taught = [
+        s for c in everyone if above_chance(c) and not c.degenerate for r in c.results if (s := optimizer_steps(r))
+    ]
+    need = (
+        f"the rows of this report that did learn had {min(taught)} steps or more: give these at least as many "
+        "(epochs, subset_fraction), or run them on a GPU"
+        if taught
+        else "no row of this report learned: give them more epochs or data, or run them on a GPU"
+    )
+    return [
+        f"Not above chance (mean AUROC interval reaches 0.5): {found}. Too little training to tell the models "
+        f"apart, not evidence against them: {need}."
+    ]

@@ -81,7 +81,7 @@ def _listing(title: str, items: list[str]) -> Section:
 
 
 def _methods(ctx: Context) -> Section:
-    items = methods(ctx)
+    items = [(k, v if v.endswith(".") else v + ".") for k, v in methods(ctx)]  # each item ends as a sentence
     lead = (
         "Each choice the paper leaves open, and the value these trials used (read from each trial.json and "
         "metrics.json); rows marked as the harness's choice are not in the paper's recipe at all:"
