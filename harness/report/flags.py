@@ -9,7 +9,7 @@ from typing import Any
 
 from harness import metrics, store
 from harness.report.cells import Cell, degenerate_record
-from harness.report.paper import DDAGGER, DEGENERATE_ADVICE
+from harness.report.paper import DDAGGER, DEGENERATE_ADVICE, arch_name
 
 RULE_SHORT = (
     f"at least {metrics.DEGENERATE_TRIAL_SHARE:.0%} of its findings have {metrics.DEGENERATE_SATURATED_SHARE:.0%} "
@@ -111,13 +111,19 @@ def chance_note(named: Sequence[tuple[str, Cell]], everyone: Sequence[Cell]) -> 
     low = [(n, c) for n, c in named if not c.degenerate and above_chance(c) is False]
     if not low:
         return []
-    found = "; ".join(f"{n} {c.stat('auc_macro').text(3)} after {_budget(c.results[0])}" for n, c in low)
-    taught = [
-        s for c in everyone if above_chance(c) and not c.degenerate for r in c.results if (s := optimizer_steps(r))
-    ]
+    by_budget: dict[str, list[str]] = {}  # rows trained alike share one clause
+    for n, c in low:
+        by_budget.setdefault(_budget(c.results[0]), []).append(f"{n} {c.stat('auc_macro').text(3)}")
+    found = "; ".join(f"{', '.join(rows)} after {budget}" for budget, rows in by_budget.items())
+    taught: dict[str, int] = {}  # per arch, the fewest steps of a row that learned
+    for c in everyone:
+        steps = [s for r in c.results if (s := optimizer_steps(r))]
+        if above_chance(c) and not c.degenerate and steps:
+            taught[c.arch] = min(taught.get(c.arch, min(steps)), min(steps))
     need = (
-        f"the rows of this report that did learn had {min(taught)} steps or more: give these at least as many "
-        "(epochs, subset_fraction), or run them on a GPU"
+        "rows here learned with "
+        + ", ".join(f"{arch_name(a)} {s}" for a, s in taught.items())
+        + " optimizer steps or more; these need more than they had (epochs, subset_fraction) or a GPU"
         if taught
         else "no row of this report learned: give them more epochs or data, or run them on a GPU"
     )
