@@ -143,19 +143,19 @@ def summarise(ctx: Context, tests: list[Comparison]) -> Summary:
     lead = []
     if ctx.results:
         significant = sum(c.significant for c in tests)
+        placeholder = (
+            " (pretrained: unverified weights, not ImageNet's; nothing here is a claim about ImageNet pretraining)"
+            if "pretrained" in shown and ctx.unverified_weights
+            else ""
+        )
         cells = f"{len(ctx.results)} trial{'s' if len(ctx.results) != 1 else ''} in {len(ctx.cells)} settings"
         lead.append(
-            f"{cells}; {len(tests)} paired test{'s' if len(tests) != 1 else ''} of mean AUROC, Holm-adjusted as "
-            f"one family: {significant} significant."
+            f"{cells}{placeholder}; {len(tests)} paired test{'s' if len(tests) != 1 else ''} of mean AUROC, "
+            f"Holm-adjusted as one family: {significant} significant."
             if tests
-            else f"{cells}; no paired test could be made (no two settings differ in one field only and share "
-            "their test images)."
+            else f"{cells}{placeholder}; no paired test could be made (no two settings differ in one field only "
+            "and share their test images)."
         )
-        if "pretrained" in shown and ctx.unverified_weights:
-            lead.append(
-                "Pretrained here means the unverified weights of the warning above, not ImageNet's: no sentence "
-                "below is a claim about ImageNet pretraining."
-            )
         best = _best(ctx.cells)
         if best is not None:
             stat = best.stat("auc_macro")

@@ -109,8 +109,10 @@ def test_repo_grids_expand():
         assert len(g.trials) == n
     smoke = load_grid("grids/paper.yaml", profile="smoke")
     # The costly archs train briefly so the demo fits a CPU; every cell keeps the whole test split.
-    assert {t.arch: t.epochs for t in smoke.trials} == {"alexnet": 5, "resnet152": 1, "inception_v3": 2}
-    assert {t.image_size for t in smoke.trials} == {80} and not any(t.subset_test for t in smoke.trials)
+    assert {t.arch: t.epochs for t in smoke.trials} == {"alexnet": 4, "resnet152": 1, "inception_v3": 1}
+    # A size of its own per arch: every field that varies with arch stays part of the arch axis.
+    assert {t.arch: t.image_size for t in smoke.trials} == {"alexnet": 80, "resnet152": 64, "inception_v3": 75}
+    assert not any(t.subset_test for t in smoke.trials)
 
 
 def test_set_collapses_the_axis_it_names(tmp_path):

@@ -371,7 +371,7 @@ def test_conclusions_claim_only_what_the_tests_support(built):
     assert "Architecture: no significant difference in the other 4 pairs" in text
     assert "AlexNet beats" not in text and "InceptionV3 beats" not in text
     # Placeholder weights: the summary says so before any sentence about pretraining.
-    assert text.index("not ImageNet's") < text.index("pretrained beats scratch")
+    assert text.index("not ImageNet's; nothing here is a claim") < text.index("pretrained beats scratch")
     # The same sentences head the page, and the HTML gives them too.
     md = _read(out_dir, "report.md")
     assert md.index("## Summary") < md.index("## Methods") < md.index("## Table 1")
