@@ -161,10 +161,14 @@ LEADERS = ("arch", "pretrained", "loss")
 
 
 def lockstep(results: Sequence[store.Result], varied: Sequence[str]) -> dict[str, list[str]]:
-    """Each varied field (seed aside) that leads others -> the fields whose values determine its values and
-    are determined by them: one axis, not several. Fields that vary on their own are left out."""
+    """Each varied field (seed aside) that leads others -> the fields it determines: one axis, not several.
+    A field follows the first field before it (arch, pretrained, loss first) whose value fixes its own, as a
+    `when` rule that gives each arch its epochs and size does, even where two archs share a value. Fields that
+    vary on their own are left out."""
     rows = {hashable(cell_fields(r)): cell_fields(r) for r in results}.values()
-    fields = [f for f in varied if f != "seed"]
+    fields = sorted(
+        (f for f in varied if f != "seed"), key=lambda f: LEADERS.index(f) if f in LEADERS else len(LEADERS)
+    )
 
     def determines(a: str, b: str) -> bool:
         seen: dict[str, str] = {}
@@ -172,7 +176,7 @@ def lockstep(results: Sequence[store.Result], varied: Sequence[str]) -> dict[str
 
     groups: list[list[str]] = []
     for f in fields:
-        home = next((g for g in groups if determines(g[0], f) and determines(f, g[0])), None)
+        home = next((g for g in groups if determines(g[0], f)), None)
         if home is None:
             groups.append([f])
         else:
@@ -180,7 +184,7 @@ def lockstep(results: Sequence[store.Result], varied: Sequence[str]) -> dict[str
     out = {}
     for g in (g for g in groups if len(g) > 1):
         leader = min(g, key=lambda f: (LEADERS.index(f) if f in LEADERS else len(LEADERS), g.index(f)))
-        out[leader] = [f for f in g if f != leader]
+        out[leader] = [f for f in varied if f in g and f != leader]  # in trial.json order
     return out
 
 

@@ -1250,3 +1250,21 @@ def test_the_test_split_is_given_with_each_findings_positives_and_the_dropped_re
     few = split[(split["positive_patients"] > 0) & (split["positive_patients"] < 5)]
     assert ("fewer than 5 positive patients" in md) == (len(few) > 0)
     assert "The test split" in _read(out_dir, "report.md")
+
+
+def test_a_field_each_arch_fixes_follows_arch_even_where_two_archs_share_a_value():
+    """A smoke profile's `when` rules give ResNet152 and InceptionV3 one epoch each and AlexNet four: epochs is
+    part of the arch axis (arch fixes it), not an axis of its own that would hide every AlexNet comparison."""
+    from types import SimpleNamespace
+
+    rows = [
+        {"arch": arch, "epochs": epochs, "image_size": size, "loss": loss}
+        for arch, epochs, size in (("alexnet", 4, 80), ("resnet152", 1, 64), ("inception_v3", 1, 75))
+        for loss in ("bce", "focal")
+    ]
+    results = [SimpleNamespace(trial=r) for r in rows]
+    varied = ["arch", "loss", "image_size", "epochs"]
+    assert report.cells.lockstep(results, varied) == {"arch": ["image_size", "epochs"]}
+    # A field that varies within an arch stays an axis: epochs 1 and 2 for ResNet152.
+    results.append(SimpleNamespace(trial={"arch": "resnet152", "epochs": 2, "image_size": 64, "loss": "bce"}))
+    assert report.cells.lockstep(results, varied) == {"arch": ["image_size"]}
