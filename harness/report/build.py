@@ -195,7 +195,7 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
     columns = ["Model"] + [c.header for c in ours] + ["P(best)"]
     paper = PAPER_VALUES[plan.pretrained] if ctx.is_nih else {}
     if paper:
-        columns += [f"Paper {c.header}" for c in PAPER_COLUMNS]
+        columns += [f"Paper {c.header.removeprefix('Test ')}" for c in PAPER_COLUMNS]  # the paper's own losses
     rows, records, bold = [], [], set()
     auc_col = 1 + [c.name for c in ours].index("auc")
     for i, c in enumerate(cells):
@@ -349,7 +349,12 @@ def comparison_table(ctx: Context) -> Table:
         ]
     if not axes:
         notes.append("Every result has the same settings: the grid varied nothing.")
-    return Table("comparison", title, columns, rows, pd.DataFrame(records), notes=warnings_first(ctx, notes))
+    notes = warnings_first(ctx, notes)
+    # The labels repeat the axes' values at a width no page column holds: the .tex keeps the keys only.
+    keys_only = Table(
+        "comparison", title, columns[:1] + columns[2:], [r[:1] + r[2:] for r in rows], pd.DataFrame(), notes=notes
+    )
+    return Table("comparison", title, columns, rows, pd.DataFrame(records), notes=notes, compact=keys_only)
 
 
 def cam_table(ctx: Context) -> Table | None:

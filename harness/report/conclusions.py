@@ -149,9 +149,16 @@ def summarise(ctx: Context, tests: list[Comparison]) -> Summary:
             else ""
         )
         cells = f"{len(ctx.results)} trial{'s' if len(ctx.results) != 1 else ''} in {len(ctx.cells)} settings"
+        mixed = [c for c in tests if c.axis not in shown and not c.degenerate]  # a table row against its reference
+        across = (
+            f" ({len(mixed)} between table rows that differ in more than one field, "
+            f"{sum(c.significant for c in mixed)} of them significant; see 'Paired comparisons')"
+            if mixed
+            else ""
+        )
         lead.append(
             f"{cells}{placeholder}; {len(tests)} paired test{'s' if len(tests) != 1 else ''} of mean AUROC, "
-            f"Holm-adjusted as one family: {significant} significant."
+            f"Holm-adjusted as one family: {significant} significant{across}."
             if tests
             else f"{cells}{placeholder}; no paired test could be made (no two settings differ in one field only "
             "and share their test images)."
@@ -167,13 +174,6 @@ def summarise(ctx: Context, tests: list[Comparison]) -> Summary:
             axes.append(_axis_summary(axis, [a for a in shown if a != axis], along))
     axes.sort(key=lambda a: -a.effect)  # stable: axes without a finding keep the grid's order
     tail = []
-    mixed = [c for c in tests if c.axis not in shown and not c.degenerate]
-    if mixed:
-        tail.append(
-            f"Of {len(mixed)} further test{'s' if len(mixed) != 1 else ''} between table rows and their reference "
-            f"that differ in more than one field, {sum(c.significant for c in mixed)} "
-            f"{'is' if sum(c.significant for c in mixed) == 1 else 'are'} significant (see 'Paired comparisons')."
-        )
     low = _not_learned(ctx.cells)
     if low:
         tail.append(

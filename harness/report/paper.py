@@ -149,10 +149,10 @@ F1_VAL = "f1_macro_val"  # test F1 at the thresholds chosen on validation (metri
 F1_VAL_RULE = "val_max_f1"
 F1_VAL_COLUMN = Column("f1_val", "F1 (val. thr.)", F1_VAL, 3)
 
-# Headers say what each number is: the losses are on the test set, F1 at 0.5 unless said otherwise.
+# Headers say what each number is: the losses are means over the test set, F1 at 0.5 unless said otherwise.
 PAPER_COLUMNS = (
     Column("bce", "Test BCE", "bce", 4),
-    Column("focal", "Test focal loss", "focal", 4),
+    Column("focal", "Test focal", "focal", 4),
     Column("f1", "F1", "f1_macro", 3),
     Column("auc", "AUROC", "auc_macro", 3),
 )
@@ -162,5 +162,5 @@ GRID_COLUMNS = (
     F1_VAL_COLUMN,
     Column("ap", "AP", "ap_macro", 3),
     Column("bce", "Test BCE", "bce", 4),
-    Column("focal", "Test focal loss", "focal", 4),
+    Column("focal", "Test focal", "focal", 4),
 )

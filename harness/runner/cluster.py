@@ -50,6 +50,18 @@ def worker_logging() -> None:
         logger.addHandler(_Stderr())  # a worker's root logger has no handler: nothing prints twice
     logger.setLevel(logging.WARNING)
     logging.getLogger("harness.train").setLevel(logging.INFO)  # "resuming after epoch N"
+    sys.unraisablehook = _exit_unraisable
+
+
+def _exit_unraisable(unraisable: Any) -> None:
+    """Ray ends a worker left over at a run's end with SIGTERM, whose handler raises SystemExit. Landing in a
+    garbage-collection callback, that exit cannot propagate: Python prints "Exception ignored ... SystemExit"
+    to the driver's stderr and the worker runs on until it is killed. Exit as the handler meant, quietly."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        code = unraisable.exc_value.code
+        os._exit(code if isinstance(code, int) else 1)
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 def largest_node() -> dict[str, float]:

@@ -166,3 +166,40 @@ def test_the_progress_bar_drops_a_dead_attempts_epoch_until_its_retry_reports():
     progress.on_trial_recover(0, [], trial)  # its node was lost: epoch 2 is not running any more
     assert progress.running == {} and "ep 2/3" not in progress.bar.postfix
     progress.close()
+
+
+def test_a_sigterm_exit_inside_a_gc_callback_ends_the_worker_quietly(monkeypatch):
+    """Ray's SIGTERM handler raises SystemExit; raised inside a weakref callback it is 'ignored' (printed to the
+    driver's stderr as a traceback, the worker running on). The worker's hook exits as the handler meant."""
+    import gc
+    import sys
+    import weakref
+
+    from harness.runner import cluster
+
+    exits, printed = [], []
+    monkeypatch.setattr(cluster.os, "_exit", exits.append)
+    monkeypatch.setattr(sys, "__unraisablehook__", printed.append)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    cluster.worker_logging()
+
+    class Thing:
+        pass
+
+    def sigterm_during_gc(_ref):
+        raise SystemExit(1)
+
+    thing = Thing()
+    ref = weakref.ref(thing, sigterm_during_gc)
+    del thing
+    gc.collect()
+    assert exits == [1] and printed == [] and ref() is None
+
+    def other_error(_ref):
+        raise ValueError("not an exit")
+
+    thing = Thing()
+    ref = weakref.ref(thing, other_error)
+    del thing
+    gc.collect()
+    assert exits == [1] and [type(u.exc_value) for u in printed] == [ValueError]  # printed as Python would

@@ -227,7 +227,7 @@ def test_paper_tables_hold_every_arch_with_the_metrics_and_intervals(built, stem
     grid_dir, out_dir, _ = built["synthetic"]
     md, tex = _read(out_dir, f"{stem}.md"), _read(out_dir, f"{stem}.tex")
     csv = pd.read_csv(out_dir / f"{stem}.csv")
-    for header in ("Test BCE", "Test focal loss", "F1", "F1 (val. thr.)", "AUROC"):
+    for header in ("Test BCE", "Test focal", "F1", "F1 (val. thr.)", "AUROC"):
         assert header in md and all(word in tex for word in header.split())  # LaTeX may give it two lines
     for col in (
         "bce",
@@ -567,6 +567,18 @@ def losses(tmp_path_factory):
 
 def _lines(ax):
     return [line for line in ax.get_lines() if len(line.get_xdata())]
+
+
+def test_the_summary_of_a_three_axis_grid_is_a_few_sentences_one_or_two_per_axis(losses):
+    out, _ = losses
+    md = (out / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    sentences = [line for line in summary.splitlines() if line.startswith("- ")]
+    assert 3 <= len(sentences) <= 8, sentences
+    axes = [line.split(":")[0][2:] for line in sentences if ":" in line.split(" ")[1]]
+    assert set(axes) <= {"Architecture", "Initialisation", "Loss"}  # epochs follows arch: no axis of its own
+    assert all(axes.count(a) <= 2 for a in axes)
+    assert summary == md.split("## What can be concluded")[1].split("\n## ")[0]  # the page closes with it
 
 
 def test_the_loss_figure_has_a_panel_per_loss_and_one_for_validation(losses):
