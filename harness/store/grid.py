@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import platform
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from typing import Any, NamedTuple
 
 from harness.config import ConfigError, Trial
 from harness.store.trial import Result, TrialFiles
-from harness.store.writes import _DISK_ERRORS, write_bytes
+from harness.store.writes import _DISK_ERRORS, sweep_temp, write_bytes
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"  # results/<grid>/.lock: one run at a time
 
@@ -79,7 +82,11 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the grid's lock for a whole run, so two runs never write the same results."""
+        """Hold the grid's lock for a whole run, so two runs never write the same results.
+
+        Once held, no other writer of this grid is alive: the temporary files of writes a kill interrupted
+        (a checkpoint's can be hundreds of MB) are removed then, with one line saying how much.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         fh = open(self.root / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the whole run, closed below
         try:
@@ -96,6 +103,14 @@ class Store:
             fh.truncate()
             fh.write(f"pid {os.getpid()} on {platform.node()}")
             fh.flush()
+            swept, size = sweep_temp(self.root)
+            if swept:
+                log.warning(
+                    "removed %d temporary file(s) (%s) that interrupted writes left under %s",
+                    swept,
+                    _megabytes(size),
+                    self.root,
+                )
             yield
         finally:
             fh.close()
@@ -113,6 +128,10 @@ class Store:
         self.files(trial).mark_failed(
             {"key": trial.key, "label": trial.label, "reason": reason, "detail": detail[-4000:]}
         )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
 
 
 class Broken(NamedTuple):

@@ -8,7 +8,10 @@ import fcntl
 import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,13 @@ from typing import Any
 import numpy as np
 
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
+
+# A write goes to .<name>.<8 random characters>.tmp beside its file. The pattern also matches the names
+# tempfile.mkstemp gave before ([a-z0-9_]), so the temporary files of older versions are swept too.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+# A temporary file younger than this is left alone by sweep_temp: `harness cam` writes into a trial folder
+# without the grid's lock, and its writes take milliseconds.
+_SWEEP_MIN_AGE_S = 60.0
 
 
 class WriteFailed(OSError):
@@ -37,9 +47,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
+        tmp_path = _create_temp(path)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -52,6 +60,46 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, WriteFailed) and exc.errno in _DISK_ERRORS:
             raise WriteFailed(exc.errno, f"{_DISK_ERRORS[exc.errno]} while writing {path}") from exc
         raise
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty temporary file beside `path`, with the mode open() would give (0o666 less the umask).
+
+    Not tempfile.mkstemp: its 0o600 would hide results from the group on a shared filesystem. Letting the
+    kernel apply the umask avoids reading it, which (os.umask set and reset) would race with other threads.
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def sweep_temp(root: Path | str) -> tuple[int, int]:
+    """Remove the temporary files that interrupted writes (kill -9, a second Ctrl-C) left under `root`.
+
+    Only names atomic_path gives, only files, and only ones untouched for a minute. The caller must be
+    the only writer under `root` (it holds the grid's lock). Returns the number of files and bytes removed.
+    """
+    files = size = 0
+    now = time.time()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if not _TEMP_NAME.fullmatch(name):
+                continue
+            path = Path(folder) / name
+            try:
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < _SWEEP_MIN_AGE_S:
+                    continue
+                path.unlink()
+            except OSError:  # gone already, or not ours to remove: the sweep only saves space
+                continue
+            files += 1
+            size += st.st_size
+    return files, size
 
 
 def fsync(path: Path | str) -> None:

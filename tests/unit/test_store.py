@@ -163,3 +163,61 @@ def test_npz_round_trip(tmp_path):
     store.write_npz(tmp_path / "p.npz", probs=np.eye(3, dtype=np.float32))
     with np.load(tmp_path / "p.npz") as z:
         assert z["probs"].shape == (3, 3)
+
+
+def test_a_failed_torch_save_leaves_no_temporary_file(tmp_path):
+    files = store.TrialFiles(tmp_path / "t")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        files.save_resume({"model": Unpicklable()})
+    assert list(files.path.iterdir()) == []
+
+
+def _stale(path: Path, size: int = 8, age_s: float = 3600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    old = path.stat().st_mtime - age_s
+    os.utime(path, (old, old))
+    return path
+
+
+def test_taking_the_lock_sweeps_stale_temporary_files_and_nothing_else(tmp_path, caplog):
+    st = store.Store(tmp_path / "grid")
+    stale = [
+        _stale(st.root / "k1" / ".last.pt.ab12cd34.tmp", 3000),
+        _stale(st.root / "k2" / ".metrics.json.x_y9zq0w.tmp", 1000),  # an older version's mkstemp name
+        _stale(st.root / "search" / "s" / ".trials.csv.0a1b2c3d.tmp", 24),
+    ]
+    kept = [
+        _stale(st.root / "k1" / "last.pt"),
+        _stale(st.root / "k1" / "last.pt.ab12cd34.tmp"),  # no leading dot: not a name the store gives
+        _stale(st.root / "k1" / ".notes.tmp"),
+        _stale(st.root / "k1" / ".last.pt.ab12cd34.tmp.bak"),
+        _stale(st.root / "k2" / ".model.pt.0a1b2c3d.tmp", 10, age_s=0),  # just written: maybe still being written
+    ]
+    with caplog.at_level("WARNING", logger="harness.store"), st.lock():
+        pass
+    assert [p.exists() for p in stale] == [False] * len(stale)
+    assert [p.exists() for p in kept] == [True] * len(kept)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("removed 3 temporary file(s) (0.0 MB) that interrupted writes left under")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="harness.store"), st.lock():
+        pass
+    assert caplog.records == []  # nothing left to say
+
+
+def test_a_written_file_has_the_mode_open_would_give(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store.write_bytes(tmp_path / "a" / "m.json", b"{}")
+        store.TrialFiles(tmp_path / "t").save_weights({})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "m.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in (tmp_path / "t").iterdir())
