@@ -7,14 +7,47 @@ import ctypes
 import gc
 import random
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.config import ConfigError
+
+# The device types a trial can run on: whether this machine has one, and the words for when it has not.
+# Looked up at each call (lambdas), so a test can stand in a GPU.
+_DEVICES: dict[str, tuple[Callable[[], bool], str]] = {
+    "cpu": (lambda: True, ""),
+    "cuda": (lambda: torch.cuda.is_available(), "no CUDA device here (torch.cuda.is_available() is False)"),
+    "mps": (
+        lambda: torch.backends.mps.is_available(),
+        "no MPS device here (torch.backends.mps.is_available() is False)",
+    ),
+}
+
+
+def check_device(spec: str, *, here: bool = True) -> None:
+    """Refuse a --device that is not a device type, or (here) that this machine lacks, in one line (ConfigError).
+
+    here=False when the trials run on a Ray cluster's nodes, whose devices this machine cannot see.
+    """
+    kinds = [k for k, (present, _) in _DEVICES.items() if not here or present()]
+    valid = ", ".join(["auto", *(f"{k}, {k}:N" if k == "cuda" else k for k in kinds)])
+    if spec == "auto":
+        return
+    kind, colon, index = spec.partition(":")
+    if kind not in _DEVICES or (colon and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"--device {spec}: not a device a trial can run on; valid: {valid}")
+    present, absent = _DEVICES[kind]
+    if here and not present():
+        raise ConfigError(f"--device {spec}: {absent}; valid: {valid}")
+    if here and colon and int(index) >= (count := torch.cuda.device_count()):
+        raise ConfigError(f"--device {spec}: this machine has {count} CUDA device(s); valid: {valid}")
+
 
 def pick_device(spec: str = "auto") -> torch.device:
-    """`auto`: CUDA when there is one, else the CPU; anything else is torch's own device string."""
+    """`auto`: CUDA when there is one, else the CPU; anything else (checked by check_device) is torch's own."""
     if spec != "auto":
         return torch.device(spec)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -35,13 +35,20 @@ def _runtime(args: argparse.Namespace) -> Runtime:
     cpus = getattr(args, "cpus_per_trial", 1.0)
     if not 1 <= cpus <= 1024:
         raise ConfigError(f"--cpus-per-trial {cpus}: expected a number of cores >= 1")
+    device = getattr(args, "device", "auto")
+    if device != "auto":
+        from harness import hardware  # torch: only commands with --device come here, never `harness report`
+
+        # On a cluster the trials run on its nodes: this machine's lack of a GPU says nothing about theirs.
+        on_cluster = hasattr(args, "address") and bool(args.address or os.environ.get("RAY_ADDRESS"))
+        hardware.check_device(device, here=not on_cluster)
     data_root = getattr(args, "data_root", None)
     # Absolute paths: Ray workers run in their own working directories.
     return Runtime(
         data_root=str(Path(data_root).resolve()) if data_root else None,
         results_dir=str(Path(getattr(args, "results", "results")).resolve()),
         cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
-        device=getattr(args, "device", "auto"),
+        device=device,
         gpus_per_trial=gpus,
         cpus_per_trial=cpus,
         address=getattr(args, "address", None),

@@ -1,4 +1,4 @@
-"""`harness run`: a dry run checks exactly what a run checks, and `--seeds`."""
+"""`harness run`: a dry run checks exactly what a run checks, `--seeds`, and `--device` (here and in every command that takes it)."""
 
 from __future__ import annotations
 
@@ -97,3 +97,43 @@ def test_missing_data_root_is_one_clear_line_before_anything_starts(tmp_path, ca
     err = capsys.readouterr().err
     assert "Data_Entry_2017.csv" in err and err.strip().count("\n") == 0 and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+NO_GPU = "--device cuda: no CUDA device here (torch.cuda.is_available() is False); valid: auto, cpu"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without a GPU")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", PAPER, "--dry-run"],
+        ["run", PAPER],
+        ["search", "search", "--dry-run"],
+        ["cam", "results/paper/KEY"],
+        ["bench", "loader"],
+        ["bench", "pack", "--arch", "resnet50"],
+    ],
+    ids=" ".join,
+)
+def test_a_device_this_machine_lacks_is_refused_in_one_line_before_anything_starts(tmp_path, capsys, argv):
+    assert cli.main([*argv, "--results", str(tmp_path), "--device", "cuda"]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"harness: error: {NO_GPU}\n" and out == ""
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_device_that_is_no_device_is_refused(capsys):
+    assert cli.main(["run", PAPER, "--dry-run", "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "harness: error: --device tpu: not a device a trial can run on; valid: auto,"
+    )
+
+
+def test_cuda_passes_the_check_where_there_is_a_gpu_and_a_clusters_nodes_are_not_judged_from_here(monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cli.main(["run", PAPER, "--dry-run", "--device", "cuda", "--address", "ray://head:10001"]) == 0
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.main(["run", PAPER, "--dry-run", "--device", "cuda"]) == 0
+    assert "--device" not in capsys.readouterr().err
