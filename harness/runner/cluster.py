@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -53,11 +56,25 @@ def worker_logging() -> None:
     sys.unraisablehook = _exit_unraisable
 
 
+_in_trial = threading.Event()  # set while this worker runs a trial (trial_running)
+
+
+@contextlib.contextmanager
+def trial_running() -> Iterator[None]:
+    """Around a trial in a worker: while it runs, an exit raised where it cannot propagate is left to Python."""
+    _in_trial.set()
+    try:
+        yield
+    finally:
+        _in_trial.clear()
+
+
 def _exit_unraisable(unraisable: Any) -> None:
     """Ray ends a worker left over at a run's end with SIGTERM, whose handler raises SystemExit. Landing in a
     garbage-collection callback, that exit cannot propagate: Python prints "Exception ignored ... SystemExit"
-    to the driver's stderr and the worker runs on until it is killed. Exit as the handler meant, quietly."""
-    if isinstance(unraisable.exc_value, SystemExit):
+    to the driver's stderr and the worker runs on until it is killed. An idle worker exits as the handler
+    meant, quietly; one running a trial is left as it was (its trial ends through Tune)."""
+    if isinstance(unraisable.exc_value, SystemExit) and not _in_trial.is_set():
         code = unraisable.exc_value.code
         os._exit(code if isinstance(code, int) else 1)
     else:

@@ -24,6 +24,7 @@ from harness.runner.cluster import (
     largest_node,
     ray_reachable,
     start_ray,
+    trial_running,
     use_reserved_cpus,
     worker_logging,
 )
@@ -84,19 +85,20 @@ def _trainable(config: dict[str, Any]) -> None:
     worker_logging()
     where = {"ray_node_id": ray.get_runtime_context().get_node_id()}
     gpu = placement.worker_gpu()
-    if attempt(
-        st,
-        trial,
-        lambda: train.run_trial(
+    with trial_running():
+        if attempt(
+            st,
             trial,
-            runtime,
-            out_dir=st.trial_dir(trial),
-            report=lambda row: tune.report(placement.epoch_report(row, gpu)),
-            context=where,
-        ),
-        tell_failed=lambda: tune.report({"failed": 1}),
-    ):
-        st.mark_done(trial)
+            lambda: train.run_trial(
+                trial,
+                runtime,
+                out_dir=st.trial_dir(trial),
+                report=lambda row: tune.report(placement.epoch_report(row, gpu)),
+                context=where,
+            ),
+            tell_failed=lambda: tune.report({"failed": 1}),
+        ):
+            st.mark_done(trial)
 
 
 class Progress(tune.Callback):

@@ -19,7 +19,7 @@ from harness import train
 from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 from harness.runner import placement, ray_internals, tracking
 from harness.runner.attempt import attempt
-from harness.runner.cluster import ray_reachable, start_ray, use_reserved_cpus, worker_logging
+from harness.runner.cluster import ray_reachable, start_ray, trial_running, use_reserved_cpus, worker_logging
 from harness.runner.grid import Progress, Retries, quiet_tune, run_config
 from harness.runner.stopping import Stop, resume_command, stoppable
 
@@ -108,12 +108,13 @@ def _search_trainable(config: dict[str, Any]) -> None:
         emit(row)
     # Ray's report() raises SystemExit in a trial the scheduler stopped: attempt lets it through, no failure.
     try:
-        done = attempt(
-            st,
-            trial,
-            lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
-            tell_failed=lambda: tune.report({"failed": 1, "key": trial.key, metric: math.nan}),
-        )
+        with trial_running():
+            done = attempt(
+                st,
+                trial,
+                lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
+                tell_failed=lambda: tune.report({"failed": 1, "key": trial.key, metric: math.nan}),
+            )
     except SystemExit:
         # Stopped early: its weights are not a result (its curve is). Dropped here, after run_trial has waited
         # for its background checkpoint writer, so no late write can bring them back.

@@ -195,6 +195,15 @@ def test_a_sigterm_exit_inside_a_gc_callback_ends_the_worker_quietly(monkeypatch
     gc.collect()
     assert exits == [1] and printed == [] and ref() is None
 
+    # While a trial runs, its end is Tune's business: the exit is left to Python, as before.
+    with cluster.trial_running():
+        thing = Thing()
+        ref = weakref.ref(thing, sigterm_during_gc)
+        del thing
+        gc.collect()
+    assert exits == [1] and [type(u.exc_value) for u in printed] == [SystemExit]
+    printed.clear()
+
     def other_error(_ref):
         raise ValueError("not an exit")
 
