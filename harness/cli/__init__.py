@@ -103,6 +103,9 @@ def _dry_run_line(grid: Grid, i: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     grid, runtime = _checked_grid(args)
     from harness import prepare
+    from harness.store import Store
+
+    Store(Path(runtime.results_dir) / grid.name).check_usable()  # before data is prepared, in a dry run too
 
     if args.dry_run:
         # The keys a run will use: the dataset it will read and the weights files it will load, resolved the
@@ -118,7 +121,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     from harness.runner import tracking
     from harness.runner.grid import run_grid
-    from harness.store import Store
 
     if args.fetch_weights:
         fetch_pretrained(grid.trials)

@@ -80,6 +80,33 @@ class Store:
                 f"results directory {self.root} is not writable ({reason}); choose another with --results DIR"
             ) from None
 
+    def _in_use(self, holder: str) -> StoreError:
+        return StoreError(
+            f"{self.root} is in use by another run ({holder.strip() or 'another process'}); wait for it to "
+            "finish or use another --results directory"
+        )
+
+    def check_usable(self) -> None:
+        """What check_writable and lock() would refuse, found without writing anything: a results folder this
+        process may not create or write, or one another run holds. A dry run and a run call it before any data
+        is prepared, so neither learns of it minutes later."""
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise StoreError(
+                f"results directory {self.root} is not writable ({existing} is "
+                f"{'not a directory' if not existing.is_dir() else 'read-only for this user'}); "
+                "choose another with --results DIR"
+            )
+        lock = self.root / LOCK_FILE
+        if not lock.is_file():
+            return
+        with open(lock) as fh:  # a shared lock probes without taking the run's exclusive one from anyone
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._in_use(fh.read()) from None
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the grid's lock for a whole run, so two runs never write the same results.
@@ -94,11 +121,7 @@ class Store:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                raise StoreError(
-                    f"{self.root} is in use by another run ({holder}); wait for it to finish "
-                    "or use another --results directory"
-                ) from None
+                raise self._in_use(fh.read()) from None
             fh.seek(0)
             fh.truncate()
             fh.write(f"pid {os.getpid()} on {platform.node()}")

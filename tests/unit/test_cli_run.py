@@ -137,3 +137,39 @@ def test_cuda_passes_the_check_where_there_is_a_gpu_and_a_clusters_nodes_are_not
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cli.main(["run", PAPER, "--dry-run", "--device", "cuda"]) == 0
     assert "--device" not in capsys.readouterr().err
+
+
+def test_a_results_folder_that_cannot_be_used_is_refused_before_any_data_is_prepared(tmp_path, capsys, monkeypatch):
+    """A run another run holds, or a --results path under a file: one line, exit 2, in a dry run as in a run,
+    before the data is resolved (which reads the dataset, or renders the embedded one)."""
+    import fcntl
+
+    from harness import prepare
+    from harness.store import LOCK_FILE
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the run went on to the data")
+
+    monkeypatch.setattr(prepare, "resolve", reached)
+    monkeypatch.setattr(prepare, "resolve_dataset", reached)
+    grid = ["paper", "--profile", "smoke"]
+
+    (tmp_path / "file").write_text("not a folder")
+    for dry in (["--dry-run"], []):
+        assert cli.main(["run", *grid, "--results", str(tmp_path / "file" / "results"), *dry]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("harness: error: results directory ") and "is not a directory" in err
+        assert err.strip().count("\n") == 0
+
+    held = tmp_path / "results" / "paper"
+    held.mkdir(parents=True)
+    with open(held / LOCK_FILE, "a+") as fh:  # another run's lock, as Store.lock takes it
+        fh.write("pid 4242 on node-7")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for dry in (["--dry-run"], []):
+            assert cli.main(["run", *grid, "--results", str(tmp_path / "results"), *dry]) == 2
+            err = capsys.readouterr().err
+            assert "is in use by another run (pid 4242 on node-7)" in err and err.strip().count("\n") == 0
+    with pytest.raises(AssertionError, match="went on to the data"):  # the lock released: on to the data
+        cli.main(["run", *grid, "--results", str(tmp_path / "results"), "--dry-run"])
