@@ -50,14 +50,40 @@ def rebuilt_metrics(files: store.TrialFiles, *, why: str | None = None) -> dict[
     return out
 
 
+# What training records that no other file holds: kept as None (unknown) when metrics.json is lost, not
+# guessed. The sum of history.csv's epoch times, for one, is not the training time (it misses what ran between).
+UNKNOWN_WITHOUT_METRICS = (
+    "n_train",
+    "data_root",
+    "skipped_images",
+    "device",
+    "device_name",
+    "peak_host_mb",
+    "ray_node_id",
+    "train_seconds",
+)
+
+
 def _from_history(
     files: store.TrialFiles, record: dict[str, Any], trial: dict[str, Any], p: dict[str, Any]
 ) -> dict[str, Any]:
-    """What training records beside the statistics, from the trial, its predictions and its history."""
+    """What training records beside the statistics, from the trial, its predictions, its history and DONE (what
+    produced it); what none of them holds is None and named in "unknown"."""
     history = files.read_history()
     aucs = [h["val_auc"] for h in history if isinstance(h.get("val_auc"), float) and math.isfinite(h["val_auc"])]
+    speeds = [h.get("train_images_per_s") for h in history]
+    try:
+        done = files.read_done()
+    except store.Unreadable:
+        done = {}
+    made = {k: done[k] for k in store.provenance() if k in done}  # version, commit, host, ... when committed
     test = "probs" in p
     return {
+        **dict.fromkeys(UNKNOWN_WITHOUT_METRICS),
+        **made,
+        "unknown": list(UNKNOWN_WITHOUT_METRICS),
+        # The mean of the epochs' speeds, as train.py records it.
+        "train_images_per_s": sum(speeds) / len(speeds) if speeds and None not in speeds else None,
         "key": record.get("key", files.key),
         "label": record.get("label", files.key),
         "trial": trial,
@@ -67,7 +93,6 @@ def _from_history(
         "n_test": len(p["labels"]) if test else 0,
         "best_val_auc": max(aucs) if aucs else None,
         "epochs_run": len(history),
-        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
     }
 
 

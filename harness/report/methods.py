@@ -144,6 +144,8 @@ OWN = " (the harness's choice)"
 
 
 def _precision(r: store.Result) -> str:
+    if r.metrics.get("device", "cpu") is None:  # lost with a damaged metrics.json (rescore.UNKNOWN_WITHOUT_METRICS)
+        return "unknown (the device was lost with the trial's metrics.json)"
     on_gpu = str(r.metrics.get("device", "cpu")).startswith("cuda")
     return "bf16 autocast on CUDA (logits and losses in float32)" if on_gpu else "float32 (CPU)"
 

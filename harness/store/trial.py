@@ -79,6 +79,10 @@ class TrialFiles:
         done.setdefault("sha256", {})[self.METRICS] = sha256(self._file(self.METRICS))
         write_json(self._file(self.DONE), done)
 
+    def read_done(self) -> dict[str, Any]:
+        """DONE's record: each result file's checksum and what produced the result (store.provenance())."""
+        return self._read_json(self.DONE)
+
     def read_metrics(self) -> dict[str, Any]:
         return self._read_json(self.METRICS)
 

@@ -67,7 +67,15 @@ def test_damaged_metrics_are_recomputed_from_intact_predictions(tmp_path):
     assert mended["auc_macro"] == result["auc_macro"] and mended["per_finding"] == result["per_finding"]
     assert mended["split"] == "official" and mended["epochs_run"] == 2 and mended["recomputed"]["from"]
     assert (files.path / files.HISTORY).stat().st_mtime_ns == history
+    # What produced it is read back from DONE; what only metrics.json held is unknown, not guessed.
+    done = files.read_done()
+    assert {k: mended[k] for k in ("harness_version", "git_commit", "host")} == {
+        k: done[k] for k in ("harness_version", "git_commit", "host")
+    }
+    assert mended["train_seconds"] is None and mended["device"] is None and mended["n_train"] is None
+    assert set(mended["unknown"]) >= {"train_seconds", "device", "n_train", "data_root", "peak_host_mb"}
 
+    files, result = finished_trial(tmp_path / "g2")
     edited = {**files.read_metrics(), "auc_macro": 0.99}  # readable, but not what the predictions say
     store.write_json(files.path / files.METRICS, edited)
     assert intact(files) and files.read_metrics()["auc_macro"] == result["auc_macro"]
