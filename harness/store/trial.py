@@ -214,8 +214,9 @@ class TrialFiles:
         write_json(self._file(self.DONE), {"key": self.key, "sha256": files, **provenance()})
 
     def is_done(self) -> bool:
-        """DONE, metrics.json and trial.json are there (cheap; `problems` also checks the contents)."""
-        return all(self._file(n).is_file() for n in (self.DONE, self.METRICS, self.TRIAL))
+        """DONE and trial.json are there (cheap; `damaged` checks the rest). A metrics.json lost after the
+        commit is damage like a truncated one: recomputed from intact predictions, not a reason to retrain."""
+        return all(self._file(n).is_file() for n in (self.DONE, self.TRIAL))
 
     def damaged(self, *, weights: bool = True) -> dict[str, str]:
         """File name -> what is wrong with it, for a trial marked done; {} when every recorded file is intact.

@@ -82,6 +82,18 @@ def test_damaged_metrics_are_recomputed_from_intact_predictions(tmp_path):
     assert files.read_metrics()["train_seconds"] == 3.0  # what cannot be recomputed is kept
 
 
+def test_a_lost_metrics_file_is_recomputed_like_a_damaged_one(tmp_path):
+    from harness.runner.intact import intact
+
+    files, result = finished_trial(tmp_path / "g")
+    (files.path / files.METRICS).unlink()
+    assert files.is_done() and set(files.damaged()) == {files.METRICS}  # named, not taken for unstarted
+    scan = store.scan(tmp_path / "g")
+    assert [b.key for b in scan.broken] == [files.key] and "missing" in scan.broken[0].damaged[files.METRICS]
+    assert intact(files) and files.damaged() == {}
+    assert files.read_metrics()["auc_macro"] == result["auc_macro"]
+
+
 @pytest.mark.parametrize("damage", ["predictions", "weights", "metrics and weights", "done"])
 def test_other_damage_means_the_trial_is_trained_again(tmp_path, damage):
     from harness.runner.intact import intact
