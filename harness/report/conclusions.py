@@ -7,6 +7,7 @@ table does not: a finding is a group of significant tests along one axis between
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from harness.report.cells import Cell, describe, field_order, field_text
 from harness.report.context import Comparison, Context
 from harness.report.flags import above_chance, mark
+from harness.report.paired import signed
 from harness.report.paper import arch_name
 
 # How an axis is named in a sentence; any other field goes by its own name.
@@ -57,7 +59,7 @@ class Finding:
     def clause(self, fixed: Sequence[str]) -> str:
         top = self.tests[0]
         words = f"{value_text(self.axis, self.winner)} beats {value_text(self.axis, self.loser)}"
-        band = f"+{top.diff:.3f} [{top.ci[0]:+.3f}, {top.ci[1]:+.3f}], {_p(top.p_holm)}"
+        band = f"{signed(top.diff)} [{signed(top.ci[0])}, {signed(top.ci[1])}], {_p(top.p_holm)}"
         where = setting_text(top.a, fixed)
         if len(self.tests) == 1:
             of = f"1 of {self.compared} settings" if self.compared > 1 else ""
@@ -87,14 +89,14 @@ class AxisSummary:
             c = self.null[0]
             out.append(
                 f"{name}: no significant difference between {c.name_a} and {c.name_b} "
-                f"({c.diff:+.3f} [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}], {_p(c.p_holm)})."
+                f"({signed(c.diff)} [{signed(c.ci[0])}, {signed(c.ci[1])}], {_p(c.p_holm)})."
             )
         elif self.null:
             diffs = [c.diff for c in self.null]
             other = "the other " if self.findings else ""
             out.append(
-                f"{name}: no significant difference in {other}{len(self.null)} pairs (A - B from {min(diffs):+.3f} "
-                f"to {max(diffs):+.3f}; smallest adjusted p {min(c.p_holm for c in self.null):.3f})."
+                f"{name}: no significant difference in {other}{len(self.null)} pairs (A - B from {signed(min(diffs))} "
+                f"to {signed(max(diffs))}; smallest adjusted p {min(c.p_holm for c in self.null):.3f})."
             )
         return out
 
@@ -110,29 +112,27 @@ class Summary:
     def sentences(self) -> list[str]:
         return [*self.lead, *(s for a in self.axes for s in a.sentences()), *self.tail]
 
-    def text(self) -> str:
-        return " ".join(self.sentences())
-
 
 def _axis_summary(axis: str, fixed: list[str], tests: list[Comparison]) -> AxisSummary:
     out = AxisSummary(axis, fixed)
-    groups: dict[tuple[str, str], list[Comparison]] = {}
-    compared: dict[frozenset[str], int] = {}
+
+    def values(c: Comparison) -> tuple[str, str]:
+        return repr(c.a.fields.get(axis)), repr(c.b.fields.get(axis))
+
+    groups: dict[tuple[str, str], list[Comparison]] = {}  # (winner, loser) -> its significant tests
+    compared = Counter(frozenset(values(c)) for c in tests if not c.degenerate)
     for c in tests:
         if c.degenerate:
             continue
-        va, vb = c.a.fields.get(axis), c.b.fields.get(axis)
-        compared[frozenset((repr(va), repr(vb)))] = compared.get(frozenset((repr(va), repr(vb))), 0) + 1
         if not c.significant:
             out.null.append(c)
             continue
         c = c if c.diff > 0 else c.flipped()
-        groups.setdefault((repr(c.a.fields.get(axis)), repr(c.b.fields.get(axis))), []).append(c)
-    for group in groups.values():
+        groups.setdefault(values(c), []).append(c)
+    for pair, group in groups.items():
         group.sort(key=lambda c: -c.diff)
         winner, loser = group[0].a.fields.get(axis), group[0].b.fields.get(axis)
-        n = compared[frozenset((repr(winner), repr(loser)))]
-        out.findings.append(Finding(axis, winner, loser, group, n))
+        out.findings.append(Finding(axis, winner, loser, group, compared[frozenset(pair)]))
     out.findings.sort(key=lambda f: (-f.effect, field_order(axis, f.winner)))
     return out
 

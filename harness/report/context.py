@@ -53,10 +53,6 @@ class Comparison:
         excludes_0 = self.ci[0] > 0 or self.ci[1] < 0
         return not self.degenerate and math.isfinite(self.p_holm) and self.p_holm < ALPHA and excludes_0
 
-    def result(self) -> dict[str, Any]:
-        """The shape metrics.summary_sentence reads, with the Holm-adjusted p."""
-        return {"diff": self.diff, "ci": list(self.ci), "p": self.p, "p_adjusted": self.p_holm}
-
     def flipped(self) -> Comparison:
         """b minus a: the same test read the other way round."""
         ci = (0.0 - self.ci[1], 0.0 - self.ci[0])  # 0.0 - x: a difference of zero reads 0.0 either way, not -0.0

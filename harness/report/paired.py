@@ -58,7 +58,8 @@ def family_comparisons(ctx: Context) -> list[Comparison]:
     return out
 
 
-def _signed(x: float) -> str:
+def signed(x: float) -> str:
+    """A difference to 3 places with its sign, e.g. +0.012 (the summary's too)."""
     return f"{round(x, 3) + 0.0:+.3f}"  # + 0.0 turns a rounded -0.0 into 0.0
 
 
@@ -75,7 +76,7 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
             c.axis,
             mark(c.name_a, c.a.degenerate),
             mark(c.name_b, c.b.degenerate),
-            f"{_signed(c.diff)} [{_signed(c.ci[0])}, {_signed(c.ci[1])}]",
+            f"{signed(c.diff)} [{signed(c.ci[0])}, {signed(c.ci[1])}]",
             _p_text(c.p),
             _p_text(c.p_holm),
             "yes" if c.significant else "no",

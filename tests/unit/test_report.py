@@ -54,6 +54,21 @@ SIGNAL.update({(True, "alexnet"): (0.8, 2), (True, "inception_v3"): (0.8, 2), (T
 ARCHS = ("alexnet", "resnet152", "inception_v3")
 
 
+def report_keeping_figures(grid, out, **kwargs) -> dict:
+    """Write a report, keeping each matplotlib figure it saves (by file stem) for the test to inspect."""
+    saved = {}
+    save = figures._save
+
+    def keep(ctx, fig, stem):
+        saved[stem] = fig
+        return save(ctx, fig, stem)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "_save", keep)
+        report.write_report(grid, out, **kwargs)
+    return saved
+
+
 def _test_set():
     rng = np.random.default_rng(0)
     patient = np.repeat(np.arange(1000, 1000 + N_PATIENTS), N_IMAGES // N_PATIENTS)
@@ -523,16 +538,7 @@ def test_the_bar_figures_second_panel_is_f1_at_validation_thresholds(degenerate)
 
 def test_on_nih_the_papers_f1_is_labelled_as_at_0_5_beside_ours(tmp_path):
     grid = _subgrid(make_paper_grid(tmp_path, dataset="nih", archs=("alexnet",)), tmp_path / "one", pretrained=True)
-    saved = {}
-    save = figures._save
-
-    def keep(ctx, fig, stem):
-        saved[stem] = fig
-        return save(ctx, fig, stem)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(figures, "_save", keep)
-        report.write_report(grid, tmp_path / "out", n_boot=100, progress=False)
+    saved = report_keeping_figures(grid, tmp_path / "out", n_boot=100, progress=False)
     auc, f1 = saved["fig2_pretrained"].axes
     assert [t.get_text() for t in auc.get_legend().get_texts()] == ["this run", "paper"]
     assert [t.get_text() for t in f1.get_legend().get_texts()] == ["this run (validation thresholds)", PAPER_F1]
@@ -552,16 +558,7 @@ def losses(tmp_path_factory):
                 trial = Trial(dataset="nih", arch=arch, pretrained=pretrained, loss=loss, epochs=epochs)
                 p = trial_predictions(labels, patient, image_index, strength=0.5 + pretrained, noise_seed=1)
                 store_trial(grid, trial, p, trial_metrics(p, seed=0, n_boot=20), dataset="nih")
-    saved = {}
-    save = figures._save
-
-    def keep(ctx, fig, stem):
-        saved[stem] = fig
-        return save(ctx, fig, stem)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(figures, "_save", keep)
-        report.write_report(grid, root / "out", n_boot=20, progress=False)
+    saved = report_keeping_figures(grid, root / "out", n_boot=20, progress=False)
     return root / "out", saved
 
 
@@ -955,16 +952,7 @@ def degenerate(tmp_path_factory):
     for arch, strength, scale in (("alexnet", 0.0, 1), ("inception_v3", 0.5, 350)):
         trial = Trial(dataset="synthetic", arch=arch, pretrained=False, epochs=3)
         write_trial(grid, trial, dataset="synthetic", strength=strength, noise_seed=1, scale=scale, old=True)
-    saved = {}
-    save = figures._save
-
-    def keep(ctx, fig, stem):
-        saved[stem] = fig
-        return save(ctx, fig, stem)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(figures, "_save", keep)
-        report.write_report(grid, root / "out", n_boot=REPORT_BOOT, progress=False)
+    saved = report_keeping_figures(grid, root / "out", n_boot=REPORT_BOOT, progress=False)
     return grid, root / "out", saved
 
 
