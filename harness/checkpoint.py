@@ -30,18 +30,21 @@ class CheckpointWriter:
     def __init__(self, files: store.TrialFiles) -> None:
         self.files = files
         self._pending: futures.Future | None = None
+        self._then: Callable[[], None] | None = None
         # The previous copy's host tensors, each with the CUDA device it came from (None: the CPU); free once
         # that copy is written.
         self._buffers: list[tuple[torch.Tensor, torch.device | None]] = []
 
-    def submit(self, state: dict[str, Any], *, best: bool) -> None:
-        """Write the resume state (last.pt) in the background, after its weights (model.pt) when `best`."""
+    def submit(self, state: dict[str, Any], *, best: bool, then: Callable[[], None] | None = None) -> None:
+        """Write the resume state (last.pt) in the background, after its weights (model.pt) when `best`;
+        call `then` on this thread once both are on disk."""
         self.wait()
         spare, self._buffers = iter(self._buffers), []
         state = _host_copy(state, spare, self._buffers)
         # Recorded after the copies on each source device's stream: the writer waits for them, not the host.
         copied = [torch.cuda.current_stream(d).record_event() for d in {d for _, d in self._buffers} - {None}]
         self._pending = _in_background(self._write, state, best, copied)
+        self._then = then
 
     def _write(self, state: dict[str, Any], best: bool, copied: list[torch.cuda.Event]) -> None:
         for event in copied:
@@ -51,10 +54,19 @@ class CheckpointWriter:
         self.files.save_resume(state)
 
     def wait(self) -> None:
-        """Block until the checkpoint in flight is on disk; raise its write's error if it failed."""
+        """Block until the checkpoint in flight is on disk, then call its `then`; raise its write's error if it
+        failed."""
         pending, self._pending = self._pending, None
+        then, self._then = self._then, None
         if pending is not None:
             pending.result()
+        if then is not None:
+            then()
+
+    def poll(self) -> None:
+        """wait(), if the checkpoint in flight is already on disk; else nothing. Cheap enough for every step."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
 
     def close(self) -> None:
         self.wait()
@@ -66,6 +78,7 @@ class CheckpointWriter:
         if error is None:
             self.close()
             return
+        self._then = None  # the trial ended (failed, or stopped at a report): no epoch is announced after it
         try:  # the trial already failed: its own error is the one to report
             self.close()
         except Exception as write_error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -115,8 +116,12 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     epoch: int,
+    between_steps: Callable[[], None] = lambda: None,
 ) -> tuple[float, int]:
-    """One pass over the training split; returns the mean loss and the number of images seen."""
+    """One pass over the training split; returns the mean loss and the number of images seen.
+
+    between_steps runs after every step (the checkpoint writer's poll: it reports the previous epoch once
+    that epoch's checkpoint is on disk)."""
     models.train_mode(model, trial)
     batches.set_epoch(epoch)
     total, seen = torch.zeros((), device=device), 0
@@ -124,6 +129,7 @@ def train_one_epoch(
         loss = train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
         total += loss * len(y)  # summed on the device: no sync per step
         seen += len(y)
+        between_steps()
         if step % 50 == 0 and not math.isfinite(loss.item()):
             raise TrialFailed(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}; lower lr or check the data")
     mean = (total / max(seen, 1)).item()
@@ -390,7 +396,14 @@ def run_trial(
         for epoch in range(progress.next_epoch, trial.epochs):
             t0 = time.perf_counter()
             train_loss, seen = train_one_epoch(
-                step_model, train_b, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=epoch
+                step_model,
+                train_b,
+                trial=trial,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                device=device,
+                epoch=epoch,
+                between_steps=writer.poll,
             )
             t_train = time.perf_counter() - t0
             val = evaluate(step_model, val_b, trial=trial, device=device, calibration=centre_crops(train_b))
@@ -407,8 +420,7 @@ def run_trial(
             best = keep_if_best(progress, row["val_auc"])
             scheduler.step()
             state = resume_state(progress, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch)
-            writer.submit(state, best=best)
-            report(row)
+            writer.submit(state, best=best, then=functools.partial(report, row))  # reported once on disk
     train_seconds = time.perf_counter() - t_start
 
     model.load_state_dict(files.load_weights(map_location=device))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from harness.cli.parser import build_parser
 from harness.config import ConfigError, Runtime, Trial, default_cache_dir
 from harness.registry import Registry
+from harness.store.writes import WriteFailed
 
 if TYPE_CHECKING:
     from harness.grid import Grid
@@ -436,9 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, WriteFailed) as exc:  # bad input; or a full disk outside a trial (a cache, a report)
         print(f"harness: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_FAILED if isinstance(exc, WriteFailed) else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("harness: interrupted; rerun the same command to resume", file=sys.stderr)  # as runner.stopping
         return 130

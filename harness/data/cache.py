@@ -139,11 +139,23 @@ def _decode_all(target: Path, paths: list[str], size: int, workers: int, progres
     return failed
 
 
+def _mapped(path: Path, shape: tuple[int, int, int]) -> np.memmap:
+    """A new uint8 .npy of this shape, mapped for writing, with its space reserved: a full disk is an
+    OSError (WriteFailed, naming the file and the free space), never a bus error in the middle of a decode."""
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()
+    try:
+        store.reserve(path)
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="r+")
+
+
 def _compact(source: Path, keep: np.ndarray, size: int) -> Path:
     """Copy the decoded images into a file without the holes left by skipped ones."""
     target = source.with_name(source.name + "c")
     full = np.load(source, mmap_mode="r")
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=(len(keep), size, size))
+    out = _mapped(target, (len(keep), size, size))
     for s in range(0, len(keep), 1024):
         out[s : s + 1024] = full[keep[s : s + 1024]]
     out.flush()
@@ -226,7 +238,7 @@ def _decode_to(
     tmp: Path, names: list[str], paths: list[str], size: int, workers: int, progress: bool
 ) -> tuple[float, tuple[str, ...], Path]:
     """Decode into a new .npy at tmp; returns (seconds, skipped names, the finished file)."""
-    np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(names), size, size)).flush()
+    _mapped(tmp, (len(names), size, size)).flush()
     start = time.perf_counter()
     failed = _decode_all(tmp, paths, size, workers, progress)
     seconds = time.perf_counter() - start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import traceback
@@ -15,6 +16,8 @@ from harness import hardware, packing, train
 from harness import store as store_mod
 from harness.config import ConfigError, Trial
 from harness.runner.cluster import assigned
+
+log = logging.getLogger(__name__)
 
 RETRY_ALONE = "retry_alone"  # failed.json: ran out of GPU memory beside other trials; the grid retries it alone
 
@@ -44,10 +47,20 @@ def _in_ray_actor() -> bool:
         return False
 
 
-def attempt(st: store_mod.Store, trial: Trial, body: Callable[[], Any], *, tell_failed: Callable[[], None]) -> bool:
+def _record(write: Callable[[], None], reason: str) -> None:
+    """Write a failure record; on a disk that is still full, say so and go on: the reason reaches the run's
+    summary through Ray (tell_failed) instead."""
+    try:
+        write()
+    except OSError as exc:
+        log.warning("could not record the failure (%s): %s", reason, exc)
+
+
+def attempt(st: store_mod.Store, trial: Trial, body: Callable[[], Any], *, tell_failed: Callable[[str], None]) -> bool:
     """Run body (one run_trial) and say whether it finished; every way it can end is decided here.
 
-    - A deterministic failure (TrialFailed, ConfigError) is recorded and not retried; tell_failed() lets Ray know.
+    - A deterministic failure (TrialFailed, ConfigError) is recorded and not retried; tell_failed(reason) lets
+      Ray know. So is a full disk (WriteFailed): retrying cannot make space, and it would only fail again.
     - Out of GPU memory on a shared GPU is recorded as such and not retried in the same share either: the
       grid runner gives the trial a GPU to itself (packing.retry_alone).
     - SystemExit and KeyboardInterrupt are Ray stopping the trial (Ctrl-C, a scheduler): not a failure.
@@ -60,10 +73,11 @@ def attempt(st: store_mod.Store, trial: Trial, body: Callable[[], Any], *, tell_
         body()
         _training.clear()
         return True
-    except (train.TrialFailed, ConfigError) as exc:
+    except (train.TrialFailed, ConfigError, store_mod.WriteFailed) as exc:
         _training.clear()
-        st.mark_failed(trial, str(exc), detail=traceback.format_exc())
-        tell_failed()
+        reason, detail = str(exc), traceback.format_exc()
+        _record(lambda: st.mark_failed(trial, reason, detail=detail), reason)
+        tell_failed(reason)
         return False
     except (SystemExit, KeyboardInterrupt):
         raise  # the trial's thread is still unwinding when its worker exits: _training stays set
@@ -71,19 +85,14 @@ def attempt(st: store_mod.Store, trial: Trial, body: Callable[[], Any], *, tell_
         _training.clear()
         reason = f"{type(exc).__name__}: {exc}"
         share = assigned().get("GPU", 0.0)
+        detail = traceback.format_exc()
         if not packing.retry_alone(exc, gpu_share=share):
-            st.mark_failed(trial, reason, detail=traceback.format_exc())
+            _record(lambda: st.mark_failed(trial, reason, detail=detail), reason)
             raise
-        st.files(trial).mark_failed(
-            {
-                "key": trial.key,
-                "label": trial.label,
-                "reason": f"{reason} (on a {share:g} share of a GPU, beside other trials)",
-                "detail": traceback.format_exc()[-4000:],
-                RETRY_ALONE: True,
-            }
-        )
-        tell_failed()
+        reason = f"{reason} (on a {share:g} share of a GPU, beside other trials)"
+        record = {"key": trial.key, "label": trial.label, "reason": reason, "detail": detail[-4000:], RETRY_ALONE: True}
+        _record(lambda: st.files(trial).mark_failed(record), reason)
+        tell_failed(reason)
         return False
     finally:
         hardware.hand_back_gpu_memory()

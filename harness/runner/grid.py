@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,23 @@ class Summary:
         return out
 
 
-def summarize(grid: str, trials: Sequence[Trial], store: store_mod.Store, skipped: int = 0) -> Summary:
+def summarize(
+    grid: str,
+    trials: Sequence[Trial],
+    store: store_mod.Store,
+    skipped: int = 0,
+    unrecorded: Mapping[str, str] | None = None,
+) -> Summary:
+    """What the store says of each trial; `unrecorded` holds the reasons of failures no failed.json could hold."""
     done, failed, pending = [], [], []
+    unrecorded = unrecorded or {}
     for t in trials:
         if store.is_done(t):
             done.append(t.key)
         elif (f := store.failure(t)) is not None:
             failed.append({"key": t.key, "label": t.label, "reason": f.get("reason", "unknown")})
+        elif t.key in unrecorded:
+            failed.append({"key": t.key, "label": t.label, "reason": unrecorded[t.key]})
         else:
             pending.append(t.key)
     return Summary(grid=grid, total=len(trials), done=done, failed=failed, pending=pending, skipped=skipped)
@@ -96,7 +106,7 @@ def _trainable(config: dict[str, Any]) -> None:
                 report=lambda row: tune.report(placement.epoch_report(row, gpu)),
                 context=where,
             ),
-            tell_failed=lambda: tune.report({"failed": 1}),
+            tell_failed=lambda reason: tune.report({"failed": 1, "reason": reason}),
         ):
             st.mark_done(trial)
 
@@ -161,9 +171,15 @@ class Retries(tune.Callback):
     trial whose last retry ends so is recorded here, with Ray's reason."""
 
     def __init__(
-        self, st: store_mod.Store, retries: int, trial_of: Callable[[dict[str, Any]], Trial] = _grid_trial
+        self,
+        st: store_mod.Store,
+        retries: int,
+        trial_of: Callable[[dict[str, Any]], Trial] = _grid_trial,
+        unrecorded: dict[str, str] | None = None,
     ) -> None:
         self.st, self.retries, self.trial_of = st, retries, trial_of
+        # key -> reason of a failure that no failed.json could hold (a disk still full): the summary reads it
+        self.unrecorded = {} if unrecorded is None else unrecorded
 
     def _trial(self, trial: Any) -> Trial | None:
         try:
@@ -195,8 +211,22 @@ class Retries(tune.Callback):
             why,
             self.retries,
         )
-        if t is not None and self.st.failure(t) is None and not self.st.is_done(t):
-            self.st.mark_failed(t, f"{why} (attempt {trial.num_failures} of {self.retries + 1})")
+        if t is not None:
+            self._record(t, f"{why} (attempt {trial.num_failures} of {self.retries + 1})")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        t = self._trial(trial) if result.get("failed") and result.get("reason") else None
+        if t is not None:  # the worker reports its reason too: its own failed.json may not have fitted on disk
+            self._record(t, str(result["reason"]))
+
+    def _record(self, t: Trial, reason: str) -> None:
+        if self.st.failure(t) is not None or self.st.is_done(t):
+            return
+        try:
+            self.st.mark_failed(t, reason)
+        except OSError as exc:  # a full disk ends this trial, not the run: the summary still names it
+            log.warning("%s: could not record its failure (%s)", t.label, exc)
+            self.unrecorded[t.key] = reason
 
 
 def _why(trial: Any) -> str:
@@ -269,6 +299,7 @@ def _fit(
     progress: Progress | None,
     stop: Stop,
     decisions: placement.Decisions,
+    unrecorded: dict[str, str],
 ) -> None:
     """One Tuner over the trials, started in their order; shape(trial) gives a trial's resources."""
     # Resources per trial from its shape, so an AlexNet trial can share a GPU with a ResNet152 one.
@@ -289,7 +320,12 @@ def _fit(
             reuse_actors=runtime.reuse_workers, trial_name_creator=_run_name, trial_dirname_creator=_run_name
         ),
         run_config=run_config(
-            name, st, runtime, progress, stop, [Retries(st, runtime.max_retries), placement.Observer(name, decisions)]
+            name,
+            st,
+            runtime,
+            progress,
+            stop,
+            [Retries(st, runtime.max_retries, unrecorded=unrecorded), placement.Observer(name, decisions)],
         ),
     )
     with quiet_tune():
@@ -309,7 +345,13 @@ def _to_run(trials: Sequence[Trial], st: store_mod.Store) -> list[Trial]:
 
 
 def _run(
-    grid: str, pending: Sequence[Trial], runtime: Runtime, st: store_mod.Store, progress: Progress | None, stop: Stop
+    grid: str,
+    pending: Sequence[Trial],
+    runtime: Runtime,
+    st: store_mod.Store,
+    progress: Progress | None,
+    stop: Stop,
+    unrecorded: dict[str, str],
 ) -> None:
     """The pending trials, costliest first; then, each with a GPU to itself, those that ran out of GPU memory beside
     others. What their epochs showed about sharing a GPU is remembered for the next run, even after a stop."""
@@ -320,7 +362,7 @@ def _run(
         for t in pending:
             st.begin(t, grid)
         share = lambda t: placement.resources(t, runtime, node, decisions.per_gpu)  # noqa: E731
-        _fit(grid, pending, runtime, st, share, progress, stop, decisions)
+        _fit(grid, pending, runtime, st, share, progress, stop, decisions, unrecorded)
         alone = [t for t in pending if needs_a_whole_gpu(st, t)]
         for t in alone:
             decisions.ran_out(t)
@@ -332,7 +374,7 @@ def _run(
         for t in alone:
             st.begin(t, grid)  # its finished epochs stay: it resumes after the last
         whole = lambda t: placement.resources(t, runtime, node, decisions.per_gpu, alone=True)  # noqa: E731
-        _fit(f"{grid}-alone", alone, runtime, st, whole, progress, stop, decisions)
+        _fit(f"{grid}-alone", alone, runtime, st, whole, progress, stop, decisions, unrecorded)
     finally:
         _learn(decisions)
 
@@ -353,6 +395,7 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
         pending = _to_run(trials, st)
         already = len(trials) - len(pending)
         stopped = None
+        unrecorded: dict[str, str] = {}
         if pending:
             own_ray = start_ray(runtime)  # first: ray.init sets a SIGTERM handler, which stoppable() replaces
             progress = Progress(len(trials), already) if runtime.progress else None
@@ -360,13 +403,14 @@ def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
             def last_words(stop: Stop) -> None:  # Ray went down with the driver: the store says what was done
                 if progress:
                     progress.close()
-                print("\n".join(replace(summarize(grid, trials, st, skipped=already), stopped=stop.cause).lines()))
+                summary = summarize(grid, trials, st, skipped=already, unrecorded=unrecorded)
+                print("\n".join(replace(summary, stopped=stop.cause).lines()))
 
             try:
                 with stoppable(ray_reachable, last_words, own_ray=own_ray) as stop:
-                    _run(grid, pending, runtime, st, progress, stop)
+                    _run(grid, pending, runtime, st, progress, stop, unrecorded)
             finally:
                 if progress:
                     progress.close()
             stopped = stop.signal
-        return replace(summarize(grid, trials, st, skipped=already), stopped=stopped)
+        return replace(summarize(grid, trials, st, skipped=already, unrecorded=unrecorded), stopped=stopped)

@@ -113,7 +113,9 @@ def _search_trainable(config: dict[str, Any]) -> None:
                 st,
                 trial,
                 lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
-                tell_failed=lambda: tune.report({"failed": 1, "key": trial.key, metric: math.nan}),
+                tell_failed=lambda reason: tune.report(
+                    {"failed": 1, "reason": reason, "key": trial.key, metric: math.nan}
+                ),
             )
     except SystemExit:
         # Stopped early: its weights are not a result (its curve is). Dropped here, after run_trial has waited

@@ -15,7 +15,9 @@ from harness.store.writes import (
     exclusive,
     fsync,
     read_json,
+    reserve,
     write_bytes,
+    write_failed,
     write_json,
     write_npz,
 )
@@ -37,8 +39,10 @@ __all__ = [
     "load_results",
     "provenance",
     "read_json",
+    "reserve",
     "scan",
     "write_bytes",
+    "write_failed",
     "write_json",
     "write_npz",
 ]

@@ -284,8 +284,10 @@ def _number(text: str) -> Any:
 def _torch_save(obj: Any, path: Path) -> None:
     import torch  # only writers of weights pay for torch; the report never does
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file object this code closes: on a failed write torch's own writer would keep the half-written
+    # temporary open (its space not freed) while the error is handled, and its error would not carry the errno.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _torch_load(path: Path, map_location: Any) -> Any:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -56,10 +57,53 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     except BaseException as exc:
         if tmp_path is not None:
             with contextlib.suppress(OSError):
-                tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteFailed) and exc.errno in _DISK_ERRORS:
-            raise WriteFailed(exc.errno, f"{_DISK_ERRORS[exc.errno]} while writing {path}") from exc
+                tmp_path.unlink(missing_ok=True)  # after the writer closed it: only then is its space free
+        failed = write_failed(exc, path)
+        if failed is not None:
+            raise failed from exc
         raise
+
+
+def write_failed(exc: BaseException, path: Path | str) -> WriteFailed | None:
+    """exc as a WriteFailed naming `path` and the space left, when a disk error is behind it; else None."""
+    disk = None if isinstance(exc, WriteFailed) else disk_error(exc)
+    if disk is None:
+        return None
+    return WriteFailed(disk.errno, f"{_DISK_ERRORS[disk.errno]} while writing {path}{_free(Path(path))}")
+
+
+def disk_error(exc: BaseException) -> OSError | None:
+    """The disk error (full, over quota, I/O) behind exc, or None. torch.save reports a failed write as a
+    RuntimeError ("enforce fail at inline_container.cc"), with the OSError of the file it wrote to as context."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _free(path: Path) -> str:
+    """ "(12.3 MB free)": what is left where path lies, for the message of a failed write."""
+    for folder in (path.parent, *path.parents):
+        try:
+            return f" ({shutil.disk_usage(folder).free / 1e6:,.1f} MB free)"
+        except OSError:
+            continue
+    return ""
+
+
+def reserve(path: Path | str) -> None:
+    """Allocate every block of an existing (sparse) file now, so that a full disk is an OSError here and
+    not a SIGBUS later, when a memory map of it first touches a page. A filesystem that cannot reserve
+    space ahead (EOPNOTSUPP, EINVAL) is left to fail on write, as before."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
 
 
 def _create_temp(path: Path) -> Path:

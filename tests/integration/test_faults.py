@@ -5,6 +5,7 @@ mid-trial; an unreachable cluster is one line."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,6 +139,8 @@ def test_ctrl_c_then_kill_9_then_a_rerun_finish_every_trial_once(small_synthetic
     first = {d.name: (d / "metrics.json").stat().st_mtime_ns for d in done_dirs(grid_dir)}
     assert {k: first[k] for k in kept} == kept  # the first rerun kept what the stopped run finished
     killed = {d.name: finished_epochs(d) for d in mid_trial(grid_dir)}
+    for key, epochs in killed.items():  # an epoch is reported (history.csv, the progress bar) once it is on disk
+        assert len(pd.read_csv(grid_dir / key / "history.csv")) <= epochs
 
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr[-3000:]
@@ -180,6 +183,43 @@ def test_sigterm_ends_the_run_in_seconds_keeping_every_finished_epoch(synthetic_
     kept = {d.name for d in done_dirs(grid_dir)}
     for key, n in resumable.items():
         assert key in kept or finished_epochs(grid_dir / key) >= n
+
+
+@contextlib.contextmanager
+def small_disk(path, size):
+    """A tmpfs of `size` at path (root and a kernel that allows it), unmounted after; skips where it cannot."""
+    path.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield lambda new: subprocess.run(["mount", "-o", f"remount,size={new}", str(path)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.slow  # two runs of a Ray grid; the unit layer covers each step (test_store, test_recovery)
+def test_a_full_results_disk_fails_its_trials_in_one_line_each_and_a_rerun_with_space_finishes_them(
+    small_synthetic_tree, env, tmp_path
+):
+    grid = write_grid(tmp_path, "full", "base: {arch: alexnet, image_size: 64, epochs: 2}\naxes: {loss: [bce, focal]}")
+    with small_disk(tmp_path / "results", "300m") as resize:  # model.pt (228 MB) fits; last.pt does not
+        cmd = harness_run(grid, small_synthetic_tree, tmp_path / "results")
+        run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 1, run.stdout + run.stderr[-3000:]
+        assert "full: 0/2 trials done (0 already done before this run), 2 failed, 0 not run" in run.stdout
+        failed = [line for line in run.stdout.splitlines() if line.startswith("  FAILED")]
+        assert len(failed) == 2 and all(
+            "no space left on device while writing" in f and "MB free)" in f for f in failed
+        )
+        assert "Traceback" not in run.stderr and "retry" not in run.stderr, run.stderr[-3000:]
+        assert list((tmp_path / "results").rglob("*.tmp")) == []
+        resize("3g")
+        again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "full: 2/2 trials done" in again.stdout, again.stdout + again.stderr[-3000:]
+        assert list((tmp_path / "results").rglob("*.tmp")) == []
 
 
 def _ray_stop(proc, sig):

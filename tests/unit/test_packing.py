@@ -237,12 +237,12 @@ def test_attempt_records_the_retry_alone_and_only_when_sharing(tmp_path, monkeyp
         raise torch.cuda.OutOfMemoryError(OOM)
 
     monkeypatch.setattr(attempt, "assigned", lambda: {"CPU": 1.0, "GPU": 0.25})
-    assert attempt.attempt(st, trial, runs_out, tell_failed=lambda: told.append(1)) is False  # Ray does not retry
-    assert told == [1] and attempt.needs_a_whole_gpu(st, trial)
+    assert attempt.attempt(st, trial, runs_out, tell_failed=told.append) is False  # Ray does not retry
+    assert told == [st.failure(trial)["reason"]] and attempt.needs_a_whole_gpu(st, trial)
     assert "on a 0.25 share of a GPU, beside other trials" in st.failure(trial)["reason"]
 
     monkeypatch.setattr(attempt, "assigned", lambda: {"CPU": 1.0, "GPU": 1.0})
     with pytest.raises(torch.cuda.OutOfMemoryError):  # alone on its GPU: recorded, and Ray's retries decide
-        attempt.attempt(st, trial, runs_out, tell_failed=lambda: told.append(1))
-    assert told == [1] and not attempt.needs_a_whole_gpu(st, trial)
+        attempt.attempt(st, trial, runs_out, tell_failed=told.append)
+    assert len(told) == 1 and not attempt.needs_a_whole_gpu(st, trial)
     assert st.failure(trial)["reason"].startswith("OutOfMemoryError: CUDA out of memory")

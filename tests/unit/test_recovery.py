@@ -174,6 +174,51 @@ def test_a_search_trial_whose_worker_died_each_time_is_recorded_in_one_line(tmp_
     assert st.failure(trial)["reason"] == "its worker died or its node was lost: ActorDiedError (attempt 2 of 2)"
 
 
+def _full_disk(path):
+    return store.WriteFailed(28, f"no space left on device while writing {path} (0.1 MB free)")
+
+
+def test_a_full_disk_fails_the_trial_once_without_a_retry_even_when_its_record_does_not_fit(tmp_path, monkeypatch):
+    """Retrying cannot make space: the attempt ends as failed (Ray is told, with the reason) instead of being
+    raised for Ray to retry. When failed.json does not fit either, the run still learns why from Ray's result."""
+    attempt = pytest.importorskip("harness.runner.attempt")
+    st = store.Store(tmp_path / "g")
+    trial = Trial(arch="alexnet")
+    st.begin(trial, "g")
+    told = []
+
+    def fills_the_disk():
+        raise _full_disk(st.trial_dir(trial) / "last.pt")
+
+    assert attempt.attempt(st, trial, fills_the_disk, tell_failed=told.append) is False
+    assert told == [st.failure(trial)["reason"]] and "no space left on device while writing" in told[0]
+
+    st.begin(trial, "g")  # a new attempt starts without the old record
+    monkeypatch.setattr(store.TrialFiles, "mark_failed", lambda self, record: (_ for _ in ()).throw(_full_disk(self)))
+    assert attempt.attempt(st, trial, fills_the_disk, tell_failed=told.append) is False
+    assert st.failure(trial) is None and told[-1].startswith("no space left on device while writing")
+
+
+def test_a_failure_no_file_could_hold_is_still_in_the_summary(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from harness.runner.grid import Retries, summarize
+
+    st = store.Store(tmp_path / "g")
+    full, fine = Trial(arch="alexnet", seed=0), Trial(arch="alexnet", seed=1)
+    for t in (full, fine):
+        st.begin(t, "g")
+    retries = Retries(st, 2)
+    reason = "no space left on device while writing x/last.pt (0.1 MB free)"
+    retries.on_trial_result(0, [], SimpleNamespace(config={"trial": fine.to_dict()}), {"failed": 1, "reason": reason})
+    assert st.failure(fine)["reason"] == reason  # the worker's record did not fit; the driver's did
+    monkeypatch.setattr(store.TrialFiles, "mark_failed", lambda self, record: (_ for _ in ()).throw(_full_disk(self)))
+    retries.on_trial_result(0, [], SimpleNamespace(config={"trial": full.to_dict()}), {"failed": 1, "reason": reason})
+    lines = summarize("g", [full, fine], st, unrecorded=retries.unrecorded).lines()
+    assert lines[0] == "g: 0/2 trials done (0 already done before this run), 2 failed, 0 not run"
+    assert f"  FAILED {full.label} ({full.key}): {reason}" in lines
+
+
 def test_the_progress_bar_drops_a_dead_attempts_epoch_until_its_retry_reports():
     from types import SimpleNamespace
 

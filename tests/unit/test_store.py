@@ -177,6 +177,64 @@ def test_a_failed_torch_save_leaves_no_temporary_file(tmp_path):
     assert list(files.path.iterdir()) == []
 
 
+def test_a_disk_that_fills_during_torch_save_is_one_line_with_the_space_left_and_no_temporary_file(
+    tmp_path, monkeypatch
+):
+    """torch.save turns the failed write into a RuntimeError ("enforce fail at inline_container.cc"); the store
+    finds the disk error behind it, names the file and the free space, and keeps the previous complete file."""
+    torch = pytest.importorskip("torch")
+    from harness.store import trial as trial_mod
+
+    files = store.TrialFiles(tmp_path / "t")
+    files.save_resume({"epoch": 0, "model": {"w": torch.zeros(4)}})
+    before = (files.path / store.TrialFiles.RESUME).read_bytes()
+    opened = []
+
+    class FullDisk:  # the file a disk with 1 KB left would give: writes past it fail with ENOSPC
+        def __init__(self, path, mode):
+            self.fh = open(path, mode)  # noqa: SIM115 - closed by the store's `with`, which is under test
+            opened.append(self.fh)
+
+        def write(self, data):
+            if self.fh.tell() + len(data) > 1024:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    monkeypatch.setattr(trial_mod, "open", FullDisk, raising=False)
+    with pytest.raises(
+        store.WriteFailed, match=r"no space left on device while writing .*last\.pt \([\d,.]+ MB free\)"
+    ):
+        files.save_resume({"epoch": 1, "model": {"w": torch.ones(100_000)}})
+    assert opened and all(fh.closed for fh in opened)  # closed before the failure is handled: its space is free
+    assert sorted(p.name for p in files.path.iterdir()) == [store.TrialFiles.RESUME]
+    assert (files.path / store.TrialFiles.RESUME).read_bytes() == before
+
+
+def test_a_cache_file_that_does_not_fit_is_refused_before_it_is_mapped(tmp_path, monkeypatch):
+    """A sparse memory map on a full disk ends in SIGBUS when a page is first touched: the space is reserved first."""
+    from harness.data import cache
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with (
+        pytest.raises(store.WriteFailed, match=r"no space left on device while writing .*c\.npy \("),
+        store.atomic_path(tmp_path / "c.npy") as tmp,
+    ):
+        cache._mapped(tmp, (4, 8, 8))
+    assert list(tmp_path.iterdir()) == []
+
+
 def _stale(path: Path, size: int = 8, age_s: float = 3600) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * size)

@@ -176,3 +176,34 @@ def test_the_writer_writes_the_state_as_submitted_not_as_training_changes_it(tmp
     assert state["epoch"] == 1 and state["history"] == [{"epoch": 1}, {"epoch": 2}]
     assert torch.equal(state["model"]["w"], torch.ones(3))
     assert torch.equal(files.load_weights()["w"], torch.zeros(3))  # written with epoch 0, not rewritten
+
+
+def test_an_epoch_is_announced_only_once_its_checkpoint_is_on_disk_and_on_the_training_thread(tmp_path, monkeypatch):
+    """What a signal or a scheduler acts on (the report) never runs ahead of the files it relies on."""
+    gate = threading.Event()
+    real_save = store.TrialFiles.save_resume
+    monkeypatch.setattr(store.TrialFiles, "save_resume", lambda self, state: (gate.wait(30), real_save(self, state)))
+    files = store.TrialFiles(tmp_path)
+    announced: list[tuple[int, int | None, bool]] = []
+
+    def announce(epoch: int) -> None:
+        on_disk = files.load_resume()
+        announced.append((epoch, on_disk and on_disk["epoch"], threading.current_thread() is threading.main_thread()))
+
+    with CheckpointWriter(files) as writer:
+        writer.submit({"model": {"w": torch.zeros(2)}, "epoch": 0}, best=True, then=lambda: announce(0))
+        writer.poll()  # the write is held: nothing is announced, nothing blocks
+        assert announced == []
+        gate.set()
+        while announced == []:
+            writer.poll()
+        writer.submit({"model": {"w": torch.ones(2)}, "epoch": 1}, best=False, then=lambda: announce(1))
+    assert announced == [(0, 0, True), (1, 1, True)]  # the last one by close(), on leaving the block
+
+
+def test_an_epoch_is_not_announced_after_the_trial_ended_with_an_error(tmp_path):
+    announced = []
+    with pytest.raises(RuntimeError, match="diverged"), CheckpointWriter(store.TrialFiles(tmp_path)) as writer:
+        writer.submit({"model": {"w": torch.zeros(2)}, "epoch": 0}, best=True, then=lambda: announced.append(0))
+        raise RuntimeError("diverged")
+    assert announced == [] and store.TrialFiles(tmp_path).load_resume()["epoch"] == 0  # written, not announced

@@ -167,8 +167,11 @@ def generate(
         if out.is_dir():
             out.rmdir()  # empty, checked above; os.replace cannot move a folder onto a non-empty one
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        failed = store.write_failed(exc, out)  # a full disk, in one line: the renderers' tracebacks say no more
+        if failed is not None:
+            raise failed from None
         raise
     return out
 
