@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from harness.runner.stopping import Stop, resume_command, stoppable
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("complete", "pruned", "failed")
+# interrupted: cut short by a stop signal, not by the scheduler; its checkpoint is kept and the next run resumes it
+OUTCOMES = ("complete", "pruned", "failed", "interrupted")
 
 
 @dataclass
@@ -62,11 +63,16 @@ class SearchRun:
         return [f"{t['label']} ({t['key']}): {t['reason']}" for t in self.trials if t["outcome"] == "failed"]
 
 
-def outcome(result: dict[str, Any] | None, epochs: int) -> str:
-    """complete: trained every epoch; pruned: stopped by the scheduler; failed: no epoch, or the trial said so."""
-    if not result or result.get("failed") or "epoch" not in result:
+def outcome(result: dict[str, Any] | None, epochs: int, *, stopped: bool = False) -> str:
+    """complete: trained every epoch; pruned: stopped by the scheduler; interrupted: cut short by a stop signal
+    (`stopped`: one had come), or never started for it; failed: the trial said so, or no epoch."""
+    if result and result.get("failed"):
         return "failed"
-    return "complete" if result["epoch"] >= epochs else "pruned"
+    if result and result.get("epoch", 0) >= epochs:
+        return "complete"
+    if stopped:
+        return "interrupted"
+    return "pruned" if result and "epoch" in result else "failed"
 
 
 def _drawn(config: dict[str, Any]) -> dict[str, Any]:
@@ -106,22 +112,15 @@ def _search_trainable(config: dict[str, Any]) -> None:
     resumed = files.load_resume()  # the epochs a killed attempt finished: run_trial reports only the rest
     for row in resumed["history"] if resumed else []:
         emit(row)
-    # Ray's report() raises SystemExit in a trial the scheduler stopped: attempt lets it through, no failure.
-    try:
-        with trial_running():
-            done = attempt(
-                st,
-                trial,
-                lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
-                tell_failed=lambda reason: tune.report(
-                    {"failed": 1, "reason": reason, "key": trial.key, metric: math.nan}
-                ),
-            )
-    except SystemExit:
-        # Stopped early: its weights are not a result (its curve is). Dropped here, after run_trial has waited
-        # for its background checkpoint writer, so no late write can bring them back.
-        files.drop_checkpoints()
-        raise
+    # Ray's report() raises SystemExit in a trial the scheduler (or a stop signal) stopped: attempt lets it
+    # through, no failure. Which of the two it was only the driver knows: it drops a pruned trial's weights.
+    with trial_running():
+        done = attempt(
+            st,
+            trial,
+            lambda: train.run_trial(trial, runtime, out_dir=files.path, report=emit, test=False),
+            tell_failed=lambda reason: tune.report({"failed": 1, "reason": reason, "key": trial.key, metric: math.nan}),
+        )
     if done:
         st.mark_done(trial)
 
@@ -143,12 +142,15 @@ class StudySearcher(Searcher):
     """Ray's side of the study: suggests the study's points and tells it each epoch and each ending.
 
     Ray skips on_trial_result for the result at which a scheduler stops a trial; on_trial_complete
-    reports it, so a pruned trial's curve is whole. How a trial ended is decided from its last result.
+    reports it, so a pruned trial's curve is whole. How a trial ended is decided from its last result, and
+    from whether a stop signal had come (`stopping`): then a trial short of its epochs was interrupted.
     """
 
-    def __init__(self, study: Any, *, metric: str, mode: str, epochs: int) -> None:
+    def __init__(
+        self, study: Any, *, metric: str, mode: str, epochs: int, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
         super().__init__(metric=metric, mode=mode)
-        self.study, self.epochs = study, epochs
+        self.study, self.epochs, self.stopping = study, epochs, stopping
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         return self.study.ask(trial_id)
@@ -160,7 +162,7 @@ class StudySearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         result = result or {}
         self.on_trial_result(trial_id, result)
-        ended = "failed" if error else outcome(result, self.epochs)
+        ended = "failed" if error else outcome(result, self.epochs, stopped=self.stopping())
         try:
             self.study.finish(trial_id, outcome=ended, attrs={"key": result.get("key"), "ray_trial_id": trial_id})
         except Exception:  # the study must not take the whole search down; the trial is failed when the run ends
@@ -225,28 +227,32 @@ def _search_resources(plan: SearchPlan, runtime: Runtime, cluster: dict[str, flo
     return max(shapes, key=lambda r: (r["gpu"], r["cpu"]))
 
 
-def _trial_row(r: Any, plan: SearchPlan, st: store_mod.Store, epochs: int) -> dict[str, Any]:
-    """One of Ray's results as this run's record of it; a pruned trial's weights are dropped, its curve kept."""
+def _trial_row(r: Any, plan: SearchPlan, st: store_mod.Store, epochs: int, stopped: bool) -> dict[str, Any]:
+    """One of Ray's results as this run's record of it; a pruned trial's weights are dropped, its curve kept; an
+    interrupted one keeps its checkpoint for the next run."""
     config = r.config or {}
     try:
         trial = _trial_of(config)
     except (ConfigError, KeyError) as exc:
         return {"key": "-", "label": "?", "outcome": "failed", "epochs_run": 0, "reason": str(exc)}
     metrics = r.metrics or {}
-    ended = "failed" if r.error else outcome(metrics, epochs)
+    ended = "failed" if r.error else outcome(metrics, epochs, stopped=stopped)
     files = st.files(trial)
     reason = ""
     if ended == "failed":
         failure = st.failure(trial)
-        stopped = f"{type(r.error).__name__}: {r.error}" if r.error else "did not run (the search was stopped)"
-        reason = (failure or {}).get("reason") or metrics.get("reason") or stopped
+        reason = (failure or {}).get("reason") or metrics.get("reason") or f"{type(r.error).__name__}: {r.error}"
+    elif ended == "interrupted":
+        reason = "interrupted: the search was stopped; the next run resumes it"
     if ended == "pruned" and not st.is_done(trial):
         files.drop_checkpoints()  # weights of a trial stopped early are not a result; its history.csv is
+    # Epochs from the store: Ray's last result can trail the history a stopped trial wrote.
+    history = files.read_history() if files.path.is_dir() else []
     row = {
         "key": trial.key,
         "label": trial.label,
         "outcome": ended,
-        "epochs_run": int(metrics.get("epoch", 0) or 0),
+        "epochs_run": max(len(history), int(metrics.get("epoch", 0) or 0)),
         "reason": reason,
     }
     if files.path.is_dir():
@@ -309,7 +315,9 @@ def _fit(plan: SearchPlan, runtime: Runtime, st: store_mod.Store, stop: Stop) ->
             "metric": plan.metric,
         },
         tune_config=tune.TuneConfig(
-            search_alg=StudySearcher(plan.study, metric=plan.metric, mode=plan.mode, epochs=epochs),
+            search_alg=StudySearcher(
+                plan.study, metric=plan.metric, mode=plan.mode, epochs=epochs, stopping=stop.stop_all
+            ),
             scheduler=_asha(plan, epochs),
             num_samples=plan.samples,
             max_concurrent_trials=plan.concurrency,
@@ -332,4 +340,6 @@ def _fit(plan: SearchPlan, runtime: Runtime, st: store_mod.Store, stop: Stop) ->
     finally:
         if progress:
             progress.close()
-    return SearchRun(trials=[_trial_row(r, plan, st, epochs) for r in results], stopped=stop.signal)
+    return SearchRun(
+        trials=[_trial_row(r, plan, st, epochs, stopped=stop.stop_all()) for r in results], stopped=stop.signal
+    )

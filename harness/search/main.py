@@ -39,10 +39,14 @@ class Outcome:
 
     def lines(self) -> list[str]:
         s, counts = self.summary, self.summary["trials"]
+        interrupted = f", {self.new['interrupted']} interrupted" if self.new.get("interrupted") else ""
+        held = f", {counts['interrupted']} interrupted" if counts.get("interrupted") else ""
+        if counts.get("resumed"):
+            held += f" ({counts['resumed']} of them resumed since)"
         out = [
             f"{self.search.study_name}: {sum(self.new.values())} new trials: {self.new['complete']} complete, "
-            f"{self.new['pruned']} pruned, {self.new['failed']} failed; the study now holds "
-            f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed"
+            f"{self.new['pruned']} pruned, {self.new['failed']} failed{interrupted}; the study now holds "
+            f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{held}"
             + (f", {counts['running']} running elsewhere or only just stopped" if counts.get("running") else "")
         ]
         out += [f"  FAILED {line}" for line in self.failures]
@@ -94,6 +98,14 @@ def run(search: Search, runtime: Runtime) -> Outcome:
                 "the study's finished trials are kept",
                 search.study_name,
                 stale,
+            )
+        queued = study_mod.requeue_interrupted(study)
+        if queued:
+            log.warning(
+                "%s: %d interrupted trial(s) (#%s) run first, each from its last finished epoch",
+                search.study_name,
+                len(queued),
+                ", #".join(map(str, queued)),
             )
         prepare.prepare_all(_cache_trials(search, base), runtime)
         # Offset by the trials so far: a rerun with the seed alone would draw the first run's startup points again.

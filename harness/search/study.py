@@ -32,7 +32,9 @@ STATES = {
     "complete": optuna.trial.TrialState.COMPLETE,
     "pruned": optuna.trial.TrialState.PRUNED,
     "failed": optuna.trial.TrialState.FAIL,
+    "interrupted": optuna.trial.TrialState.FAIL,  # Optuna has no state for it: the attrs say, and a rerun resumes it
 }
+INTERRUPTED = "interrupted: the search was stopped"
 
 
 def storage(
@@ -97,6 +99,36 @@ def fail_stale(study: optuna.Study) -> int:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     return len(before - _running(study))
+
+
+def interrupted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial a stop signal cut short (told so), or one whose search died under it (failed as stale)."""
+    if trial.state is not optuna.trial.TrialState.FAIL:
+        return False
+    return trial.user_attrs.get("outcome", "interrupted") == "interrupted"
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Queue each interrupted trial's point once more, to be asked before any new one: its settings (so its key
+    and folder) are the same, and the trial resumes from its last finished epoch. Returns the numbers queued."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("resumes") for t in trials}
+    queued = [t.number for t in trials if interrupted(t) and t.number not in taken and t.params]
+    for number in queued:
+        study.enqueue_trial(trials[number].params, user_attrs={"resumes": number})
+    return queued
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state, interrupted ones apart from failed ones (Optuna files both as FAIL); `resumed`: the
+    interrupted ones a later trial took up (queued or run)."""
+    trials = study.get_trials(deepcopy=False)
+    out = {s.name.lower(): sum(t.state is s for t in trials) for s in optuna.trial.TrialState}
+    cut = {t.number for t in trials if interrupted(t)}
+    out["interrupted"] = len(cut)
+    out["resumed"] = len(cut & {t.user_attrs.get("resumes") for t in trials})
+    out["fail"] -= out["interrupted"]
+    return out
 
 
 def prior(study: optuna.Study) -> list[dict[int, float]]:
@@ -171,6 +203,8 @@ class LiveTrials:
         best = (max if self.maximize else min)(values) if values else None
         for key, v in {**attrs, "outcome": outcome, "epochs_run": self.epochs(trial_id)}.items():
             trial.set_user_attr(key, v)
+        if outcome == "interrupted":
+            trial.set_user_attr("reason", INTERRUPTED)
         state = STATES[outcome]
         if state is optuna.trial.TrialState.COMPLETE and best is None:
             trial.set_user_attr("reason", "no finite value")
@@ -179,13 +213,12 @@ class LiveTrials:
         self.study.tell(trial, value, state=state, skip_if_finished=True)
 
     def close(self) -> None:
-        """Stop the heartbeat; a trial asked but never told (the run was stopped) is failed, saying so."""
+        """Stop the heartbeat; a trial asked but never told (the run was stopped) is interrupted, saying so."""
         self._stop.set()
         self._beats.join()
         for trial_id in list(self._asked):
             if trial_id not in self._told:
-                self._asked[trial_id].set_user_attr("reason", "interrupted: the search was stopped")
-                self.finish(trial_id, outcome="failed", attrs={"ray_trial_id": trial_id})
+                self.finish(trial_id, outcome="interrupted", attrs={"ray_trial_id": trial_id})
 
     def _live(self) -> list[optuna.Trial]:
         with self._lock:

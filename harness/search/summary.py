@@ -12,6 +12,7 @@ import yaml
 
 from harness import store as store_mod
 from harness.config import Runtime, Trial, trial_from_dict
+from harness.search import study as study_mod
 from harness.search.spec import Search
 
 
@@ -106,7 +107,7 @@ def export(search: Search, study: optuna.Study, runtime: Runtime) -> dict[str, A
     """Write the study's outputs under results/<name>/search/<study>/ and return what was written."""
     out = store_mod.Store(Path(runtime.results_dir) / search.name).search_dir(search.study_name)
     out.mkdir(parents=True, exist_ok=True)
-    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in optuna.trial.TrialState}
+    counts = study_mod.counts(study)
     summary: dict[str, Any] = {
         "study": search.study_name,
         "metric": search.metric,

@@ -474,9 +474,12 @@ def test_a_lost_node_loses_nothing(synthetic_tree, env, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_whose_ray_ended_under_it_ends_at_once_and_fails_the_interrupted_trial(synthetic_tree, env, tmp_path):
+def test_a_search_whose_ray_ended_under_it_ends_at_once_and_a_rerun_resumes_the_interrupted_trial(
+    synthetic_tree, env, tmp_path
+):
     """The search's side of a job-wide SIGTERM: its line says how to continue, and the trial Ray was running is
-    failed in the study at once (not left "running" until its heartbeat goes stale)."""
+    told to the study at once as interrupted (not left "running" until its heartbeat goes stale), and a rerun
+    resumes it from its checkpoint, with the study, search.json and history.csv in agreement."""
     import optuna
 
     spec = tmp_path / "s.yaml"
@@ -521,3 +524,29 @@ def test_a_search_whose_ray_ended_under_it_ends_at_once_and_fails_the_interrupte
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{results / 's' / 'study.db'}")
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.FAIL in states, states
+    cut = [t for t in study.trials if t.user_attrs.get("outcome") == "interrupted"]
+    assert cut and all(t.state == optuna.trial.TrialState.FAIL for t in cut)
+    part_way = {
+        t.number: finished_epochs(results / "s" / t.user_attrs["key"])
+        for t in cut
+        if "key" in t.user_attrs and (results / "s" / t.user_attrs["key"] / "last.pt").is_file()
+    }
+
+    # The rerun runs the interrupted trials first, each from its checkpoint, and every record agrees.
+    again = subprocess.run([*cmd, "--samples", str(len(cut))], cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert f"{len(cut)} interrupted trial(s)" in again.stderr
+    for number, epochs in part_way.items():
+        key = study.trials[number].user_attrs["key"]
+        label = json.loads((results / "s" / key / "trial.json").read_text())["label"]
+        assert f"{label}: resuming after epoch {epochs}" in again.stderr, again.stderr[-3000:]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{results / 's' / 'study.db'}")
+    resumed = {t.user_attrs["resumes"]: t for t in study.trials if "resumes" in t.user_attrs}
+    assert sorted(resumed) == [t.number for t in cut]
+    for t in resumed.values():
+        assert t.params == study.trials[t.user_attrs["resumes"]].params
+        record = json.loads((results / "s" / t.user_attrs["key"] / "search.json").read_text())
+        history = pd.read_csv(results / "s" / t.user_attrs["key"] / "history.csv")
+        assert record["outcome"] == t.user_attrs["outcome"] and record["epochs_run"] == len(history)
+        assert history["epoch"].tolist() == list(range(1, len(history) + 1))  # no epoch repeated or lost
+    assert f"{len(cut)} interrupted ({len(cut)} of them resumed since)" in again.stdout

@@ -248,6 +248,38 @@ def test_outcome_of_a_result():
     assert outcome({"epoch": 1}, 3) == "pruned"
     assert outcome({"failed": 1}, 3) == "failed"
     assert outcome(None, 3) == "failed"
+    # After a stop signal, what is short of its epochs was cut short by it (or never started), not pruned.
+    assert outcome({"epoch": 1}, 3, stopped=True) == "interrupted"
+    assert outcome(None, 3, stopped=True) == "interrupted"
+    assert outcome({"epoch": 3}, 3, stopped=True) == "complete"
+    assert outcome({"failed": 1}, 3, stopped=True) == "failed"
+
+
+def test_an_interrupted_trial_is_queued_once_with_its_point_and_counted_apart_from_failures(searcher):
+    """A stop signal mid-trial: the study files it as FAIL (Optuna has no other state) saying interrupted; the
+    next run asks its point first (same settings, so the same folder and checkpoint) and counts agree."""
+    study = searcher.study.study
+    searcher.stopping = lambda: True
+    drawn = [searcher.suggest(t)["lr"] for t in "abc"]
+    searcher.on_trial_complete("a", result=row(3, 0.4))  # finished before the signal
+    searcher.on_trial_result("b", row(1, 0.7))
+    searcher.on_trial_complete("b", result=row(1, 0.7))  # stopped by the signal after epoch 1
+    searcher.study.close()  # c: asked, never told (it had not started)
+    a, b, c = study.get_trials()
+    assert a.state == TrialState.COMPLETE
+    assert b.state == c.state == TrialState.FAIL
+    assert b.user_attrs["outcome"] == c.user_attrs["outcome"] == "interrupted"
+    assert b.user_attrs["reason"] == study_mod.INTERRUPTED
+    counts = study_mod.counts(study)
+    assert (counts["complete"], counts["fail"], counts["interrupted"], counts["resumed"]) == (1, 0, 2, 0)
+
+    assert study_mod.requeue_interrupted(study) == [1, 2]
+    assert study_mod.requeue_interrupted(study) == []  # queued once, not on every run
+    assert study_mod.counts(study)["resumed"] == 2
+    again = study_mod.LiveTrials(study, searcher.study.sample, storage=study._storage)
+    assert [again.ask("d")["lr"], again.ask("e")["lr"]] == drawn[1:]  # asked before any new point
+    assert again.ask("f")["lr"] not in drawn
+    again.close()
 
 
 # --- the study: persistence guards, stale trials, outputs -------------------------------------------------------
