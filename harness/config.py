@@ -67,6 +67,10 @@ class Trial:
     # filled in before a run (prepare.resolve) while the file is there: a placeholder and torchvision's file
     # under the same name are different trials, and a result made from one is never taken for the other.
     pretrained_sha256: str = ""
+    # Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, benchmark off, a fixed cuBLAS
+    # workspace): on the same machine and versions a trial then gives bit-identical predictions, a little slower.
+    # Ops with no deterministic kernel warn and are named in the trial's provenance.json (recipe.py).
+    deterministic: bool = False
 
     @property
     def key(self) -> str:
@@ -112,7 +116,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # field goes here: listing it keeps all stored trials where they are.
 KEYED_WHEN_SET: dict[str, Any] = {
     name: TRIAL_FIELDS[name].default
-    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256")
+    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256", "deterministic")
 }
 
 # The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks
