@@ -144,3 +144,28 @@ def test_predictions_compared_bit_for_bit():
     assert reproduce._same(a, dict(a), reproduce.PREDICTIONS)
     assert not reproduce._same(a, b, reproduce.PREDICTIONS)
     assert reproduce._same(a, b, reproduce.SAME_TEST_SET)
+
+
+def test_the_reports_methods_show_the_recipe_and_mark_reproduced_trials(results, tmp_path):
+    import shutil
+
+    from harness import report
+
+    grid = tmp_path / "det"
+    shutil.copytree(results["det"], grid / results["det"].name)
+    files = store.TrialFiles(grid / results["det"].name)
+    recorded = files.read_provenance()
+    files.write_reproduced({"verdict": "identical", "reasons": [], "tolerance": reproduce.TOLERANCE})
+    report.write_report(grid, tmp_path / "out", n_boot=50, progress=False)
+    note = (tmp_path / "out" / "report.md").read_text().split("## Methods")[1].split("\n## ")[0]
+    for text in (
+        f"**Software**: python {recorded['software']['python']}, torch {recorded['software']['torch']}",
+        f"**Hardware and precision**: CPU {recorded['hardware']['cpu']}, {recorded['hardware']['threads']} threads; "
+        "float32",
+        "**Determinism**: on: deterministic algorithms, cuDNN deterministic, benchmark off, cuBLAS :4096:8",
+        f"**Data fingerprint**: 120 images; SHA-256 BBox_List_2017.csv "
+        f"{recorded['data']['files_sha256']['BBox_List_2017.csv'][:12]}",
+        "**Reproduced**: 1 of 1 trials re-trained from their recipes: 1 identical",
+        f"({files.key}): reproduced: identical",
+    ):
+        assert text in note, text
