@@ -37,7 +37,7 @@ class Trial:
     freeze: int = 0  # leading stages kept frozen; 0 fine-tunes everything
     subset_fraction: float = 1.0  # paper: 0.1 "mini" sets, drawn by patient, stratified
     subset_test: bool = False  # the paper also shrank the test set; off keeps the official test list whole
-    val_fraction: float = 0.1  # patient-level slice of train_val used for model selection
+    val_fraction: float = 0.1  # patient-level slice of train_val used for model selection; 0: none, last epoch kept
     image_size: int = 0  # 0 = the arch's native size (299 for inception_v3, 224 otherwise)
     epochs: int = 20  # paper
     batch_size: int = 64  # paper
@@ -176,7 +176,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "bn_recalibrate": (lambda v: v >= 0, "an integer >= 0: training batches per recalibration, 0 = off (e.g. 16)"),
     "image_size": (lambda v: v == 0 or v >= 32, "0 (the arch's own size) or an integer >= 32"),
     "subset_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "val_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "val_fraction": (
+        lambda v: 0 <= v < 1,
+        "0 (no hold-out: train on all of train_val, keep the last epoch) or a number in (0, 1)",
+    ),
     "lr": (lambda v: v > 0, "a number > 0"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),

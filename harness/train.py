@@ -296,16 +296,18 @@ def score(
         image_index=td.data.table["image_index"].to_numpy().astype(str)[rows],
         patient_id=ids[rows],
     )
+    # Thresholds are chosen on validation predictions; with no hold-out only the fixed 0.5 is reported.
+    held_out = (
+        {"val_probs": val.probs, "val_labels": td.labels["val"], "val_logits": val.logits} if len(val.probs) else {}
+    )
     result = metrics.evaluate(
         out.probs,
         td.labels["test"],
         names=nih.FINDINGS,
         patient_ids=ids[rows],
-        val_probs=val.probs,
-        val_labels=td.labels["val"],
         seed=trial.seed,
         logits=out.logits,  # AUROC ranks the logits: float32 probabilities saturate at 0 and 1
-        val_logits=val.logits,
+        **held_out,
         **rescore.focal_terms(trial.to_dict()),
     )
     return result, arrays
@@ -408,7 +410,8 @@ def run_trial(
                 "train_images_per_s": seen / max(t_train, 1e-9),
             }
             progress.history.append(row)
-            best = keep_if_best(progress, row["val_auc"])
+            # With no hold-out (val_fraction 0) there is nothing to select on: every epoch replaces the last.
+            best = keep_if_best(progress, row["val_auc"]) or len(td.rows["val"]) == 0
             scheduler.step()
             state = resume_state(progress, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch)
             writer.submit(state, best=best)
