@@ -37,7 +37,7 @@ class Trial:
     freeze: int = 0  # leading stages kept frozen; 0 fine-tunes everything
     subset_fraction: float = 1.0  # paper: 0.1 "mini" sets, drawn by patient, stratified
     subset_test: bool = False  # the paper also shrank the test set; off keeps the official test list whole
-    val_fraction: float = 0.1  # patient-level slice of train_val used for model selection
+    val_fraction: float = 0.1  # patient-level slice of train_val used for model selection; 0: none, last epoch kept
     image_size: int = 0  # 0 = the arch's native size (299 for inception_v3, 224 otherwise)
     epochs: int = 20  # paper
     batch_size: int = 64  # paper
@@ -67,6 +67,10 @@ class Trial:
     # filled in before a run (prepare.resolve) while the file is there: a placeholder and torchvision's file
     # under the same name are different trials, and a result made from one is never taken for the other.
     pretrained_sha256: str = ""
+    # Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic, benchmark off, a fixed cuBLAS
+    # workspace): on the same machine and versions a trial then gives bit-identical predictions, a little slower.
+    # Ops with no deterministic kernel warn and are named in the trial's provenance.json (recipe.py).
+    deterministic: bool = False
 
     @property
     def key(self) -> str:
@@ -112,7 +116,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # field goes here: listing it keeps all stored trials where they are.
 KEYED_WHEN_SET: dict[str, Any] = {
     name: TRIAL_FIELDS[name].default
-    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256")
+    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256", "deterministic")
 }
 
 # The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks
@@ -172,7 +176,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "bn_recalibrate": (lambda v: v >= 0, "an integer >= 0: training batches per recalibration, 0 = off (e.g. 16)"),
     "image_size": (lambda v: v == 0 or v >= 32, "0 (the arch's own size) or an integer >= 32"),
     "subset_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "val_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "val_fraction": (
+        lambda v: 0 <= v < 1,
+        "0 (no hold-out: train on all of train_val, keep the last epoch) or a number in (0, 1)",
+    ),
     "lr": (lambda v: v > 0, "a number > 0"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
     "lr_gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from harness import hardware, losses, metrics, models, rescore, store
+from harness import hardware, losses, metrics, models, recipe, rescore, store
 from harness.checkpoint import CheckpointWriter
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import loader, nih
@@ -74,7 +74,8 @@ def training_setup(
     optimiser over the trainable parameters: as every trial, and every step benchmark, sets them up."""
     model = models.build(trial).to(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        # fixed input sizes: let cuDNN pick the fastest kernels, unless the trial must repeat bit for bit
+        torch.backends.cudnn.benchmark = not trial.deterministic
         model = model.to(memory_format=torch.channels_last)
     loss_fn = losses.make_loss(trial, prevalence=prevalence).to(device)
     optimizer = OPTIMIZERS[trial.optimizer]([p for p in model.parameters() if p.requires_grad], trial)
@@ -301,16 +302,18 @@ def score(
         image_index=td.data.table["image_index"].to_numpy().astype(str)[rows],
         patient_id=ids[rows],
     )
+    # Thresholds are chosen on validation predictions; with no hold-out only the fixed 0.5 is reported.
+    held_out = (
+        {"val_probs": val.probs, "val_labels": td.labels["val"], "val_logits": val.logits} if len(val.probs) else {}
+    )
     result = metrics.evaluate(
         out.probs,
         td.labels["test"],
         names=nih.FINDINGS,
         patient_ids=ids[rows],
-        val_probs=val.probs,
-        val_labels=td.labels["val"],
         seed=trial.seed,
         logits=out.logits,  # AUROC ranks the logits: float32 probabilities saturate at 0 and 1
-        val_logits=val.logits,
+        **held_out,
         **rescore.focal_terms(trial.to_dict()),
     )
     return result, arrays
@@ -377,6 +380,7 @@ def run_trial(
     """
     report = report or (lambda row: None)
     check_trial(trial)
+    recipe.apply_determinism(trial.deterministic)
     hardware.seed_everything(trial.seed)
     device = hardware.pick_device(runtime.device)
     hardware.keep_freed_memory()
@@ -392,7 +396,9 @@ def run_trial(
     val_b = td.batches("val", trial, device=device, train=False)
 
     t_start = time.perf_counter()
-    with CheckpointWriter(files) as writer:  # leaving it waits for the last write; a failed write fails the trial
+    # Leaving the writer waits for the last write (a failed write fails the trial); nondet names the ops that ran
+    # without a deterministic kernel, for the recipe.
+    with recipe.Nondeterminism() as nondet, CheckpointWriter(files) as writer:
         for epoch in range(progress.next_epoch, trial.epochs):
             t0 = time.perf_counter()
             train_loss, seen = train_one_epoch(
@@ -417,7 +423,8 @@ def run_trial(
                 "train_images_per_s": seen / max(t_train, 1e-9),
             }
             progress.history.append(row)
-            best = keep_if_best(progress, row["val_auc"])
+            # With no hold-out (val_fraction 0) there is nothing to select on: every epoch replaces the last.
+            best = keep_if_best(progress, row["val_auc"]) or len(td.rows["val"]) == 0
             scheduler.step()
             state = resume_state(progress, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch)
             writer.submit(state, best=best, then=functools.partial(report, row))  # reported once on disk
@@ -431,5 +438,6 @@ def run_trial(
     files.write_history(progress.history)
     result.update(run_record(trial, td, progress, device=device, test=test, train_seconds=train_seconds))
     result.update(context or {})
+    files.write_provenance(recipe.record(trial, td, device=device, ops=nondet.ops))
     files.write_metrics(result)
     return result

@@ -446,3 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `harness run ... --dry-run | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+
+
+from harness.cli import certificate  # noqa: E402, F401  (registers `harness reproduce`; its own module for size)

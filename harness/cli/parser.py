@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-images", type=int, default=8, help="test images explained at most")
     data_opts(c)
 
+    add_reproduce(sub)
+
     synth = ("harness data synth --out /tmp/nih-synth --n 500 --size 128", "a small synthetic NIH-layout tree")
     stats = ("harness data stats /tmp/nih-synth", "its images, patients, splits and prevalences")
     prepare = ("harness data prepare /data/nih --size 256", "decode NIH once for 224 px trials")
@@ -341,3 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--crop", type=_count(1), default=224, help="crop side in pixels")
     bl.add_argument("--images", type=_count(1), default=2048, help="images in the cached pass")
     return p
+
+
+def add_reproduce(sub: argparse._SubParsersAction) -> None:
+    """`harness reproduce`: a stored trial re-trained from its recipe, and its certificate."""
+    rp = command(
+        sub,
+        "reproduce",
+        help="re-train a stored trial from its recorded recipe in a scratch folder and certify whether its result "
+        "comes back: identical, within noise, or different (exit 1); the certificate is written beside the trial",
+        examples=(
+            ("harness reproduce results/paper/KEY", "KEY: a trial's key; prints and keeps its certificate"),
+            ("harness reproduce results/paper/KEY --data-root /data/nih --device cuda", "a reviewer's machine"),
+            ("harness reproduce results/paper --sample 3", "three done trials of a grid, a seeded sample"),
+        ),
+    )
+    rp.add_argument("path", help="a trial folder RESULTS/<grid>/<key>, or a grid folder RESULTS/<grid> with --sample")
+    rp.add_argument("--sample", type=_count(1), metavar="K", help="certify K done trials of a grid folder")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+    rp.add_argument("--data-root", help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic)")
+    rp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+    rp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    rp.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")

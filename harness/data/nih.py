@@ -382,8 +382,10 @@ def split(
     about val_fraction of its images. subset_fraction < 1 keeps that share of the patients of
     train and val (and of test when subset_test), stratified so each finding keeps its prevalence.
     """
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"val_fraction={val_fraction!r} is out of range; valid: a number in (0, 1)")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(
+            f"val_fraction={val_fraction!r} is out of range; valid: 0 (no hold-out) or a number in (0, 1)"
+        )
     if not 0 < subset_fraction <= 1:
         raise ConfigError(f"subset_fraction={subset_fraction!r} is out of range; valid: a number in (0, 1]")
     names = data.table["image_index"]
@@ -402,7 +404,7 @@ def split(
     # Take whole patients until val holds its share of the images (at least one patient, never all).
     need = val_fraction * len(train_val)
     n_val = int(np.searchsorted(np.cumsum(sizes[order]), need, side="left")) + 1
-    n_val = min(n_val, len(ids) - 1) if len(ids) > 1 else 0
+    n_val = min(n_val, len(ids) - 1) if len(ids) > 1 and val_fraction > 0 else 0
     in_val = np.zeros(len(ids), dtype=bool)
     in_val[order[:n_val]] = True
     val = train_val[in_val[patient_of]]

@@ -10,6 +10,7 @@ conclusions: what the report concludes, a few sentences per axis, largest effect
 testset: the test split's size, each finding's positive images and patients, the resamples left out.
 drawing: a figure's file and caption, its number, the styles that tell series apart.
 figures: the figures; methods: the choices the paper leaves open and the values used.
+recorded: the methods rows read from each trial's recipe and reproduction certificate.
 page: the sections in order and the page; write: `harness report` itself.
 """
 

@@ -19,6 +19,7 @@ from harness.report.paper import (
     NATIVE_SIZES,
     arch_name,
 )
+from harness.report.recorded import recipe_rows, reproduced_rows
 
 
 def _get(r: store.Result, name: str) -> Any:
@@ -214,6 +215,8 @@ def methods(ctx: Context) -> list[tuple[str, str]]:
         ("AUROC ranks", _scores(ctx)),
         ("F1 thresholds", F1_NOTE),
         ("Degenerate output", _rule(rs)),
+        *recipe_rows(rs),
+        *reproduced_rows(rs),
     ]
 
 

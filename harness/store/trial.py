@@ -46,7 +46,9 @@ class TrialFiles:
     CAM_ACTIVATIONS = "activations.png"  # the paper's Figure 4
     DONE = "DONE"  # written last: a trial without it is not a result
     FAILED = "failed.json"
-    CHECKED = (METRICS, PREDICTIONS, WEIGHTS)  # files whose checksums DONE records
+    PROVENANCE = "provenance.json"  # the recipe: versions, hardware, determinism, data and weights digests, seeds
+    REPRODUCED = "reproduced.json"  # `harness reproduce`'s latest certificate; written after DONE, not in its digests
+    CHECKED = (METRICS, PREDICTIONS, WEIGHTS, PROVENANCE)  # files whose checksums DONE records (those present)
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -170,6 +172,22 @@ class TrialFiles:
         """Remove weights and resume state: a trial stopped early keeps its curve, not its weights."""
         for name in (self.RESUME, self.WEIGHTS):
             self._file(name).unlink(missing_ok=True)
+
+    # --- the recipe that made the result, and certificates that it comes back from it ---
+
+    def write_provenance(self, record: dict[str, Any]) -> None:
+        write_json(self._file(self.PROVENANCE), record)
+
+    def read_provenance(self) -> dict[str, Any] | None:
+        """The recipe; None for a trial stored before recipes were recorded."""
+        return self._read_json(self.PROVENANCE) if self._file(self.PROVENANCE).is_file() else None
+
+    def write_reproduced(self, record: dict[str, Any]) -> None:
+        """The latest certificate. Not one of DONE's checked files: certifying a result does not change it."""
+        write_json(self._file(self.REPRODUCED), record)
+
+    def read_reproduced(self) -> dict[str, Any] | None:
+        return self._read_json(self.REPRODUCED) if self._file(self.REPRODUCED).is_file() else None
 
     # --- a search trial's outcome, and Grad-CAM output ---
 

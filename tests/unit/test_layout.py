@@ -26,8 +26,10 @@ LAYERS = {
     "cam": 4,
     "prepare": 4,
     "checkpoint": 4,
+    "recipe": 4,  # what decides a trial's numbers, recorded beside it; deterministic mode
     "train": 5,
     "bench": 6,
+    "reproduce": 6,  # a stored trial re-run from its recipe, and its certificate
     "runner": 7,
     "search": 8,
     "cli": 9,

@@ -292,8 +292,16 @@ def test_split_is_deterministic_per_seed(real, real_split):
         assert not np.array_equal(a[name], c[name])
 
 
+def test_no_hold_out_trains_on_all_of_train_val(tree):
+    data = tree
+    held, none = nih.split(data), nih.split(data, val_fraction=0)
+    assert len(none["val"]) == 0 and len(held["val"]) > 0
+    np.testing.assert_array_equal(none["train"], np.union1d(held["train"], held["val"]))
+    np.testing.assert_array_equal(none["test"], held["test"])
+
+
 @pytest.mark.parametrize(
-    "kwargs, message", [({"val_fraction": 0.0}, "val_fraction"), ({"subset_fraction": 1.5}, "subset_fraction")]
+    "kwargs, message", [({"val_fraction": 1.0}, "val_fraction"), ({"subset_fraction": 1.5}, "subset_fraction")]
 )
 def test_split_refuses_bad_fractions(tree, kwargs, message):
     with pytest.raises(ConfigError, match=message):

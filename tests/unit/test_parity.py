@@ -1,6 +1,6 @@
 """The hand-written parts pinned to the libraries and published outputs they must agree with.
 
-focal against torchvision.ops.sigmoid_focal_loss, asl against timm's AsymmetricLossMultiLabel, Grad-CAM
+A trial with the harness's departures from a plain training script turned off against that script's loop; focal against torchvision.ops.sigmoid_focal_loss, asl against timm's AsymmetricLossMultiLabel, Grad-CAM
 against captum's LayerGradCam on the same layer before any normalisation, DeLong against R's pROC. timm and
 captum are optional extras (`pip install 'harness[timm,parity]'`): without them their tests skip.
 """
@@ -14,10 +14,11 @@ import pytest
 import torch
 import torchvision
 
-from harness import losses, models
+from harness import losses, models, store, train
 from harness import metrics as M
 from harness.cam import METHODS, resolve_layer
-from harness.config import Trial
+from harness.config import Runtime, Trial
+from harness.prepare import prepare_data
 
 
 def batch(seed: int = 0, n: int = 16, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,3 +177,44 @@ def test_delong_auc_equals_procs_printed_area():
     s = markers["s100b"] / (1 + markers["s100b"])
     r = M.delong(probs_a=s, probs_b=markers["wfns"] / 6, labels=poor)
     assert round(r["auc_a"], 4) == 0.7314
+
+
+# --- a trial against a plain PyTorch loop ----------------------------------------------------------------
+
+
+def test_a_trial_with_no_hold_out_trains_as_a_plain_pytorch_loop(tmp_path, small_synthetic_tree):
+    """val_fraction 0 (no validation hold-out, so no best-validation checkpoint: the last epoch is kept): the weights
+    a trial stores equal those of torchvision's reference loop (model.train(); zero_grad, BCEWithLogitsLoss,
+    backward, torch.optim.Adam's step; StepLR per epoch) given the same initial weights and the same batches, to
+    float tolerance (the trial's fused Adam rounds differently at the last bits: about one weight in 10^7 moves by 1e-6)."""
+    trial = Trial(
+        dataset="synthetic", arch="alexnet", image_size=64, epochs=2, batch_size=32, lr=1e-3, lr_step=1, val_fraction=0
+    )
+    runtime = Runtime(
+        data_root=str(small_synthetic_tree), cache_dir=str(tmp_path / "cache"), device="cpu", progress=False
+    )
+    files = store.TrialFiles(tmp_path / "trial")
+    train.run_trial(trial, runtime, out_dir=files.path)
+    stored = files.load_weights()
+
+    td = prepare_data(trial, runtime)
+    assert len(td.rows["val"]) == 0 and len(td.rows["train"]) == 96  # all of train_val trains
+    torch.manual_seed(trial.seed)  # the trial's initialisation draws
+    model = models.build(trial)
+    optimizer = torch.optim.Adam(model.parameters(), lr=trial.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=trial.lr_step, gamma=trial.lr_gamma)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    batches = td.batches("train", trial, device=torch.device("cpu"), train=True)  # the same crops, flips, order
+    for epoch in range(trial.epochs):
+        model.train()
+        batches.set_epoch(epoch)
+        for x, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        scheduler.step()
+    moved = 0
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(stored[name], value, rtol=1e-4, atol=1e-5)  # 1% of one Adam step (lr)
+        moved += not torch.equal(value, models.build(trial).state_dict()[name])
+    assert moved > 0  # the loop trained
