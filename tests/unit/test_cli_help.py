@@ -83,7 +83,7 @@ def test_every_option_has_help_and_shows_its_default(path):
 def check_names(args: argparse.Namespace) -> None:
     """What an example names exists: its grid and profile, search space, arch, CAM method (as a run checks them)."""
     if args.command == "run":
-        cli._checked_grid(args)
+        cli.experiments.checked_grid(args)
     elif args.command == "search":
         from harness import search
 
