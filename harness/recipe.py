@@ -49,20 +49,25 @@ def apply_determinism(on: bool) -> None:
 
 
 class Nondeterminism(contextlib.AbstractContextManager):
-    """While entered, the ops torch reports as having no deterministic kernel are collected into `ops`; every
-    other warning is passed on (once per message) when it exits."""
+    """While entered by a deterministic trial (`on`), the ops torch reports as having no deterministic kernel are
+    collected into `ops`; every other warning is passed on (once per message) when it exits. Off, it changes
+    nothing: warnings show as they come."""
 
-    def __init__(self) -> None:
+    def __init__(self, on: bool = True) -> None:
         self.ops: set[str] = set()
+        self.on = on
         self._catch = warnings.catch_warnings(record=True)
         self._seen: list[warnings.WarningMessage] = []
 
     def __enter__(self) -> Nondeterminism:
-        self._seen = self._catch.__enter__()
-        warnings.simplefilter("always")
+        if self.on:
+            self._seen = self._catch.__enter__()
+            warnings.simplefilter("default")  # each warning once per place: bounded, however many steps warn
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if not self.on:
+            return
         self._catch.__exit__(*exc)
         passed: set[tuple[str, type]] = set()
         for w in self._seen:

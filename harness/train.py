@@ -398,7 +398,7 @@ def run_trial(
     t_start = time.perf_counter()
     # Leaving the writer waits for the last write (a failed write fails the trial); nondet names the ops that ran
     # without a deterministic kernel, for the recipe.
-    with recipe.Nondeterminism() as nondet, CheckpointWriter(files) as writer:
+    with recipe.Nondeterminism(trial.deterministic) as nondet, CheckpointWriter(files) as writer:
         for epoch in range(progress.next_epoch, trial.epochs):
             t0 = time.perf_counter()
             train_loss, seen = train_one_epoch(
