@@ -96,15 +96,24 @@ def _from_history(
     }
 
 
+HEALABLE = (store.TrialFiles.METRICS, store.TrialFiles.HISTORY)
+
+
 def heal(files: store.TrialFiles, damaged: dict[str, str], *, weights: bool) -> bool:
-    """Mend a done trial whose only damaged file is metrics.json from its intact predictions; False otherwise.
+    """Mend a done trial whose only damaged files are metrics.json (recomputed from its intact predictions)
+    and history.csv (written back from DONE's copy); False when anything else is damaged or cannot be mended.
 
     `damaged` is files.damaged(weights=...); after the rewrite every checksum is checked again.
     """
-    if set(damaged) != {files.METRICS} or not files.has_predictions():
+    if not damaged or not set(damaged) <= set(HEALABLE):
         return False
-    try:
-        files.replace_metrics(rebuilt_metrics(files, why="; ".join(damaged.values())))
-    except (store.Unreadable, KeyError, ValueError):
+    if files.HISTORY in damaged and not files.restore_history():
         return False
+    if files.METRICS in damaged:
+        if not files.has_predictions():
+            return False
+        try:
+            files.replace_metrics(rebuilt_metrics(files, why="; ".join(damaged.values())))
+        except (store.Unreadable, KeyError, ValueError):
+            return False
     return not files.damaged(weights=weights)

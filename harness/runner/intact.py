@@ -1,8 +1,8 @@
 """Done means intact: a finished trial's files checked against DONE's checksums before a run skips it.
 
 A trial whose only damage is its metrics file, with its predictions intact, gets its metrics recomputed
-from them (the same evaluation and seed as training, so the same numbers); any other damage makes the
-trial not done, and the run trains it again.
+from them (the same evaluation and seed as training, so the same numbers); a lost or changed history.csv
+is written back from DONE's copy; any other damage makes the trial not done, and the run trains it again.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def intact(files: store_mod.TrialFiles) -> bool:
         return True
     problems = "; ".join(damaged.values())
     if rescore.heal(files, damaged, weights=True):
-        log.warning("%s: recomputed its metrics from its predictions (%s)", files.path, problems)
+        mended = {files.METRICS: "recomputed its metrics from its predictions", files.HISTORY: "restored history.csv"}
+        log.warning("%s: %s (%s)", files.path, " and ".join(mended[n] for n in mended if n in damaged), problems)
         return True
     log.warning("%s: %s; training it again", files.path, "; ".join(files.damaged(weights=True).values()) or problems)
     return False

@@ -48,7 +48,9 @@ class TrialFiles:
     FAILED = "failed.json"
     PROVENANCE = "provenance.json"  # the recipe: versions, hardware, determinism, data and weights digests, seeds
     REPRODUCED = "reproduced.json"  # `harness reproduce`'s latest certificate; written after DONE, not in its digests
-    CHECKED = (METRICS, PREDICTIONS, WEIGHTS, PROVENANCE)  # files whose checksums DONE records (those present)
+    # Files whose checksums DONE records (those present). DONE also keeps history.csv's text: it is small, and
+    # once the resume state is gone nothing else holds the training curve.
+    CHECKED = (METRICS, PREDICTIONS, WEIGHTS, PROVENANCE, HISTORY)
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -229,7 +231,20 @@ class TrialFiles:
         """Commit the trial: drop the resume state, then write DONE with a checksum of each result file."""
         self._file(self.RESUME).unlink(missing_ok=True)
         files = {name: sha256(self._file(name)) for name in self.CHECKED if self._file(name).is_file()}
-        write_json(self._file(self.DONE), {"key": self.key, "sha256": files, **provenance()})
+        history = self._file(self.HISTORY)
+        curve = {"history_csv": history.read_text()} if history.is_file() else {}
+        write_json(self._file(self.DONE), {"key": self.key, "sha256": files, **curve, **provenance()})
+
+    def restore_history(self) -> bool:
+        """Write history.csv back from DONE's copy; False when DONE holds none (a trial stored before it did)."""
+        try:
+            text = self._read_json(self.DONE).get("history_csv")
+        except Unreadable:
+            return False
+        if text is None:
+            return False
+        write_bytes(self._file(self.HISTORY), text.encode())
+        return True
 
     def is_done(self) -> bool:
         """DONE and trial.json are there (cheap; `damaged` checks the rest). A metrics.json lost after the
@@ -241,7 +256,7 @@ class TrialFiles:
 
         Every file is checked (an unreadable metrics.json does not hide a truncated predictions.npz), so a
         caller can tell a trial that recomputing its metrics heals from one that must be retrained.
-        weights=False skips hashing model.pt (hundreds of MB); a report never reads it.
+        weights=False skips hashing model.pt (hundreds of MB; a report never reads it), but a missing one is named.
         """
         out: dict[str, str] = {}
         try:
@@ -254,11 +269,13 @@ class TrialFiles:
             except Unreadable as exc:
                 out[name] = str(exc)
         for name, digest in (done.get("sha256") or {}).items():
-            if name in out or (name == self.WEIGHTS and not weights):
-                continue
             path = self._file(name)
+            if name in out:
+                continue
             if not path.is_file():
                 out[name] = f"{path}: missing"
+            elif name == self.WEIGHTS and not weights:
+                continue
             elif sha256(path) != digest:
                 out[name] = f"{path}: changed since the trial finished (checksum differs)"
         return out

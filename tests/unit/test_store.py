@@ -235,6 +235,41 @@ def test_a_cache_file_that_does_not_fit_is_refused_before_it_is_mapped(tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_lost_or_changed_history_is_named_and_written_back_exactly_from_done(tmp_path):
+    from harness import rescore
+
+    st, t, files = _finished(tmp_path)
+    files.write_history([{"epoch": 1, "train_loss": 0.25, "val_auc": 0.5}, {"epoch": 2, "train_loss": 0.125}])
+    st.mark_done(t)
+    written = (files.path / store.TrialFiles.HISTORY).read_bytes()
+    for spoil in (lambda p: p.unlink(), lambda p: p.write_text("epoch\n1\n")):
+        spoil(files.path / store.TrialFiles.HISTORY)
+        damaged = files.damaged()
+        assert list(damaged) == [store.TrialFiles.HISTORY]
+        assert rescore.heal(files, damaged, weights=True)
+        assert (files.path / store.TrialFiles.HISTORY).read_bytes() == written and files.damaged() == {}
+
+
+def test_a_history_done_never_held_cannot_be_written_back(tmp_path):
+    from harness import rescore
+
+    st, t, files = _finished(tmp_path)
+    files.write_history([{"epoch": 1}])
+    done = files.read_done()
+    done["sha256"][store.TrialFiles.HISTORY] = "0" * 64  # a DONE of an older version: a digest, no copy
+    store.write_json(files.path / store.TrialFiles.DONE, done)
+    assert list(files.damaged()) == [store.TrialFiles.HISTORY]
+    assert not rescore.heal(files, files.damaged(), weights=True)
+
+
+def test_a_missing_weights_file_is_named_even_where_weights_are_not_hashed(tmp_path):
+    _, _, files = _finished(tmp_path)
+    (files.path / store.TrialFiles.WEIGHTS).write_bytes(b"changed")
+    assert files.damaged(weights=False) == {}  # not hashed: a report never reads the weights
+    (files.path / store.TrialFiles.WEIGHTS).unlink()
+    assert files.damaged(weights=False) == {store.TrialFiles.WEIGHTS: f"{files.weights_path}: missing"}
+
+
 def _stale(path: Path, size: int = 8, age_s: float = 3600) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x" * size)
