@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -21,11 +23,14 @@ import numpy as np
 
 _DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EIO: "I/O error"}
 
-# A write goes to .<name>.<8 random characters>.tmp beside its file. The pattern also matches the names
-# tempfile.mkstemp gave before ([a-z0-9_]), so the temporary files of older versions are swept too.
-_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-# A temporary file younger than this is left alone by sweep_temp: `harness cam` writes into a trial folder
-# without the grid's lock, and its writes take milliseconds.
+# A write goes to .<name>.<host>-<pid>-<8 random characters>.tmp beside its file: the writer is named, so a
+# sweep can tell the leftovers of a dead process at once. The pattern also matches the names of older
+# versions (8 characters of [a-z0-9_] alone), which only their age can clear.
+_TEMP_NAME = re.compile(r"\..+\.(?:(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp")
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+# A temporary file younger than this is left alone by sweep_temp unless its writer is known to be dead:
+# `harness cam` writes into a trial folder without the grid's lock, and on a shared filesystem another
+# machine's writer cannot be asked. A live writer's file is younger: every write touches it.
 _SWEEP_MIN_AGE_S = 60.0
 
 
@@ -113,7 +118,7 @@ def _create_temp(path: Path) -> Path:
     kernel apply the umask avoids reading it, which (os.umask set and reset) would race with other threads.
     """
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp
@@ -124,19 +129,22 @@ def _create_temp(path: Path) -> Path:
 def sweep_temp(root: Path | str) -> tuple[int, int]:
     """Remove the temporary files that interrupted writes (kill -9, a second Ctrl-C) left under `root`.
 
-    Only names atomic_path gives, only files, and only ones untouched for a minute. The caller must be
-    the only writer under `root` (it holds the grid's lock). Returns the number of files and bytes removed.
+    Only names atomic_path gives, only files, and only ones whose writer has died on this machine or that
+    nobody touched for a minute. The caller must be the only writer under `root` that takes the grid's
+    lock (it holds it). Returns the number of files and bytes removed.
     """
     files = size = 0
     now = time.time()
     for folder, _, names in os.walk(root):
         for name in names:
-            if not _TEMP_NAME.fullmatch(name):
+            match = _TEMP_NAME.fullmatch(name)
+            if match is None:
                 continue
             path = Path(folder) / name
             try:
                 st = path.lstat()
-                if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < _SWEEP_MIN_AGE_S:
+                stale = now - st.st_mtime >= _SWEEP_MIN_AGE_S or _writer_gone(match["host"], match["pid"])
+                if not stat.S_ISREG(st.st_mode) or not stale:
                     continue
                 path.unlink()
             except OSError:  # gone already, or not ours to remove: the sweep only saves space
@@ -144,6 +152,21 @@ def sweep_temp(root: Path | str) -> tuple[int, int]:
             files += 1
             size += st.st_size
     return files, size
+
+
+def _writer_gone(host: str | None, pid: str | None) -> bool:
+    """Whether the process that named a temporary file is known to have ended (only this machine's can be)."""
+    if host != _HOST or pid is None:
+        return False
+    if int(pid) == os.getpid():
+        return False  # this process: a write of its own may be in flight (a background checkpoint)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # alive, someone else's; or no such pid on this system
+    return False
 
 
 def fsync(path: Path | str) -> None:

@@ -253,7 +253,7 @@ def test_a_lost_or_changed_history_is_named_and_written_back_exactly_from_done(t
 def test_a_history_done_never_held_cannot_be_written_back(tmp_path):
     from harness import rescore
 
-    st, t, files = _finished(tmp_path)
+    _, _, files = _finished(tmp_path)
     files.write_history([{"epoch": 1}])
     done = files.read_done()
     done["sha256"][store.TrialFiles.HISTORY] = "0" * 64  # a DONE of an older version: a digest, no copy
@@ -268,6 +268,13 @@ def test_a_missing_weights_file_is_named_even_where_weights_are_not_hashed(tmp_p
     assert files.damaged(weights=False) == {}  # not hashed: a report never reads the weights
     (files.path / store.TrialFiles.WEIGHTS).unlink()
     assert files.damaged(weights=False) == {store.TrialFiles.WEIGHTS: f"{files.weights_path}: missing"}
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def _stale(path: Path, size: int = 8, age_s: float = 3600) -> Path:
@@ -292,12 +299,22 @@ def test_taking_the_lock_sweeps_stale_temporary_files_and_nothing_else(tmp_path,
         _stale(st.root / "k1" / ".last.pt.ab12cd34.tmp.bak"),
         _stale(st.root / "k2" / ".model.pt.0a1b2c3d.tmp", 10, age_s=0),  # just written: maybe still being written
     ]
+    # Just written, with the writer named: kept while it lives (this process, another one here, or one on
+    # another machine that cannot be asked); swept at once when it is known to be dead.
+    host = store.writes._HOST
+    other = "000000" if host != "000000" else "111111"
+    stale.append(_stale(st.root / "k3" / f".last.pt.{host}-{_gone_pid()}-0a1b2c3d.tmp", 10, age_s=0))
+    kept += [
+        _stale(st.root / "k3" / f".model.pt.{host}-{os.getpid()}-0a1b2c3d.tmp", 10, age_s=0),
+        _stale(st.root / "k3" / f".model.pt.{host}-1-0a1b2c3d.tmp", 10, age_s=0),  # init: alive
+        _stale(st.root / "k3" / f".model.pt.{other}-{_gone_pid()}-0a1b2c3d.tmp", 10, age_s=0),
+    ]
     with caplog.at_level("WARNING", logger="harness.store"), st.lock():
         pass
     assert [p.exists() for p in stale] == [False] * len(stale)
     assert [p.exists() for p in kept] == [True] * len(kept)
     [line] = [r.getMessage() for r in caplog.records]
-    assert line.startswith("removed 3 temporary file(s) (0.0 MB) that interrupted writes left under")
+    assert line.startswith("removed 4 temporary file(s) (0.0 MB) that interrupted writes left under")
     caplog.clear()
     with caplog.at_level("WARNING", logger="harness.store"), st.lock():
         pass
