@@ -14,7 +14,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("nih", "synthetic")
+# nih and synthetic (the NIH layout's phantoms); chexpert, mimic, padchest (data/readers.py), and a synthetic tree
+# in one of their layouts, recorded as synthetic-<layout> so that it is never taken for the real dataset.
+DATASETS = (
+    "nih",
+    "synthetic",
+    "chexpert",
+    "mimic",
+    "padchest",
+    "synthetic-chexpert",
+    "synthetic-mimic",
+    "synthetic-padchest",
+)
+UNCERTAIN_POLICIES = ("mask", "ones", "zeros")  # uncertain (-1) labels: unknown, positive (U-Ones), negative (U-Zeros)
 
 
 class ConfigError(ValueError):
@@ -67,6 +79,9 @@ class Trial:
     # filled in before a run (prepare.resolve) while the file is there: a placeholder and torchvision's file
     # under the same name are different trials, and a result made from one is never taken for the other.
     pretrained_sha256: str = ""
+    # CheXpert and MIMIC label some findings uncertain (-1): mask leaves them out of the loss and the metrics,
+    # ones and zeros read them as positive or negative (Irvin et al. 2019's U-Ones, U-Zeros).
+    uncertain: str = "mask"
 
     @property
     def key(self) -> str:
@@ -112,7 +127,7 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # field goes here: listing it keeps all stored trials where they are.
 KEYED_WHEN_SET: dict[str, Any] = {
     name: TRIAL_FIELDS[name].default
-    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256")
+    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256", "uncertain")
 }
 
 # The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks
@@ -152,6 +167,8 @@ CONDITIONS: dict[str, Condition] = {
     **{name: _loss_param(name) for params in LOSS_PARAMS.values() for name in params},
     # nih.split shrinks the test list only with the training subset: with every patient kept it does nothing.
     "subset_test": Condition("subset_fraction", lambda v: v < 1, "subset_fraction < 1"),
+    # Only CheXpert's labellers write uncertain labels (MIMIC-CXR's are the same labeller's).
+    "uncertain": Condition("dataset", lambda v: "chexpert" in v or "mimic" in v, "dataset is chexpert or mimic"),
 }
 
 
@@ -163,6 +180,7 @@ def inactive(values: Mapping[str, Any]) -> list[str]:
 # Ranges a field must satisfy: (test, description of the valid values).
 _RANGES: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "uncertain": (lambda v: v in UNCERTAIN_POLICIES, f"one of {', '.join(UNCERTAIN_POLICIES)}"),
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -315,6 +333,8 @@ class Runtime:
     """How trials run; nothing here can change a result, so none of it is hashed."""
 
     data_root: str | None = None  # None: --data-root, else HARNESS_DATA_ROOT, else synthetic
+    # Roots of the other datasets by name (--data-root chexpert=PATH, else HARNESS_CHEXPERT_ROOT, ...).
+    data_roots: dict[str, str] = field(default_factory=dict)
     cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
     results_dir: str = "results"
     device: str = "auto"  # auto: cuda when there is one

@@ -42,10 +42,13 @@ def _runtime(args: argparse.Namespace) -> Runtime:
         # On a cluster the trials run on its nodes: this machine's lack of a GPU says nothing about theirs.
         on_cluster = hasattr(args, "address") and bool(args.address or os.environ.get("RAY_ADDRESS"))
         hardware.check_device(device, here=not on_cluster)
-    data_root = getattr(args, "data_root", None)
+    from harness.cli.transfer import data_roots
+
+    data_root, roots = data_roots(getattr(args, "data_root", None))  # NIH's, and the others' by name
     # Absolute paths: Ray workers run in their own working directories.
     return Runtime(
         data_root=str(Path(data_root).resolve()) if data_root else None,
+        data_roots=roots,
         results_dir=str(Path(getattr(args, "results", "results")).resolve()),
         cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
         device=device,
@@ -220,13 +223,9 @@ DATA_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("data co
 
 @DATA_COMMANDS.register("synth")
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from harness.data import synthetic
+    from harness.cli import transfer
 
-    root = synthetic.generate(
-        args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty, label_noise=args.label_noise
-    )
-    print(f"synthetic NIH-layout tree: {root}")
-    return EXIT_OK
+    return transfer.data_synth(args)
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -240,27 +239,9 @@ def _data_root(args: argparse.Namespace) -> Path:
 
 @DATA_COMMANDS.register("stats")
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from harness.data import nih
+    from harness.cli import transfer
 
-    data = nih.load(_data_root(args))
-    stats = nih.stats(data, val_fraction=args.val_fraction, seed=args.seed)
-    if args.json:
-        print(json.dumps(stats, sort_keys=True))
-        return EXIT_OK
-    print(
-        f"{data.root} ({data.dataset}): {stats['images']} images, {stats['patients']} patients; "
-        f"missing {stats['missing']}, skipped {stats['skipped']}"
-    )
-    print(
-        "splits: "
-        + ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
-        + f"; patient overlap between splits: {stats['patient_overlap']}"
-    )
-    names = list(nih.FINDINGS)
-    print(f"{'finding':<20}" + "".join(f"{s:>9}" for s in stats["prevalence"]))
-    for f in names:
-        print(f"{f:<20}" + "".join(f"{stats['prevalence'][s][f] * 100:8.2f}%" for s in stats["prevalence"]))
-    return EXIT_OK
+    return transfer.data_stats(args)
 
 
 @DATA_COMMANDS.register("prepare")

@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data-root", help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic)")
+        sp.add_argument(
+            "--data-root",
+            action="append",
+            metavar="PATH|NAME=PATH",
+            help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic); NAME=PATH for another "
+            "dataset's (chexpert, mimic, padchest; default: $HARNESS_CHEXPERT_ROOT, ...); repeatable",
+        )
         sp.add_argument("--results", default="results", help="results directory; a grid's trials go to RESULTS/<name>")
         sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
         sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -204,8 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(
         dsub,
         "synth",
-        help="write a synthetic NIH-layout tree",
-        examples=(synth, ("harness data synth --out /tmp/hard --difficulty 0.9 --label-noise 0.05", "a harder one")),
+        help="write a synthetic tree in the NIH layout (or CheXpert's, MIMIC-CXR-JPG's, PadChest's)",
+        examples=(
+            synth,
+            ("harness data synth --out /tmp/hard --difficulty 0.9 --label-noise 0.05", "a harder one"),
+            ("harness data synth --layout chexpert --out /tmp/chexpert-synth --n 300 --size 64", "CheXpert's layout"),
+        ),
+    )
+    s.add_argument(
+        "--layout",
+        default="nih",
+        choices=("nih", "chexpert", "mimic", "padchest"),
+        help="the dataset layout to write, with that dataset's shift in contrast, noise and prevalence",
     )
     s.add_argument("--out", required=True, help="folder to write the tree into")
     s.add_argument("--n", type=int, default=3000, help="images")
@@ -221,10 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     st = command(
         dsub,
         "stats",
-        help="images, patients, splits, overlap, prevalence",
-        examples=(stats, ("harness data stats /data/nih --json", "the same as one JSON object")),
+        help="the layout, images, patients, splits, overlap, prevalence",
+        examples=(
+            stats,
+            ("harness data stats /data/nih --json", "the same as one JSON object"),
+            ("harness data stats /data/CheXpert-v1.0-small", "CheXpert: labelled and uncertain counts too"),
+        ),
     )
-    st.add_argument("root", nargs="?", help="data root (default: $HARNESS_DATA_ROOT)")
+    st.add_argument(
+        "root", nargs="?", help="data root of any layout, recognised by its files (default: $HARNESS_DATA_ROOT)"
+    )
     st.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     split_opts(st)
     pr = command(
