@@ -26,6 +26,8 @@ DATASETS = (
     "synthetic-mimic",
     "synthetic-padchest",
 )
+# Datasets whose labeller leaves findings blank or uncertain: their targets hold NaN (unknown), masked from the loss.
+PARTLY_LABELLED = ("chexpert", "mimic", "synthetic-chexpert", "synthetic-mimic")
 UNCERTAIN_POLICIES = ("mask", "ones", "zeros")  # uncertain (-1) labels: unknown, positive (U-Ones), negative (U-Zeros)
 
 
@@ -168,7 +170,7 @@ CONDITIONS: dict[str, Condition] = {
     # nih.split shrinks the test list only with the training subset: with every patient kept it does nothing.
     "subset_test": Condition("subset_fraction", lambda v: v < 1, "subset_fraction < 1"),
     # Only CheXpert's labellers write uncertain labels (MIMIC-CXR's are the same labeller's).
-    "uncertain": Condition("dataset", lambda v: "chexpert" in v or "mimic" in v, "dataset is chexpert or mimic"),
+    "uncertain": Condition("dataset", lambda v: v in PARTLY_LABELLED, "dataset is chexpert or mimic"),
 }
 
 

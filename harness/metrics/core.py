@@ -120,6 +120,12 @@ def _n_boot(n_boot: int) -> int:
     return int(n_boot)
 
 
+def _unknown(labels: Any) -> bool:
+    """Float labels with NaN entries: labels a dataset does not give (metrics/masked.py scores around them)."""
+    a = np.asarray(labels)
+    return a.dtype.kind == "f" and bool(np.isnan(a).any())
+
+
 def _num(x: Any) -> float | None:
     """A JSON-able number: python float, or None for missing / NaN."""
     if x is None:
@@ -134,6 +140,9 @@ def _num(x: Any) -> float | None:
 
 def bce_loss(probs: Any, labels: Any) -> float:
     """Mean binary cross-entropy over all images and findings, probabilities clipped to [1e-7, 1-1e-7]; NaN if empty."""
+    if _unknown(labels):  # NaN labels are unknown: the mean over the known entries
+        known = np.isfinite(np.asarray(labels, dtype=np.float64))
+        return bce_loss(np.asarray(probs)[known], np.asarray(labels)[known])
     p, y = _check(probs, labels)
     if p.size == 0:
         return float("nan")
@@ -229,6 +238,10 @@ def per_finding(
     With `logits`, auc and ap rank the logits instead: a float32 sigmoid ties every logit above about 16.6
     at exactly 1.0, and the logits keep the order it loses (where it ties nothing, the two rank alike).
     """
+    if _unknown(labels):  # NaN labels are unknown: each finding on the images that label it
+        from harness.metrics.masked import per_finding_masked
+
+        return per_finding_masked(probs, labels, names=names, thresholds=thresholds, logits=logits)
     p, y = _check(probs, labels, names=names)
     s = p if logits is None else _logits(logits, p.shape)
     t = _thresholds(thresholds, p.shape[1])
