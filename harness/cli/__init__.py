@@ -131,6 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare.prepare_all(trials, runtime)
     summary = run_grid(grid.name, trials, runtime)
     print("\n".join(summary.lines()))
+    if grid.evaluate_on:  # the grid's `evaluate_on`: every finished trial scored on those datasets too
+        from harness.cli import transfer
+
+        transfer.evaluate_grid(Path(runtime.results_dir) / grid.name, grid.evaluate_on, runtime)
     print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
     print("\n".join(tracking.dashboards(runtime.trackers, Store(Path(runtime.results_dir) / grid.name))))
     return summary.exit_code
@@ -211,6 +215,13 @@ def cmd_cam(args: argparse.Namespace) -> int:
             f"over {overall.get('n', 0)} boxes"
         )
     return EXIT_OK
+
+
+@COMMANDS.register("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.cli import transfer
+
+    return transfer.evaluate(args, _runtime(args))
 
 
 @COMMANDS.register("data")

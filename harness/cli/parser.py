@@ -181,6 +181,34 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_opt(se)
     data_opts(se)
 
+    ev = command(
+        sub,
+        "evaluate",
+        help="score finished trials on other datasets without retraining (transfer), over the findings both label",
+        examples=(
+            (
+                "harness evaluate results/paper --on chexpert=/data/CheXpert-v1.0-small",
+                "every trial on CheXpert's test",
+            ),
+            (
+                "harness evaluate results --on chexpert=/data/chexpert --on padchest=/data/padchest",
+                "every grid, two sets",
+            ),
+            ("harness evaluate results/paper --on mimic=/data/mimic-cxr-jpg --json", "one JSON list of the scores"),
+        ),
+    )
+    ev.add_argument("results_dir", help="results/<grid>, or a results folder holding grids")
+    ev.add_argument(
+        "--on",
+        action="append",
+        metavar="NAME=PATH",
+        help="a dataset to score on: chexpert, mimic, padchest or nih, and its root (repeatable)",
+    )
+    ev.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--workers", type=int, default=0, help="decode threads; 0: all cores")
+    ev.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
+
     c = command(
         sub,
         "cam",

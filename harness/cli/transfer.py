@@ -89,3 +89,40 @@ def data_stats(args: argparse.Namespace) -> int:
         extra = f"  {stats['known'][f]:8d} {stats['uncertain'][f]:9d}" if "known" in stats else ""
         print(f"{f:<20}{row}{extra}")
     return 0
+
+
+def evaluate(args: argparse.Namespace, runtime) -> int:
+    """Score finished trials on other datasets (`harness evaluate RESULTS_DIR --on NAME=PATH ...`)."""
+    from harness import external
+
+    on = {}
+    for value in args.on or []:
+        name, sep, path = value.partition("=")
+        if not sep or name not in LAYOUT_NAMES or not path:
+            raise ConfigError(f"--on {value!r}: expected NAME=PATH with NAME one of {', '.join(LAYOUT_NAMES)}")
+        on[name] = path
+    rows = external.evaluate_results(args.results_dir, on, runtime)
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return 0
+    for r in rows:
+        home, ext = (f"{v:.3f}" if v is not None else "n/a" for v in (r["home"], r["external"]))
+        print(
+            f"{r['grid']}/{r['key']} {r['label']}: AUROC over {r['findings']} shared findings: home {home}, "
+            f"{r['dataset']} {ext}" + (" (stored)" if r["reused"] else "")
+        )
+    print(f"{len(rows)} scores ({sum(not r['reused'] for r in rows)} computed now); `harness report` shows them")
+    return 0
+
+
+def evaluate_grid(grid_dir: Path, names: tuple[str, ...], runtime) -> None:
+    """A grid's `evaluate_on` after its run: each dataset's root as `harness run` resolves it (NAME=PATH, env)."""
+    from harness import external, prepare
+
+    on = {name: str(prepare.dataset_root(name, runtime)) for name in names if name != "nih"}
+    if "nih" in names:
+        if runtime.data_root is None:
+            raise ConfigError("evaluate_on names nih but no NIH root is given: --data-root PATH or HARNESS_DATA_ROOT")
+        on["nih"] = runtime.data_root
+    for r in external.evaluate_results(grid_dir, on, runtime):
+        print(f"{r['key']} on {r['dataset']}: AUROC {r['external']} over {r['findings']} shared findings")

@@ -115,5 +115,6 @@ READERS.register("padchest")(
         label_map=LABEL_MAP,
         source="BIMCV (bimcv.cipf.es/bimcv-projects/padchest), on request",
         split=f"none: a seeded patient-level split, {TEST_FRACTION:.0%} of the films' patients as test",
+        official_split=False,
     )
 )

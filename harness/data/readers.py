@@ -47,6 +47,7 @@ class Reader:
     label_map: Mapping[str, str | tuple[str, ...]]  # the harness finding -> the dataset's label(s)
     source: str  # where the dataset is obtained
     split: str  # what its official split is, in words
+    official_split: bool = True  # False: the test split is the harness's own draw (evaluate scores every film)
 
     @property
     def env(self) -> str:

@@ -28,6 +28,7 @@ LAYERS = {
     "checkpoint": 4,
     "train": 5,
     "bench": 6,
+    "external": 6,  # `harness evaluate`: trained models on other datasets
     "runner": 7,
     "search": 8,
     "cli": 9,
