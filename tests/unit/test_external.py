@@ -7,6 +7,7 @@ import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -102,3 +103,22 @@ def test_a_grid_names_the_datasets_it_is_scored_on_but_its_keys_do_not_change(tm
     assert [t.key for t in a.trials] == [t.key for t in b.trials]
     with pytest.raises(ConfigError, match="evaluate_on=.*valid: a list of nih, chexpert, mimic, padchest"):
         load_grid(tmp_path / "c.yaml")
+
+
+def test_the_report_shows_the_transfer_table_and_figure_flagged_synthetic(finished, tmp_path):
+    from harness.report.write import write_report
+
+    base, trees, runtime, files = finished
+    external.evaluate_results(base / "results", {"padchest": str(trees["padchest"])}, runtime)
+    written = write_report(base / "results" / "g", tmp_path / "report", n_boot=100, progress=False)
+    page = (written.index.parent / "report.md").read_text()
+    assert "## Transfer: own test split against other datasets" in page
+    assert "SYNTHETIC DATA: synthetic, synthetic-chexpert, synthetic-padchest are rendered phantoms" in page
+    assert (tmp_path / "report" / "transfer.png").is_file() and (tmp_path / "report" / "transfer.pdf").is_file()
+    table = pd.read_csv(tmp_path / "report" / "transfer.csv")
+    record = files.read_external("synthetic-padchest")
+    row = table[table["scored_on"] == "synthetic-padchest"].iloc[0]
+    assert row["external_auc"] == pytest.approx(record["external"]["auc_macro"])
+    assert row["home_auc"] == pytest.approx(record["home"]["auc_macro"])
+    # Tables 1-2 hold the trial's own test scores only.
+    assert f"{files.read_metrics()['auc_macro']:.3f}" in page.split("## Transfer")[0]

@@ -695,6 +695,7 @@ REPORT_MODULES = (
     "testset",
     "drawing",
     "figures",
+    "crossdata",
     "methods",
     "page",
     "write",
