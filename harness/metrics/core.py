@@ -309,7 +309,10 @@ def weighted(per: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
 
 
 def roc_curve_points(probs_1d: Any, labels_1d: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) of one finding's ROC curve, via sklearn."""
+    """(false positive rate, true positive rate) of one finding's ROC curve, via sklearn; unknown labels left out."""
+    if _unknown(labels_1d):
+        known = np.isfinite(np.ravel(labels_1d))
+        probs_1d, labels_1d = np.ravel(probs_1d)[known], np.ravel(labels_1d)[known]
     p, y = _check(np.ravel(probs_1d), np.ravel(labels_1d))
     why = _reason(int(y.sum()), int(len(y) - y.sum()))
     if why:
@@ -322,6 +325,10 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
     """Reliability-diagram data pooled over findings (equal-width bins) and the expected calibration error."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise MetricsError(f"n_bins={n_bins!r} is out of range; valid: an integer >= 1")
+    known = None
+    if _unknown(labels):  # pooled over the known entries, each finding over its own
+        known = _matrix(np.isfinite(np.asarray(labels, dtype=np.float64)), "labels")
+        labels = np.nan_to_num(np.asarray(labels, dtype=np.float64))
     p, y = _check(probs, labels)
 
     def ece(pf: np.ndarray, yf: np.ndarray) -> tuple[float | None, np.ndarray, np.ndarray, np.ndarray]:
@@ -334,6 +341,18 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
         gap = np.where(count > 0, np.abs(np.nan_to_num(obs) - np.nan_to_num(conf)), 0.0)
         return float(np.sum(count * gap) / count.sum()), count, conf, obs
 
+    if known is not None:
+        p, y = np.where(known, p, np.nan), y.astype(np.float64)
+        pooled, count, conf, obs = ece(p[known], y[known])
+        return {
+            "n_bins": int(n_bins),
+            "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
+            "count": [int(c) for c in count],
+            "mean_predicted": [_num(v) for v in conf],
+            "observed": [_num(v) for v in obs],
+            "ece": pooled,
+            "ece_per_finding": [ece(p[known[:, f], f], y[known[:, f], f])[0] for f in range(p.shape[1])],
+        }
     pooled, count, conf, obs = ece(p.ravel(), y.ravel().astype(np.float64))
     return {
         "n_bins": int(n_bins),

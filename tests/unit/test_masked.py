@@ -94,3 +94,16 @@ def test_a_chexpert_trial_trains_on_its_known_labels_and_is_recorded_synthetic(t
     with np.load(tmp_path / "trial" / "predictions.npz") as npz:
         assert npz["labels"].dtype == np.float32 and np.isnan(npz["labels"][:, FINDINGS.index("Mass")]).all()
     assert json.loads((tmp_path / "trial" / "metrics.json").read_text())["key"] == resolved.key
+
+
+def test_curves_and_calibration_leave_unknown_labels_out():
+    p, y, _ = _data()
+    k = np.isfinite(y[:, 0])
+    fpr, tpr = metrics.roc_curve_points(p[:, 0], y[:, 0])
+    want = metrics.roc_curve_points(p[k, 0], y[k, 0])
+    assert np.array_equal(fpr, want[0]) and np.array_equal(tpr, want[1])
+    cal = metrics.calibration(p, y)
+    known = np.isfinite(y)
+    assert cal["ece"] == pytest.approx(metrics.calibration(p[known], y[known])["ece"])
+    assert cal["ece_per_finding"][0] == pytest.approx(metrics.calibration(p[k, 0], y[k, 0])["ece"])
+    assert cal["ece_per_finding"][3] is None  # known nowhere
