@@ -176,3 +176,57 @@ def evaluate_masked(
         "ci_unit": "patient",
         "degenerate": degenerate(p, logits=None if logits is None else s, names=names),
     }
+
+
+def paired_bootstrap_masked(
+    *,
+    probs_a: Any,
+    probs_b: Any,
+    labels: Any,
+    patient_ids: Any,
+    logits_a: Any = None,
+    logits_b: Any = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """compare.paired_bootstrap (macro AUROC of A minus B on the same images and patient resamples) with each
+    finding scored on the images that label it; the same patient draws serve every finding and both models."""
+    from harness.metrics.bootstrap import _interval, _macro_samples
+    from harness.metrics.compare import bootstrap_test
+    from harness.metrics.core import roc_auc
+
+    level = _level(level)
+    pa, y, sa, known = _columns(probs_a, labels, logits_a)
+    pb, _, sb, _ = _columns(probs_b, labels, logits_b)
+    counts, pidx = resample_counts(patient_ids, n_boot=n_boot, seed=seed)
+    n_pat, t = counts.shape[1], np.full(1, 0.5)
+    diffs = np.full((counts.shape[0], pa.shape[1]), np.nan)
+    keep = np.zeros(pa.shape[1], bool)
+    auc_a, auc_b = [], []
+    for f in range(pa.shape[1]):
+        k = known[:, f]
+        yf = y[k, f].astype(np.int8)[:, None]
+        if not (yf.any() and not yf.all()):
+            continue
+        keep[f] = True
+        one = [_Data(p[k, f : f + 1], yf, pidx[k], n_pat, s[k, f : f + 1]) for p, s in ((pa, sa), (pb, sb))]
+        diffs[:, f] = (BOOT_STATS["auc"](one[0], counts, t) - BOOT_STATS["auc"](one[1], counts, t))[:, 0]
+        auc_a.append(roc_auc(yf, sa[k, f : f + 1])[0])
+        auc_b.append(roc_auc(yf, sb[k, f : f + 1])[0])
+    if not keep.any():
+        raise MetricsError("no finding has both positives and negatives among its known labels; no AUROC to compare")
+    samples, dropped = _macro_samples(diffs, keep)
+    diff = float(np.mean(auc_a) - np.mean(auc_b))
+    return {
+        "diff": diff,
+        "ci": _interval(samples, level),
+        "p": bootstrap_test(diff, samples) if samples.size else None,
+        "auc_a": float(np.mean(auc_a)),
+        "auc_b": float(np.mean(auc_b)),
+        "n_boot": int(counts.shape[0]),
+        "n_dropped": dropped,
+        "level": level,
+        "unit": "patient",
+        "metric": "AUROC",
+    }

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from harness import store
-from harness.config import DATASETS
+from harness.config import DATASETS, TRIAL_FIELDS
+from harness.metrics import MetricsError, holm
+from harness.metrics.masked import paired_bootstrap_masked
 from harness.report.cells import trial_name, varied_fields
 from harness.report.context import Context
 from harness.report.drawing import Drawn, styles
@@ -79,14 +81,18 @@ def transfer_table(ctx: Context, found: list[tuple[store.Result, dict[str, Any]]
                 "external_auc_ci": ext.get("auc_macro_ci"), "split": rec.get("split"),
             }
         )  # fmt: skip
-    synthetic = sorted({n for _, rec in found for n in (rec["dataset"], rec["home"]["dataset"]) if n not in _REAL})
-    notes = ([SYNTHETIC_EXTERNAL.format(names=", ".join(synthetic))] if synthetic else []) + [EXTERNAL_NOTE]
+    notes = [*_synthetic_note(found), EXTERNAL_NOTE]
     return Table(
         "transfer", "Transfer: own test split against other datasets", columns, rows, pd.DataFrame(frame), notes=notes
     )
 
 
 _REAL = {d for d in DATASETS if not d.startswith("synthetic")}
+
+
+def _synthetic_note(found: list[tuple[store.Result, dict[str, Any]]]) -> list[str]:
+    synthetic = sorted({n for _, rec in found for n in (rec["dataset"], rec["home"]["dataset"]) if n not in _REAL})
+    return [SYNTHETIC_EXTERNAL.format(names=", ".join(synthetic))] if synthetic else []
 
 
 def _point(ax, block: dict[str, Any], y: float, color: str, marker: str) -> None:
@@ -128,3 +134,79 @@ def transfer_figure(ctx: Context, found: list[tuple[store.Result, dict[str, Any]
     )
     png, pdf = _save(ctx, fig, "transfer")
     return Drawn(png, caption, pdf)
+
+
+# Fields that follow another (a weights file's digest, its path) never make a pair on their own.
+_FOLLOWERS = {"pretrained_sha256", "weights_sha256", "weights"}
+PAIRS_NOTE = (
+    "Trials that differ in one field, both scored on the same films of another dataset: paired bootstrap of the "
+    "difference in mean AUROC over the findings both datasets label, the same patient resamples for both ({n} "
+    "resamples), each finding on the films that label it; p from the bootstrap test (the difference over the SD "
+    "of its resampled values). Holm-adjusted over this table's {k} tests, a family of its own: these are claims "
+    "about other datasets, apart from the report's family. Significant: adjusted p < 0.05 and an interval that "
+    "excludes 0."
+)
+
+
+def _pairs(found: list[tuple[store.Result, dict[str, Any]]]) -> list[tuple[str, str, tuple, tuple]]:
+    """(dataset, the field that differs, (result, record) of A, of B) for trials one field apart."""
+    out = []
+    for i, (ra, rec_a) in enumerate(found):
+        for rb, rec_b in found[i + 1 :]:
+            if rec_a["dataset"] != rec_b["dataset"]:
+                continue
+            fields = (set(ra.trial) | set(rb.trial)) & set(TRIAL_FIELDS) - _FOLLOWERS
+            differ = [f for f in sorted(fields) if ra.trial.get(f) != rb.trial.get(f)]
+            if len(differ) == 1:
+                out.append((rec_a["dataset"], differ[0], (ra, rec_a), (rb, rec_b)))
+    return out
+
+
+def transfer_pairs_table(ctx: Context, found: list[tuple[store.Result, dict[str, Any]]]) -> Table | None:
+    """Paired tests between trials on the same other dataset (metrics.masked.paired_bootstrap_masked)."""
+    pairs, tests, skipped = _pairs(found), [], 0
+    for dataset, axis, (ra, rec), (rb, _) in pairs:
+        pa, pb = (r.files.read_external_predictions(dataset) for r in (ra, rb))
+        if not np.array_equal(pa["image_index"], pb["image_index"]):
+            skipped += 1  # scored on different films (a changed root): no paired test
+            continue
+        idx = [list(pa["names"]).index(f) for f in rec["findings"]]
+        try:
+            result = paired_bootstrap_masked(
+                probs_a=pa["probs"][:, idx], probs_b=pb["probs"][:, idx], labels=pa["labels"][:, idx],
+                patient_ids=pa["patient_id"], logits_a=pa["logits"][:, idx], logits_b=pb["logits"][:, idx],
+                n_boot=ctx.n_boot,
+            )  # fmt: skip
+        except MetricsError:
+            skipped += 1  # no finding with both classes among its known labels
+            continue
+        tests.append((dataset, axis, ra, rb, result))
+    if not tests:
+        return None
+    adjusted = holm([t[4]["p"] if t[4]["p"] is not None else 1.0 for t in tests])
+    columns = ["Scored on", "Field", "A", "B", "AUROC A - B [95% CI]", "p", "p (adjusted)", "Significant"]
+    rows, frame = [], []
+    for (dataset, axis, ra, rb, r), adj in zip(tests, adjusted):
+        lo, hi = r["ci"]
+        significant = adj < 0.05 and lo is not None and (lo > 0 or hi < 0)
+        a, b = (f"{axis}={x.trial.get(axis)} ({x.key})" for x in (ra, rb))
+        ci = DASH if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+        rows.append(
+            [
+                _title(dataset),
+                axis,
+                a,
+                b,
+                f"{r['diff']:+.3f} {ci}",
+                f"{r['p']:.3g}",
+                f"{adj:.3g}",
+                "yes" if significant else "no",
+            ]
+        )
+        frame.append({"dataset": dataset, "field": axis, "a": ra.key, "b": rb.key, **r, "p_adjusted": float(adj)})
+    notes = [*_synthetic_note(found), PAIRS_NOTE.format(n=ctx.n_boot, k=len(tests))]
+    if skipped:
+        notes.append(f"{skipped} pair(s) left out: scored on different films, or no finding with both classes.")
+    return Table(
+        "transfer_paired", "Paired comparisons on other datasets", columns, rows, pd.DataFrame(frame), notes=notes
+    )

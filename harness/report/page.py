@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from harness.report.build import cam_table, comparison_table, paper_plan, paper_table, per_finding_table
 from harness.report.conclusions import Summary, summarise
 from harness.report.context import Context
-from harness.report.crossdata import records, transfer_figure, transfer_table
+from harness.report.crossdata import records, transfer_figure, transfer_pairs_table, transfer_table
 from harness.report.drawing import Drawn, supplementary
 from harness.report.figures import (
     bar_figure,
@@ -171,6 +171,9 @@ def build_sections(ctx: Context) -> list[Section]:
             table = transfer_table(ctx, found)
             table.write(ctx.out_dir)
             sections.append(_table(table, transfer_figure(ctx, found, next(numbers))))
+            if (pairs := transfer_pairs_table(ctx, found)) is not None:
+                pairs.write(ctx.out_dir)
+                sections.append(_table(pairs))
 
     cam = cam_table(ctx)
     if cam is not None:

@@ -122,3 +122,25 @@ def test_the_report_shows_the_transfer_table_and_figure_flagged_synthetic(finish
     assert row["home_auc"] == pytest.approx(record["home"]["auc_macro"])
     # Tables 1-2 hold the trial's own test scores only.
     assert f"{files.read_metrics()['auc_macro']:.3f}" in page.split("## Transfer")[0]
+
+
+def test_trials_one_field_apart_are_compared_on_the_same_films(finished, tmp_path):
+    """A copy of the trial with another loss written in its trial.json: the same films and outputs, so the paired
+    test finds no difference (p 1), in a family of its own."""
+    import shutil
+
+    from harness.report.write import write_report
+
+    _, trees, runtime, files = finished
+    grid = tmp_path / "results" / "g"
+    shutil.copytree(files.path, grid / files.key)
+    twin = grid / "twin"
+    shutil.copytree(files.path, twin)
+    record = json.loads((twin / "trial.json").read_text())
+    (twin / "trial.json").write_text(json.dumps({**record, "loss": "focal"}))
+    external.evaluate_results(grid, {"padchest": str(trees["padchest"])}, runtime)
+    write_report(grid, tmp_path / "report", n_boot=100, progress=False)
+    table = pd.read_csv(tmp_path / "report" / "transfer_paired.csv")
+    assert "synthetic-padchest" in set(table["dataset"]) and set(table["field"]) == {"loss"}
+    assert (table["diff"] == 0).all() and (table["p_adjusted"] == 1).all()
+    assert "a family of its own" in (tmp_path / "report" / "report.md").read_text()

@@ -107,3 +107,21 @@ def test_curves_and_calibration_leave_unknown_labels_out():
     assert cal["ece"] == pytest.approx(metrics.calibration(p[known], y[known])["ece"])
     assert cal["ece_per_finding"][0] == pytest.approx(metrics.calibration(p[k, 0], y[k, 0])["ece"])
     assert cal["ece_per_finding"][3] is None  # known nowhere
+
+
+def test_the_masked_paired_bootstrap_is_the_plain_one_where_nothing_is_masked():
+    from harness.metrics.masked import paired_bootstrap_masked
+
+    p, y, pids = _data()
+    full = np.nan_to_num(y[:, :3])
+    q = np.clip(p[:, :3] + np.random.default_rng(1).normal(0, 0.2, (len(p), 3)), 0, 1)
+    a = metrics.paired_bootstrap(probs_a=p[:, :3], probs_b=q, labels=full, patient_ids=pids, n_boot=200, seed=4)
+    b = paired_bootstrap_masked(probs_a=p[:, :3], probs_b=q, labels=full, patient_ids=pids, n_boot=200, seed=4)
+    for k in ("diff", "ci", "p", "auc_a", "auc_b", "n_dropped"):
+        assert b[k] == pytest.approx(a[k], abs=1e-12), k
+    masked = paired_bootstrap_masked(probs_a=p, probs_b=np.c_[q, p[:, 3]], labels=y, patient_ids=pids, n_boot=200)
+    k = np.isfinite(y[:, 0])
+    assert masked["auc_a"] == pytest.approx(
+        np.mean([roc_auc_score(y[np.isfinite(y[:, j]), j], p[np.isfinite(y[:, j]), j]) for j in range(3)])
+    )
+    assert k.sum() < len(y)
