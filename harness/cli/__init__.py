@@ -115,7 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # same way (nothing is written; a missing weights file is warned about, as the run would).
         trials, root = prepare.resolve(list(grid.trials), runtime)
         grid = dataclasses.replace(grid, trials=tuple(trials))
-        data = f"data: {root}" if root is not None else "data: the embedded SYNTHETIC set"
+        from harness.cli.transfer import data_words
+
+        data = data_words(trials, root, runtime)
         print(
             f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
             f"{', '.join(grid.axes) or 'nothing'}; {data})"
@@ -260,9 +262,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     """Decode the official splits once at a size, so full-data trials at that size start from the cache."""
     import time
 
-    from harness.data import cache, nih
+    from harness.data import cache, nih, readers
 
-    data = nih.load(_data_root(args))
+    data = readers.load(args.root) if args.root else nih.load(_data_root(args))  # a named root: any layout
     t0, total, skipped = time.perf_counter(), 0, 0
     for name, rows in nih.split(data, val_fraction=args.val_fraction, seed=args.seed).items():
         cached = cache.build(

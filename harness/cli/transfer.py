@@ -126,3 +126,16 @@ def evaluate_grid(grid_dir: Path, names: tuple[str, ...], runtime) -> None:
         on["nih"] = runtime.data_root
     for r in external.evaluate_results(grid_dir, on, runtime):
         print(f"{r['key']} on {r['dataset']}: AUROC {r['external']} over {r['findings']} shared findings")
+
+
+def data_words(trials, root, runtime) -> str:
+    """What a dry run says its trials read: NIH's root (or the embedded set) and each other dataset's root."""
+    from harness import prepare
+    from harness.data import readers
+
+    parts = []
+    if any(readers.layout_for(t.dataset) == "nih" for t in trials):
+        parts.append(f"data: {root}" if root is not None else "data: the embedded SYNTHETIC set")
+    _, roots = prepare.other_datasets(trials, runtime)
+    parts += [f"{layout} data: {path}" for layout, path in sorted(roots.items())]
+    return "; ".join(parts)
