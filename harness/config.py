@@ -14,7 +14,21 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("nih", "synthetic")
+# nih and synthetic (the NIH layout's phantoms); chexpert, mimic, padchest (data/readers.py), and a synthetic tree
+# in one of their layouts, recorded as synthetic-<layout> so that it is never taken for the real dataset.
+DATASETS = (
+    "nih",
+    "synthetic",
+    "chexpert",
+    "mimic",
+    "padchest",
+    "synthetic-chexpert",
+    "synthetic-mimic",
+    "synthetic-padchest",
+)
+# Datasets whose labeller leaves findings blank or uncertain: their targets hold NaN (unknown), masked from the loss.
+PARTLY_LABELLED = ("chexpert", "mimic", "synthetic-chexpert", "synthetic-mimic")
+UNCERTAIN_POLICIES = ("mask", "ones", "zeros")  # uncertain (-1) labels: unknown, positive (U-Ones), negative (U-Zeros)
 
 
 class ConfigError(ValueError):
@@ -71,6 +85,9 @@ class Trial:
     # workspace): on the same machine and versions a trial then gives bit-identical predictions, a little slower.
     # Ops with no deterministic kernel warn and are named in the trial's provenance.json (recipe.py).
     deterministic: bool = False
+    # CheXpert and MIMIC label some findings uncertain (-1): mask leaves them out of the loss and the metrics,
+    # ones and zeros read them as positive or negative (Irvin et al. 2019's U-Ones, U-Zeros).
+    uncertain: str = "mask"
 
     @property
     def key(self) -> str:
@@ -116,7 +133,15 @@ TRIAL_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in fields(Trial)}
 # field goes here: listing it keeps all stored trials where they are.
 KEYED_WHEN_SET: dict[str, Any] = {
     name: TRIAL_FIELDS[name].default
-    for name in ("bn_recalibrate", "tta", "weights", "weights_sha256", "pretrained_sha256", "deterministic")
+    for name in (
+        "bn_recalibrate",
+        "tta",
+        "weights",
+        "weights_sha256",
+        "pretrained_sha256",
+        "deterministic",
+        "uncertain",
+    )
 }
 
 # The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks
@@ -156,6 +181,8 @@ CONDITIONS: dict[str, Condition] = {
     **{name: _loss_param(name) for params in LOSS_PARAMS.values() for name in params},
     # nih.split shrinks the test list only with the training subset: with every patient kept it does nothing.
     "subset_test": Condition("subset_fraction", lambda v: v < 1, "subset_fraction < 1"),
+    # Only CheXpert's labellers write uncertain labels (MIMIC-CXR's are the same labeller's).
+    "uncertain": Condition("dataset", lambda v: v in PARTLY_LABELLED, "dataset is chexpert or mimic"),
 }
 
 
@@ -167,6 +194,7 @@ def inactive(values: Mapping[str, Any]) -> list[str]:
 # Ranges a field must satisfy: (test, description of the valid values).
 _RANGES: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "uncertain": (lambda v: v in UNCERTAIN_POLICIES, f"one of {', '.join(UNCERTAIN_POLICIES)}"),
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -322,6 +350,8 @@ class Runtime:
     """How trials run; nothing here can change a result, so none of it is hashed."""
 
     data_root: str | None = None  # None: --data-root, else HARNESS_DATA_ROOT, else synthetic
+    # Roots of the other datasets by name (--data-root chexpert=PATH, else HARNESS_CHEXPERT_ROOT, ...).
+    data_roots: dict[str, str] = field(default_factory=dict)
     cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
     results_dir: str = "results"
     device: str = "auto"  # auto: cuda when there is one

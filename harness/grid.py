@@ -20,6 +20,7 @@ import yaml
 
 from harness.config import (
     CONDITIONS,
+    DATASETS,
     TRIAL_FIELDS,
     ConfigError,
     Trial,
@@ -30,7 +31,8 @@ from harness.config import (
 )
 
 BUILTIN_DIR = Path(__file__).with_name("grids")  # shipped inside the package: `harness run paper` works anywhere
-GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "seeds", "profiles")
+GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "seeds", "profiles", "evaluate_on")
+EVALUATE_ON = tuple(d for d in DATASETS if not d.startswith("synthetic"))  # `harness evaluate --on` names
 _DEFAULTS = {name: f.default for name, f in TRIAL_FIELDS.items()}
 
 
@@ -45,6 +47,7 @@ class Grid:
     axes: tuple[str, ...]  # the Trial fields that vary across its trials (a grouped axis counts by its fields)
     choices: tuple[Mapping[str, str], ...] = ()  # per trial: grouped axis -> the group it came from
     notes: tuple[str, ...] = ()  # what expansion did that a user should hear of (cells collapsed into one trial)
+    evaluate_on: tuple[str, ...] = ()  # datasets every trial is scored on after training; not a Trial field
 
 
 class Expansion(NamedTuple):
@@ -435,4 +438,12 @@ def load_grid(
         axes=varied,
         choices=tuple(choices),
         notes=tuple(notes),
+        evaluate_on=_evaluate_on(spec.get("evaluate_on", []), path),
     )
+
+
+def _evaluate_on(value: Any, path: Path) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or any(n not in EVALUATE_ON for n in names):
+        raise ConfigError(f"{path}: evaluate_on={value!r}; valid: a list of {', '.join(EVALUATE_ON)}")
+    return tuple(dict.fromkeys(names))

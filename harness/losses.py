@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.config import ConfigError, Trial
+from harness.config import PARTLY_LABELLED, ConfigError, Trial
 from harness.registry import Registry
 
 LossFactory = Callable[..., nn.Module]  # (trial, *, pos_weight: Tensor | None) -> module(logits, targets)
@@ -112,6 +112,26 @@ def _asl(trial: Trial, *, pos_weight: Tensor | None) -> nn.Module:
     return BoundLoss(asl, gamma_neg=trial.asl_gamma_neg, gamma_pos=trial.asl_gamma_pos, clip=trial.asl_clip)
 
 
+class MaskedLoss(nn.Module):
+    """A mean-over-entries loss over the known targets only; NaN targets (labels the dataset does not give) count
+    for nothing, in value or gradient.
+
+    A masked entry becomes a confident, correct one (logit 100, target 1), which every registered loss prices
+    at 0 to within 1e-40, through a torch.where that passes no gradient; the mean is then rescaled from all
+    entries to the known ones. No host sync: the training step stays asynchronous on a GPU.
+    """
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        known = ~torch.isnan(targets)
+        z = torch.where(known, logits, torch.full_like(logits, 100.0))
+        loss = self.base(z, torch.where(known, targets, torch.ones_like(targets)))
+        return loss * (targets.numel() / known.sum().clamp(min=1))
+
+
 def check(trial: Trial) -> None:
     """Raise ConfigError if the trial's loss is not registered."""
     if trial.loss not in LOSSES:
@@ -121,4 +141,5 @@ def check(trial: Trial) -> None:
 def make_loss(trial: Trial, *, prevalence: np.ndarray) -> nn.Module:
     """The trial's loss module; prevalence is the per-class positive fraction of the training split."""
     check(trial)
-    return LOSSES[trial.loss](trial, pos_weight=positive_weights(prevalence))
+    loss = LOSSES[trial.loss](trial, pos_weight=positive_weights(prevalence))
+    return MaskedLoss(loss) if trial.dataset in PARTLY_LABELLED else loss

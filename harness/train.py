@@ -278,7 +278,7 @@ def score(
     arrays = {
         "val_probs": val.probs,
         "val_logits": val.logits,
-        "val_labels": td.labels["val"].astype(np.uint8),
+        "val_labels": td.stored_labels("val"),
         "val_patient_id": ids[td.rows["val"]],
         "names": np.array(nih.FINDINGS),
     }
@@ -298,7 +298,7 @@ def score(
     arrays.update(
         probs=out.probs,
         logits=out.logits,
-        labels=td.labels["test"].astype(np.uint8),
+        labels=td.stored_labels("test"),
         image_index=td.data.table["image_index"].to_numpy().astype(str)[rows],
         patient_id=ids[rows],
     )
@@ -387,7 +387,7 @@ def run_trial(
     hardware.reset_peak_memory(device)
     td = prepare_data(trial, runtime)
     model, step_model, loss_fn, optimizer = training_setup(
-        trial, device, prevalence=td.labels["train"].mean(axis=0), compile=runtime.compile
+        trial, device, prevalence=td.prevalence(), compile=runtime.compile
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=trial.lr_step, gamma=trial.lr_gamma)
     files = store.TrialFiles(out_dir)

@@ -34,10 +34,13 @@ def runtime_of(args: argparse.Namespace) -> Runtime:
         # On a cluster the trials run on its nodes: this machine's lack of a GPU says nothing about theirs.
         on_cluster = hasattr(args, "address") and bool(args.address or os.environ.get("RAY_ADDRESS"))
         hardware.check_device(device, here=not on_cluster)
-    data_root = getattr(args, "data_root", None)
+    from harness.cli.transfer import data_roots
+
+    data_root, roots = data_roots(getattr(args, "data_root", None))  # NIH's, and the others' by name
     # Absolute paths: Ray workers run in their own working directories.
     return Runtime(
         data_root=str(Path(data_root).resolve()) if data_root else None,
+        data_roots=roots,
         results_dir=str(Path(getattr(args, "results", "results")).resolve()),
         cache_dir=str(Path(getattr(args, "cache_dir", None) or default_cache_dir()).resolve()),
         device=device,

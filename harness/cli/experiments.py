@@ -59,7 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # same way (nothing is written; a missing weights file is warned about, as the run would).
         trials, root = prepare.resolve(list(grid.trials), runtime)
         grid = dataclasses.replace(grid, trials=tuple(trials))
-        data = f"data: {root}" if root is not None else "data: the embedded SYNTHETIC set"
+        from harness.cli.transfer import data_words
+
+        data = data_words(trials, root, runtime)
         print(
             f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
             f"{', '.join(grid.axes) or 'nothing'}; {data})"
@@ -75,6 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     prepare.prepare_all(trials, runtime)
     summary = run_grid(grid.name, trials, runtime)
     print("\n".join(summary.lines()))
+    if grid.evaluate_on:  # the grid's `evaluate_on`: every finished trial scored on those datasets too
+        from harness.cli import transfer
+
+        transfer.evaluate_grid(Path(runtime.results_dir) / grid.name, grid.evaluate_on, runtime)
     print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
     print("\n".join(tracking.dashboards(runtime.trackers, Store(Path(runtime.results_dir) / grid.name))))
     return summary.exit_code
@@ -155,6 +161,13 @@ def cmd_cam(args: argparse.Namespace) -> int:
             f"over {overall.get('n', 0)} boxes"
         )
     return EXIT_OK
+
+
+@COMMANDS.register("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.cli import transfer
+
+    return transfer.evaluate(args, runtime_of(args))
 
 
 @COMMANDS.register("reproduce")

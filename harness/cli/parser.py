@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data-root", help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic)")
+        sp.add_argument(
+            "--data-root",
+            action="append",
+            metavar="PATH|NAME=PATH",
+            help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic); NAME=PATH for another "
+            "dataset's (chexpert, mimic, padchest; default: $HARNESS_CHEXPERT_ROOT, ...); repeatable",
+        )
         sp.add_argument("--results", default="results", help="results directory; a grid's trials go to RESULTS/<name>")
         sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
         sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -175,6 +181,34 @@ def build_parser() -> argparse.ArgumentParser:
     tracker_opt(se)
     data_opts(se)
 
+    ev = command(
+        sub,
+        "evaluate",
+        help="score finished trials on other datasets without retraining (transfer), over the findings both label",
+        examples=(
+            (
+                "harness evaluate results/paper --on chexpert=/data/CheXpert-v1.0-small",
+                "every trial on CheXpert's test",
+            ),
+            (
+                "harness evaluate results --on chexpert=/data/chexpert --on padchest=/data/padchest",
+                "every grid, two sets",
+            ),
+            ("harness evaluate results/paper --on mimic=/data/mimic-cxr-jpg --json", "one JSON list of the scores"),
+        ),
+    )
+    ev.add_argument("results_dir", help="results/<grid>, or a results folder holding grids")
+    ev.add_argument(
+        "--on",
+        action="append",
+        metavar="NAME=PATH",
+        help="a dataset to score on: chexpert, mimic, padchest or nih, and its root (repeatable)",
+    )
+    ev.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+    ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ev.add_argument("--workers", type=int, default=0, help="decode threads; 0: all cores")
+    ev.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
+
     c = command(
         sub,
         "cam",
@@ -206,8 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(
         dsub,
         "synth",
-        help="write a synthetic NIH-layout tree",
-        examples=(synth, ("harness data synth --out /tmp/hard --difficulty 0.9 --label-noise 0.05", "a harder one")),
+        help="write a synthetic tree in the NIH layout (or CheXpert's, MIMIC-CXR-JPG's, PadChest's)",
+        examples=(
+            synth,
+            ("harness data synth --out /tmp/hard --difficulty 0.9 --label-noise 0.05", "a harder one"),
+            ("harness data synth --layout chexpert --out /tmp/chexpert-synth --n 300 --size 64", "CheXpert's layout"),
+        ),
+    )
+    s.add_argument(
+        "--layout",
+        default="nih",
+        choices=("nih", "chexpert", "mimic", "padchest"),
+        help="the dataset layout to write, with that dataset's shift in contrast, noise and prevalence",
     )
     s.add_argument("--out", required=True, help="folder to write the tree into")
     s.add_argument("--n", type=int, default=3000, help="images")
@@ -223,10 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     st = command(
         dsub,
         "stats",
-        help="images, patients, splits, overlap, prevalence",
-        examples=(stats, ("harness data stats /data/nih --json", "the same as one JSON object")),
+        help="the layout, images, patients, splits, overlap, prevalence",
+        examples=(
+            stats,
+            ("harness data stats /data/nih --json", "the same as one JSON object"),
+            ("harness data stats /data/CheXpert-v1.0-small", "CheXpert: labelled and uncertain counts too"),
+        ),
     )
-    st.add_argument("root", nargs="?", help="data root (default: $HARNESS_DATA_ROOT)")
+    st.add_argument(
+        "root", nargs="?", help="data root of any layout, recognised by its files (default: $HARNESS_DATA_ROOT)"
+    )
     st.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     split_opts(st)
     pr = command(

@@ -22,13 +22,9 @@ DATA_COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("data co
 
 @DATA_COMMANDS.register("synth")
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from harness.data import synthetic
+    from harness.cli import transfer
 
-    root = synthetic.generate(
-        args.out, n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty, label_noise=args.label_noise
-    )
-    print(f"synthetic NIH-layout tree: {root}")
-    return EXIT_OK
+    return transfer.data_synth(args)
 
 
 def _data_root(args: argparse.Namespace) -> Path:
@@ -42,27 +38,9 @@ def _data_root(args: argparse.Namespace) -> Path:
 
 @DATA_COMMANDS.register("stats")
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from harness.data import nih
+    from harness.cli import transfer
 
-    data = nih.load(_data_root(args))
-    stats = nih.stats(data, val_fraction=args.val_fraction, seed=args.seed)
-    if args.json:
-        print(json.dumps(stats, sort_keys=True))
-        return EXIT_OK
-    print(
-        f"{data.root} ({data.dataset}): {stats['images']} images, {stats['patients']} patients; "
-        f"missing {stats['missing']}, skipped {stats['skipped']}"
-    )
-    print(
-        "splits: "
-        + ", ".join(f"{k} {v}" for k, v in stats["splits"].items())
-        + f"; patient overlap between splits: {stats['patient_overlap']}"
-    )
-    names = list(nih.FINDINGS)
-    print(f"{'finding':<20}" + "".join(f"{s:>9}" for s in stats["prevalence"]))
-    for f in names:
-        print(f"{f:<20}" + "".join(f"{stats['prevalence'][s][f] * 100:8.2f}%" for s in stats["prevalence"]))
-    return EXIT_OK
+    return transfer.data_stats(args)
 
 
 @DATA_COMMANDS.register("prepare")
@@ -70,9 +48,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     """Decode the official splits once at a size, so full-data trials at that size start from the cache."""
     import time
 
-    from harness.data import cache, nih
+    from harness.data import cache, nih, readers
 
-    data = nih.load(_data_root(args))
+    data = readers.load(args.root) if args.root else nih.load(_data_root(args))  # a named root: any layout
     t0, total, skipped = time.perf_counter(), 0, 0
     for name, rows in nih.split(data, val_fraction=args.val_fraction, seed=args.seed).items():
         cached = cache.build(

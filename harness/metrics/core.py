@@ -120,6 +120,12 @@ def _n_boot(n_boot: int) -> int:
     return int(n_boot)
 
 
+def _unknown(labels: Any) -> bool:
+    """Float labels with NaN entries: labels a dataset does not give (metrics/masked.py scores around them)."""
+    a = np.asarray(labels)
+    return a.dtype.kind == "f" and bool(np.isnan(a).any())
+
+
 def _num(x: Any) -> float | None:
     """A JSON-able number: python float, or None for missing / NaN."""
     if x is None:
@@ -134,6 +140,9 @@ def _num(x: Any) -> float | None:
 
 def bce_loss(probs: Any, labels: Any) -> float:
     """Mean binary cross-entropy over all images and findings, probabilities clipped to [1e-7, 1-1e-7]; NaN if empty."""
+    if _unknown(labels):  # NaN labels are unknown: the mean over the known entries
+        known = np.isfinite(np.asarray(labels, dtype=np.float64))
+        return bce_loss(np.asarray(probs)[known], np.asarray(labels)[known])
     p, y = _check(probs, labels)
     if p.size == 0:
         return float("nan")
@@ -229,6 +238,10 @@ def per_finding(
     With `logits`, auc and ap rank the logits instead: a float32 sigmoid ties every logit above about 16.6
     at exactly 1.0, and the logits keep the order it loses (where it ties nothing, the two rank alike).
     """
+    if _unknown(labels):  # NaN labels are unknown: each finding on the images that label it
+        from harness.metrics.masked import per_finding_masked
+
+        return per_finding_masked(probs, labels, names=names, thresholds=thresholds, logits=logits)
     p, y = _check(probs, labels, names=names)
     s = p if logits is None else _logits(logits, p.shape)
     t = _thresholds(thresholds, p.shape[1])
@@ -296,7 +309,10 @@ def weighted(per: Mapping[str, Mapping[str, Any]], key: str) -> float | None:
 
 
 def roc_curve_points(probs_1d: Any, labels_1d: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(false positive rate, true positive rate) of one finding's ROC curve, via sklearn."""
+    """(false positive rate, true positive rate) of one finding's ROC curve, via sklearn; unknown labels left out."""
+    if _unknown(labels_1d):
+        known = np.isfinite(np.ravel(labels_1d))
+        probs_1d, labels_1d = np.ravel(probs_1d)[known], np.ravel(labels_1d)[known]
     p, y = _check(np.ravel(probs_1d), np.ravel(labels_1d))
     why = _reason(int(y.sum()), int(len(y) - y.sum()))
     if why:
@@ -309,6 +325,10 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
     """Reliability-diagram data pooled over findings (equal-width bins) and the expected calibration error."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise MetricsError(f"n_bins={n_bins!r} is out of range; valid: an integer >= 1")
+    known = None
+    if _unknown(labels):  # pooled over the known entries, each finding over its own
+        known = _matrix(np.isfinite(np.asarray(labels, dtype=np.float64)), "labels")
+        labels = np.nan_to_num(np.asarray(labels, dtype=np.float64))
     p, y = _check(probs, labels)
 
     def ece(pf: np.ndarray, yf: np.ndarray) -> tuple[float | None, np.ndarray, np.ndarray, np.ndarray]:
@@ -321,6 +341,18 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
         gap = np.where(count > 0, np.abs(np.nan_to_num(obs) - np.nan_to_num(conf)), 0.0)
         return float(np.sum(count * gap) / count.sum()), count, conf, obs
 
+    if known is not None:
+        p, y = np.where(known, p, np.nan), y.astype(np.float64)
+        pooled, count, conf, obs = ece(p[known], y[known])
+        return {
+            "n_bins": int(n_bins),
+            "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
+            "count": [int(c) for c in count],
+            "mean_predicted": [_num(v) for v in conf],
+            "observed": [_num(v) for v in obs],
+            "ece": pooled,
+            "ece_per_finding": [ece(p[known[:, f], f], y[known[:, f], f])[0] for f in range(p.shape[1])],
+        }
     pooled, count, conf, obs = ece(p.ravel(), y.ravel().astype(np.float64))
     return {
         "n_bins": int(n_bins),

@@ -14,6 +14,7 @@ from harness.metrics.core import (
     _check,
     _logits,
     _num,
+    _unknown,
     bce_loss,
     calibration,
     choose_thresholds,
@@ -52,6 +53,14 @@ def evaluate(
     what the AUROC ranked); with validation predictions "degenerate_val" is that of the validation output,
     read from `val_logits` when given.
     """
+    if _unknown(labels) or (val_labels is not None and _unknown(val_labels)):
+        from harness.metrics.masked import evaluate_masked  # labels a dataset does not give are left out
+
+        return evaluate_masked(
+            probs, labels, names=names, patient_ids=patient_ids, logits=logits, val_probs=val_probs,
+            val_labels=val_labels, val_logits=val_logits, n_boot=n_boot, seed=seed, level=level,
+            focal_gamma=focal_gamma, focal_alpha=focal_alpha,
+        )  # fmt: skip
     p, y = _check(probs, labels, patient_ids, names)
     s = None if logits is None else _logits(logits, p.shape)
     if p.shape[0] == 0:

@@ -137,7 +137,7 @@ def family_words(ctx: Context) -> str:
 def warnings_first(ctx: Context, notes: list[str]) -> list[str]:
     """A table's notes, led by the synthetic-data warning unless every result is on NIH, and by the warning
     about starting weights that may have seen NIH test images when any result started from such."""
-    lead = [] if ctx.is_nih else [SYNTHETIC_WARNING]
+    lead = [SYNTHETIC_WARNING] if ctx.synthetic else []
     nih = ctx.nih_warning()
     return [*lead, *([nih] if nih else []), *notes]
 

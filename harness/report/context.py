@@ -117,6 +117,11 @@ class Context:
         return bool(self.results) and self.datasets == ["nih"]
 
     @property
+    def synthetic(self) -> bool:
+        """Any result on rendered phantoms (the NIH layout's, or another dataset's: synthetic-chexpert, ...)."""
+        return any(d.startswith("synthetic") for d in self.datasets)
+
+    @property
     def unverified_weights(self) -> list[str]:
         """Pretrained results whose weights file is not torchvision's published ImageNet checkpoint."""
         return sorted(

@@ -211,7 +211,8 @@ def roc_figures(ctx: Context, numbers: Iterator[str]) -> list[Drawn]:
         ax = fig.add_subplot(1, 1, 1)
         for j, (finding, style) in enumerate(zip(findings, styles(len(findings)))):
             y = p["labels"][:, j]
-            if y.min() == y.max():
+            seen = y[np.isfinite(y)]  # a finding the dataset does not label is NaN throughout
+            if seen.size == 0 or seen.min() == seen.max():
                 continue  # ROC undefined without both classes
             # The curve depends on the order of the scores only: the logits' ranks keep what saturation ties.
             scores = p["probs"][:, j] if "logits" not in p else rankdata(p["logits"][:, j]) / len(y)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from harness.report.build import cam_table, comparison_table, paper_plan, paper_table, per_finding_table
 from harness.report.conclusions import Summary, summarise
 from harness.report.context import Context
+from harness.report.crossdata import records, transfer_figure, transfer_pairs_table, transfer_table
 from harness.report.drawing import Drawn, supplementary
 from harness.report.figures import (
     bar_figure,
@@ -107,7 +108,7 @@ def build_sections(ctx: Context) -> list[Section]:
     """Every part of the report, in page order; the paired tests run first, then tables and figures are written."""
     sections: list[Section] = []
     warnings = [
-        *([SYNTHETIC_WARNING] if not ctx.is_nih and ctx.results else []),
+        *([SYNTHETIC_WARNING] if ctx.synthetic else []),
         *([WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights))] if ctx.unverified_weights else []),
         *([ctx.nih_warning()] if ctx.nih_warning() else []),
     ]
@@ -166,6 +167,13 @@ def build_sections(ctx: Context) -> list[Section]:
             table.write(ctx.out_dir)
             sections.append(_table(table))
         sections.append(_summary("What can be concluded", summary, method_note(ctx, tests)))
+        if found := records(ctx):  # `harness evaluate`'s scores on other datasets
+            table = transfer_table(ctx, found)
+            table.write(ctx.out_dir)
+            sections.append(_table(table, transfer_figure(ctx, found, next(numbers))))
+            if (pairs := transfer_pairs_table(ctx, found)) is not None:
+                pairs.write(ctx.out_dir)
+                sections.append(_table(pairs))
 
     cam = cam_table(ctx)
     if cam is not None:

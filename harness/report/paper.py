@@ -46,7 +46,16 @@ SYNTHETIC_WARNING = (
     "SYNTHETIC DATA: these numbers come from rendered phantoms, not NIH ChestX-ray14. They are "
     "not comparable with the paper's or any published values, which are therefore not shown."
 )
-DATASET_TITLES = {"nih": "NIH ChestX-ray14", "synthetic": "SYNTHETIC phantoms, not NIH"}
+DATASET_TITLES = {
+    "nih": "NIH ChestX-ray14",
+    "synthetic": "SYNTHETIC phantoms, not NIH",
+    "chexpert": "CheXpert",
+    "mimic": "MIMIC-CXR-JPG",
+    "padchest": "PadChest",
+    "synthetic-chexpert": "SYNTHETIC phantoms in CheXpert's layout, not CheXpert",
+    "synthetic-mimic": "SYNTHETIC phantoms in MIMIC-CXR-JPG's layout, not MIMIC",
+    "synthetic-padchest": "SYNTHETIC phantoms in PadChest's layout, not PadChest",
+}
 # The paper's BCE column cannot be what this harness (or any mean per-element BCE) reports beside it.
 PAPER_BCE_NOTE = (
     "The paper's BCE values (0.79-0.94) are above ln 2 = 0.693, the loss of predicting 0.5 everywhere, so "

@@ -51,6 +51,7 @@ class TrialFiles:
     # Files whose checksums DONE records (those present). DONE also keeps history.csv's text: it is small, and
     # once the resume state is gone nothing else holds the training curve.
     CHECKED = (METRICS, PREDICTIONS, WEIGHTS, PROVENANCE, HISTORY)
+    EXTERNAL = "external"  # `harness evaluate`: external/<dataset>.json (scores) and .npz (predictions)
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -217,6 +218,47 @@ class TrialFiles:
         path = self.cam_dir(out_dir) / self.CAM_SCORES
         write_json(path, scores)
         return path
+
+    # --- scores on other datasets (`harness evaluate`): the .npz first, then the .json that commits it ---
+
+    def _external(self, dataset: str, suffix: str) -> Path:
+        if not dataset or "/" in dataset or dataset.startswith("."):
+            raise ValueError(f"not a dataset name for a file: {dataset!r}")
+        return self._file(self.EXTERNAL) / f"{dataset}{suffix}"
+
+    def write_external(self, dataset: str, record: dict[str, Any], **arrays: np.ndarray) -> None:
+        """One external dataset's predictions, then its scores with the predictions' checksum (the commit)."""
+        npz = self._external(dataset, ".npz")
+        write_npz(npz, **arrays)
+        write_json(self._external(dataset, ".json"), {**record, "sha256": {npz.name: sha256(npz)}, **provenance()})
+
+    def read_external(self, dataset: str) -> dict[str, Any] | None:
+        """The scores on one external dataset when they are there and their predictions intact; else None."""
+        path = self._external(dataset, ".json")
+        if not path.is_file():
+            return None
+        try:
+            record = self._read_json(f"{self.EXTERNAL}/{path.name}")
+            npz = self._external(dataset, ".npz")
+            if not npz.is_file() or sha256(npz) != record.get("sha256", {}).get(npz.name):
+                return None
+        except Unreadable:
+            return None
+        return record
+
+    def read_external_predictions(self, dataset: str) -> dict[str, np.ndarray]:
+        path = self._external(dataset, ".npz")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise Unreadable(f"{path}: unreadable ({exc})") from None
+
+    def external_datasets(self) -> list[str]:
+        """The datasets this trial has intact external scores on, sorted."""
+        folder = self._file(self.EXTERNAL)
+        names = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        return [n for n in names if self.read_external(n) is not None]
 
     # --- the commit point: DONE with checksums, or failed.json ---
 

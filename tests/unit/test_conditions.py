@@ -42,8 +42,14 @@ def test_unused_fields_reset_so_equal_trainings_share_a_key():
     assert Trial(subset_test=True).canonical() == Trial()
     assert Trial(subset_test=True, subset_fraction=0.1).canonical().subset_test is True
     assert inactive({"loss": "weighted_bce", "subset_fraction": 0.5}) == [
-        f for params in LOSS_PARAMS.values() for f in params
+        *(f for params in LOSS_PARAMS.values() for f in params),
+        "uncertain",  # NIH labels nothing uncertain
     ]
+    # Only CheXpert's and MIMIC's labels can be uncertain: elsewhere the policy is held at its default.
+    assert Trial(uncertain="ones").canonical() == Trial()
+    assert Trial(dataset="chexpert", uncertain="ones").canonical().uncertain == "ones"
+    assert Trial(dataset="synthetic-mimic", uncertain="zeros").canonical().uncertain == "zeros"
+    assert Trial(dataset="padchest", uncertain="zeros").canonical().uncertain == "mask"
 
 
 def test_user_written_trials_are_canonical():

@@ -30,6 +30,7 @@ LAYERS = {
     "train": 5,
     "bench": 6,
     "reproduce": 6,  # a stored trial re-run from its recipe, and its certificate
+    "external": 6,  # `harness evaluate`: trained models on other datasets
     "runner": 7,
     "search": 8,
     "cli": 9,

@@ -696,6 +696,7 @@ REPORT_MODULES = (
     "drawing",
     "figures",
     "recorded",
+    "crossdata",
     "methods",
     "page",
     "write",
