@@ -4,8 +4,8 @@
     python scripts/grid_phases.py PHASES.json report -- report RESULTS/paper --out REPORT
 
 NAME covers the whole command. For `run`, the functions that mark a grid's phases are timed too: data
-(prepare.prepare_all: dataset resolution done, caches built), ray_start (runner.grid.start_ray), packing
-(runner.placement.per_gpu: looking up the remembered trials-per-GPU decisions) and grid_runner (runner.grid.run_grid: Ray, packing
+(prepare.prepare_all: dataset resolution done, caches built), ray_start (runner.driver.start_ray), packing
+(runner.placement.per_gpu: looking up the remembered trials-per-GPU decisions) and grid_runner (runner.driver.run_grid: Ray, packing
 and every trial). A name the code
 no longer has is listed under "not_timed" rather than failing the run. PHASES.json is rewritten as each
 phase begins and ends, so a run still going, or killed, leaves what it reached; several commands append
@@ -26,9 +26,9 @@ from pathlib import Path  # noqa: E402
 
 HOOKS = [  # (module, function, phase), in the order they run
     ("harness.prepare", "prepare_all", "data"),
-    ("harness.runner.grid", "start_ray", "ray_start"),
+    ("harness.runner.driver", "start_ray", "ray_start"),
     ("harness.runner.placement", "per_gpu", "packing"),
-    ("harness.runner.grid", "run_grid", "grid_runner"),
+    ("harness.runner.driver", "run_grid", "grid_runner"),
 ]
 
 

@@ -7,7 +7,6 @@ TOLERANCE, SMOOTH_SAMPLES, ...) live in, and are read from, the module that uses
 
 from harness.cam.boxes import box_mask, input_box, input_crop, tolerance_px
 from harness.cam.command import load_model, run_cam
-from harness.cam.figures import activation_figure, grid_figure, overlay_figure
 from harness.cam.maps import (
     METHODS,
     activations,
@@ -18,6 +17,7 @@ from harness.cam.maps import (
     finding_index,
     resolve_layer,
 )
+from harness.cam.overlays import activation_figure, grid_figure, overlay_figure
 from harness.cam.scoring import METRICS, RULES, eval_batches, score_map, score_trial, summarise
 
 __all__ = [

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from harness import hardware, models, store
 from harness.cam.boxes import input_crop
-from harness.cam.figures import Panel, activation_figure, grid_figure, overlay_figure
 from harness.cam.maps import (
     METHODS,
     activations,
@@ -23,6 +22,7 @@ from harness.cam.maps import (
     finding_index,
     resolve_layer,
 )
+from harness.cam.overlays import Panel, activation_figure, grid_figure, overlay_figure
 from harness.cam.scoring import eval_batches, score_trial
 from harness.config import TRIAL_FIELDS, ConfigError, Runtime, Trial, trial_from_dict
 from harness.data import cache, loader, nih

@@ -13,7 +13,7 @@ from harness.cli.commands import COMMANDS, EXIT_FAILED, EXIT_OK, runtime_of
 from harness.config import ConfigError, Runtime, Trial
 
 if TYPE_CHECKING:
-    from harness.grid import Grid
+    from harness.gridfile import Grid
 
 
 def checked_grid(args: argparse.Namespace) -> tuple[Grid, Runtime]:
@@ -22,7 +22,7 @@ def checked_grid(args: argparse.Namespace) -> tuple[Grid, Runtime]:
     A dry run and a real run both come through here, so they refuse the same inputs with the same line.
     """
     from harness import train
-    from harness.grid import load_grid
+    from harness.gridfile import load_grid
 
     grid = load_grid(args.grid, profile=args.profile, overrides=args.set or [], seeds=args.seeds)
     for t in grid.trials:
@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n".join(_dry_run_line(grid, i) for i in range(len(grid.trials))))
         return EXIT_OK
     from harness.runner import tracking
-    from harness.runner.grid import run_grid
+    from harness.runner.driver import run_grid
 
     if args.fetch_weights:
         fetch_pretrained(grid.trials)

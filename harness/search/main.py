@@ -62,7 +62,7 @@ class Outcome:
             out.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()))
         out.append(f"outputs: {s['out']}")
         if self.stopped:
-            from harness.runner.search import stopped_line
+            from harness.runner.searcher import stopped_line
 
             out.append(stopped_line(self.stopped))
         return out
@@ -80,7 +80,7 @@ def _cache_trials(search: Search, base: Trial) -> list[Trial]:
 def run(search: Search, runtime: Runtime) -> Outcome:
     """Add search.samples new trials to the study, then write its outputs. Validation happens before Ray starts."""
     from harness import prepare
-    from harness.runner import search as runner
+    from harness.runner import searcher as runner
 
     check_search(search)
     grid_dir = Path(runtime.results_dir) / search.name

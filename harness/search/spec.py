@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import grid as grid_mod
+from harness import gridfile as grid_mod
 from harness import store as store_mod
 from harness.config import CONDITIONS, ConfigError, Trial, trial_from_dict, unknown_key, with_weights_file
 from harness.search.space import Param, check_keys, parse_space, used

@@ -6,7 +6,7 @@ trial       TrialFiles: one trial's folder (settings, metrics, history, predicti
 grid        Store: a grid's folder, its lock, and scan() of what is done, failed or broken
 """
 
-from harness.store.grid import LOCK_FILE, Broken, Scan, Store, StoreError, load_failures, load_results, scan
+from harness.store.folder import LOCK_FILE, Broken, Scan, Store, StoreError, load_failures, load_results, scan
 from harness.store.origin import provenance
 from harness.store.trial import Result, TrialFiles, Unreadable
 from harness.store.writes import (

@@ -8,7 +8,7 @@ import pytest
 from unit.test_grid import THOUSAND  # 5 archs x 2 inits (a grouped axis) x 4 losses x 5 freeze depths x 5 seeds
 
 from harness import cli
-from harness.grid import load_grid
+from harness.gridfile import load_grid
 
 pytestmark = pytest.mark.bench
 

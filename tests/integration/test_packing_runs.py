@@ -45,7 +45,7 @@ def test_a_grid_on_logical_gpus_starts_at_once_and_learns_trials_per_gpu(logical
     from ray import tune
 
     from harness import prepare
-    from harness.runner import grid as runner
+    from harness.runner import driver as runner
 
     placement = pytest.importorskip("harness.runner.placement")
 
@@ -103,7 +103,7 @@ def test_on_the_cpu_the_costliest_first_order_changes_no_result(logical_gpu, nih
     from ray import tune
 
     from harness import prepare, store
-    from harness.runner import grid as runner
+    from harness.runner import driver as runner
 
     placement = pytest.importorskip("harness.runner.placement")
     handed = []

@@ -10,7 +10,7 @@ import pytest
 
 from harness import search, store
 from harness.config import Runtime, Trial
-from harness.grid import load_grid
+from harness.gridfile import load_grid
 
 SEARCH = """\
 name: tiny

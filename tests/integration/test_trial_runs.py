@@ -16,7 +16,7 @@ from support import alexnet_state, saved
 
 from harness import metrics, models, rescore, store, train
 from harness.config import Runtime, Trial
-from harness.grid import load_grid
+from harness.gridfile import load_grid
 
 # 21 training images of the tiny tree at batch 8: two steps an epoch.
 ALEXNET = Trial(dataset="nih", arch="alexnet", image_size=64, epochs=3, batch_size=8, lr=1e-3, lr_step=2)

@@ -132,7 +132,7 @@ def test_grid_summary_of_a_grid_still_deciding_its_packing_without_nvidia_smi(tm
 
 def test_grid_phases_records_a_command_and_appends_the_next(tmp_path, capsys):
     from harness import prepare
-    from harness.runner import grid as runner_grid
+    from harness.runner import driver as runner_grid
 
     prepare_all, run_grid = prepare.prepare_all, runner_grid.run_grid
     phases = _script("grid_phases")

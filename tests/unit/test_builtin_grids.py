@@ -6,7 +6,7 @@ import pytest
 
 from harness import cli
 from harness.config import ConfigError
-from harness.grid import BUILTIN_DIR, builtin_grids, load_grid, locate
+from harness.gridfile import BUILTIN_DIR, builtin_grids, load_grid, locate
 
 
 def test_the_grids_ship_inside_the_package():

@@ -15,7 +15,7 @@ from harness import external, train
 from harness.cli import main
 from harness.config import ConfigError, Runtime, Trial
 from harness.data.synthetic.layouts import generate_layout
-from harness.grid import load_grid
+from harness.gridfile import load_grid
 from harness.store import Store, TrialFiles
 
 TRIAL = Trial(dataset="synthetic", arch="alexnet", image_size=64, epochs=1, batch_size=16, lr=1e-3)

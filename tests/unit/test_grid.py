@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from harness.config import ConfigError, Trial, trial_from_dict
-from harness.grid import load_grid, parse_set
+from harness.gridfile import load_grid, parse_set
 
 
 def write(tmp_path, text, name="g.yaml"):

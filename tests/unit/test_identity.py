@@ -71,7 +71,7 @@ def test_the_dry_run_prints_the_keys_the_run_will_use(torch_home, tmp_path, caps
     out = capsys.readouterr().out
     keys = [line.split()[0] for line in out.splitlines() if not line.startswith("#")]
     assert "the embedded SYNTHETIC set" in out.splitlines()[0]
-    from harness.grid import load_grid
+    from harness.gridfile import load_grid
 
     trials, _ = prepare.resolve(list(load_grid(grid).trials), Runtime(cache_dir=str(tmp_path / "cache")))
     assert keys == [t.key for t in trials]  # what run_grid receives: the folders it writes

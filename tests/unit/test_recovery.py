@@ -128,14 +128,14 @@ class _TuneTrial:
 def test_a_failed_attempt_is_one_line_and_a_trial_whose_worker_died_each_time_is_recorded(tmp_path, caplog):
     from ray.exceptions import ActorDiedError, RayTaskError
 
-    from harness.runner.grid import Retries
+    from harness.runner.driver import Retries
 
     st = store.Store(tmp_path / "g")
     lost, own = Trial(arch="alexnet", seed=0), Trial(arch="alexnet", seed=1)
     for t in (lost, own):
         st.begin(t, "g")
     retries = Retries(st, 2)
-    with caplog.at_level(logging.WARNING, logger="harness.runner.grid"):
+    with caplog.at_level(logging.WARNING, logger="harness.runner.driver"):
         retries.on_trial_recover(0, [], _TuneTrial(lost, 1, ActorDiedError(), tmp_path))
     assert (
         f"{lost.label}: attempt 1 failed (its worker died or its node was lost: ActorDiedError); Ray runs it "
@@ -149,7 +149,7 @@ def test_a_failed_attempt_is_one_line_and_a_trial_whose_worker_died_each_time_is
     # A trial's own exception: the worker recorded it, with its traceback; that record stays.
     st.mark_failed(own, "MemoryError: out of host memory", detail="Traceback ...")
     cause = MemoryError("out of host memory")
-    with caplog.at_level(logging.WARNING, logger="harness.runner.grid"):
+    with caplog.at_level(logging.WARNING, logger="harness.runner.driver"):
         retries.on_trial_error(0, [], _TuneTrial(own, 3, RayTaskError("_trainable", "Traceback ...", cause), tmp_path))
     assert f"{own.label}: attempt 3 failed (MemoryError: out of host memory); no retries left" in caplog.text
     assert st.failure(own)["detail"] == "Traceback ..."
@@ -158,8 +158,8 @@ def test_a_failed_attempt_is_one_line_and_a_trial_whose_worker_died_each_time_is
 def test_a_search_trial_whose_worker_died_each_time_is_recorded_in_one_line(tmp_path, caplog):
     from ray.exceptions import ActorDiedError
 
-    from harness.runner import search as search_runner
-    from harness.runner.grid import Retries
+    from harness.runner import searcher as search_runner
+    from harness.runner.driver import Retries
 
     st = store.Store(tmp_path / "s")
     base = Trial(arch="alexnet", epochs=2)
@@ -168,7 +168,7 @@ def test_a_search_trial_whose_worker_died_each_time_is_recorded_in_one_line(tmp_
     st.begin(trial, "s")
     died = _TuneTrial(trial, 2, ActorDiedError(), tmp_path)
     died.config, died.trial_id = config, "abc_00001"  # a search's config holds the base and the drawn fields
-    with caplog.at_level(logging.WARNING, logger="harness.runner.grid"):
+    with caplog.at_level(logging.WARNING, logger="harness.runner.driver"):
         Retries(st, 1, trial_of=search_runner._trial_of).on_trial_error(0, [], died)
     assert f"{trial.label}: attempt 2 failed (its worker died or its node was lost: ActorDiedError)" in caplog.text
     assert st.failure(trial)["reason"] == "its worker died or its node was lost: ActorDiedError (attempt 2 of 2)"
@@ -202,7 +202,7 @@ def test_a_full_disk_fails_the_trial_once_without_a_retry_even_when_its_record_d
 def test_a_failure_no_file_could_hold_is_still_in_the_summary(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from harness.runner.grid import Retries, summarize
+    from harness.runner.driver import Retries, summarize
 
     st = store.Store(tmp_path / "g")
     full, fine = Trial(arch="alexnet", seed=0), Trial(arch="alexnet", seed=1)
@@ -222,7 +222,7 @@ def test_a_failure_no_file_could_hold_is_still_in_the_summary(tmp_path, monkeypa
 def test_the_progress_bar_drops_a_dead_attempts_epoch_until_its_retry_reports():
     from types import SimpleNamespace
 
-    from harness.runner.grid import Progress
+    from harness.runner.driver import Progress
 
     progress = Progress(total=2, already=0)
     trial = SimpleNamespace(trial_id="t1", config={"trial": Trial(arch="alexnet", epochs=3).to_dict()})

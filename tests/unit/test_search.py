@@ -14,7 +14,7 @@ import pytest
 
 from harness import search, store
 from harness.config import ConfigError, Runtime, Trial
-from harness.grid import load_grid, locate
+from harness.gridfile import load_grid, locate
 from harness.search import optuna_internals
 from harness.search import space as space_mod
 from harness.search import study as study_mod
@@ -170,7 +170,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path, capsys):
 
 @pytest.fixture
 def searcher():
-    from harness.runner.search import StudySearcher
+    from harness.runner.searcher import StudySearcher
 
     storage = optuna.storages.InMemoryStorage()
     ot_study = optuna.create_study(storage=storage, direction="minimize", sampler=optuna.samplers.RandomSampler(0))
@@ -227,7 +227,7 @@ def test_complete_trial_without_a_finite_value_is_a_failure(searcher):
 def test_asha_rungs_start_from_the_studys_earlier_curves():
     from ray.tune.schedulers import TrialScheduler
 
-    from harness.runner import search as runner
+    from harness.runner import searcher as runner
 
     def asha(prior):
         plan = SimpleNamespace(metric="val_loss", mode="min", grace_period=1, reduction_factor=2, prior=prior)
@@ -242,7 +242,7 @@ def test_asha_rungs_start_from_the_studys_earlier_curves():
 
 
 def test_outcome_of_a_result():
-    from harness.runner.search import outcome
+    from harness.runner.searcher import outcome
 
     assert outcome({"epoch": 3}, 3) == "complete"
     assert outcome({"epoch": 1}, 3) == "pruned"
@@ -405,7 +405,7 @@ def test_export_writes_best_importance_plots_and_a_seeded_grid(tmp_path):
 def trainable(tmp_path, monkeypatch):
     """Calls the search trainable for one point, with Ray's report() and run_trial replaced."""
     from harness import train
-    from harness.runner import search as runner
+    from harness.runner import searcher as runner
 
     reported = []
     monkeypatch.setattr("ray.tune.report", lambda row: reported.append(row))

@@ -20,7 +20,7 @@ from harness.config import ConfigError, Runtime, Trial, trial_from_dict
 from harness.runner import placement, ray_internals, tracking
 from harness.runner.attempt import attempt
 from harness.runner.cluster import ray_reachable, start_ray, trial_running, use_reserved_cpus, worker_logging
-from harness.runner.grid import Progress, Retries, quiet_tune, run_config
+from harness.runner.driver import Progress, Retries, quiet_tune, run_config
 from harness.runner.stopping import Stop, resume_command, stoppable
 
 log = logging.getLogger(__name__)
