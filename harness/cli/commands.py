@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def runtime_of(args: argparse.Namespace) -> Runtime:
         from harness import hardware  # torch: only commands with --device come here, never `harness report`
 
         # On a cluster the trials run on its nodes: this machine's lack of a GPU says nothing about theirs.
-        on_cluster = hasattr(args, "address") and bool(args.address or os.environ.get("RAY_ADDRESS"))
+        on_cluster = hasattr(args, "address") and bool(args.address or _ray_address())
         hardware.check_device(device, here=not on_cluster)
     from harness.cli.transfer import data_roots
 
@@ -62,3 +61,10 @@ def _trackers(values: list[str] | None) -> tuple[str, ...]:
     from harness.runner import tracking
 
     return tracking.parse(values)
+
+
+def _ray_address() -> str | None:
+    """The cluster Ray's address variable names (ray loads only for a run that names a device)."""
+    from harness.runner import ray_internals
+
+    return ray_internals.env_address()

@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness import prepare
     from harness.store import Store
 
-    Store(Path(runtime.results_dir) / grid.name).check_usable()  # before data is prepared, in a dry run too
+    Store.of(runtime.results_dir, grid.name).check_usable()  # before data is prepared, in a dry run too
 
     if args.dry_run:
         # The keys a run will use: the dataset it will read and the weights files it will load, resolved the
@@ -80,9 +80,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if grid.evaluate_on:  # the grid's `evaluate_on`: every finished trial scored on those datasets too
         from harness.cli import transfer
 
-        transfer.evaluate_grid(Path(runtime.results_dir) / grid.name, grid.evaluate_on, runtime)
-    print(f"report: python -m harness report {Path(runtime.results_dir) / grid.name}")
-    print("\n".join(tracking.dashboards(runtime.trackers, Store(Path(runtime.results_dir) / grid.name))))
+        transfer.evaluate_grid(Store.of(runtime.results_dir, grid.name).root, grid.evaluate_on, runtime)
+    print(f"report: python -m harness report {Store.of(runtime.results_dir, grid.name).root}")
+    print("\n".join(tracking.dashboards(runtime.trackers, Store.of(runtime.results_dir, grid.name))))
     return summary.exit_code
 
 

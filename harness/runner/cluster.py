@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from harness.config import ConfigError, Runtime
+from harness.runner import ray_internals
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +122,13 @@ WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
 
 
 def start_ray(runtime: Runtime) -> bool:
-    """Join the cluster at runtime.address (or RAY_ADDRESS), else start a private local Ray. True when it started
+    """Join the cluster at runtime.address (or Ray's address variable), else start a private local Ray. True when it started
     that private Ray: no one else's cluster, so its end is the run's end (stopping.stoppable's own_ray)."""
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS") == "":
-        del os.environ["RAY_ADDRESS"]  # set but empty: Ray would read it as an address
     # "local": without an address, a private Ray for this run, never a cluster someone left running here.
-    address = runtime.address or os.environ.get("RAY_ADDRESS") or "local"
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on stdout: the progress bar says it
+    address = runtime.address or ray_internals.env_address() or "local"
+    ray_internals.driver_environment()
     if os.environ.get("TORCH_HOME"):  # local workers inherit the environment; a relative path would move
         os.environ["TORCH_HOME"] = os.path.abspath(os.environ["TORCH_HOME"])
     kwargs: dict[str, Any] = {

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -244,23 +242,11 @@ def _why(trial: Any) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
-@contextlib.contextmanager
-def quiet_tune() -> Iterator[None]:
+def quiet_tune() -> contextlib.AbstractContextManager[None]:
     """What a Tuner of the harness says, trimmed to what a user needs. Results come from the trials' last reports
     and the store, so Ray's per-trial result files are off and its notes about them (and about trials a stop left
     unstarted) are silenced; a trial's failure is said in one line by Retries, not as Tune's traceback."""
-    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level, before = quiet.level, os.environ.get("TUNE_PRINT_ALL_TRIAL_ERRORS")
-    quiet.setLevel(logging.ERROR)
-    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"  # read when the Tuner starts its controller
-    try:
-        yield
-    finally:
-        quiet.setLevel(level)
-        if before is None:
-            del os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"]
-        else:
-            os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = before
+    return ray_internals.quiet_tuner()
 
 
 def run_config(
@@ -389,7 +375,7 @@ def _learn(decisions: placement.Decisions) -> None:
 
 def run_grid(grid: str, trials: Sequence[Trial], runtime: Runtime) -> Summary:
     """Run every trial not already done; return the summary read back from the store."""
-    st = store_mod.Store(Path(runtime.results_dir) / grid)
+    st = store_mod.Store.of(runtime.results_dir, grid)
     st.check_writable()
     with st.lock():
         pending = _to_run(trials, st)

@@ -4,14 +4,19 @@
   stand-in trial that carries only a trial_id: ASHA reads nothing else of a trial.
 - What ended a trial's attempt is read from the error Tune pickles beside the trial's local state
   (Trial.pickled_error_file) as it happens: Trial.get_pickled_error reads the copy in storage, written later.
+- Ray's and Tune's environment knobs and a logger of Tune's, each set here and nowhere else: what the
+  harness's own summary and progress bar replace (banners, per-trial tracebacks, a SIGINT handler that
+  points at Tuner.restore) and where a trial runs (the driver's working directory).
 tests/test_search.py::test_ray_contract checks CONTRACT and the stand-in against the installed Ray and names
 whatever an upgrade moved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,3 +72,55 @@ def last_error(trial: Any) -> BaseException | None:
         with open(path, "rb") as f:
             return cloudpickle.load(f)
     return trial.get_pickled_error()
+
+
+ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own: the cluster to join when none is given
+
+
+def env_address() -> str | None:
+    """The cluster RAY_ADDRESS names; None when unset. Set but empty it is removed: Ray would read "" as one."""
+    if os.environ.get(ADDRESS_ENV) == "":
+        del os.environ[ADDRESS_ENV]
+    return os.environ.get(ADDRESS_ENV) or None
+
+
+def driver_environment() -> None:
+    """Before ray.init, what a user has not set otherwise: repeated worker lines folded into one, trials kept in
+    the driver's working directory (relative paths in a grid mean what they meant), and no experiment banner on
+    stdout (the progress bar and the summary say it)."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """name=value for the length of the block, then as it was (unset if it was)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def quiet_tuner() -> Iterator[None]:
+    """For a Tuner's fit: no traceback per failed trial (read when the Tuner starts its controller; the harness
+    says each failure in one line) and no notes about result files the harness does not read."""
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with _environment("TUNE_PRINT_ALL_TRIAL_ERRORS", "0"):
+            yield
+    finally:
+        quiet.setLevel(level)
+
+
+def without_tune_sigint_handler() -> contextlib.AbstractContextManager[None]:
+    """Tune's own SIGINT handler off (it would point at Tuner.restore, not at rerunning the harness's command)."""
+    return _environment("TUNE_DISABLE_SIGINT_HANDLER", "1")

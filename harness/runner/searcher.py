@@ -7,7 +7,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -280,7 +279,7 @@ def run_search(plan: SearchPlan, runtime: Runtime) -> SearchRun:
     a grid's. A pruned trial keeps trial.json, history.csv and search.json; its weights are removed.
     The caller holds the store's lock.
     """
-    st = store_mod.Store(Path(runtime.results_dir) / plan.name)
+    st = store_mod.Store.of(runtime.results_dir, plan.name)
     own_ray = start_ray(runtime)  # first: ray.init sets a SIGTERM handler of its own, which stoppable() replaces
 
     def last_words(stop: Stop) -> None:  # Ray went down with the driver: the study has every finished trial

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from ray import tune
 from tqdm.auto import tqdm
 
+from harness.runner import ray_internals
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -81,20 +83,15 @@ def stoppable(
             threading.Thread(target=watch, daemon=True, name="harness-ray-watch").start()
 
     before = {s: signal.signal(s, on_signal) for s in SIGNALS}
-    tune_handler = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ray's own would point at Tuner.restore, not the harness
     try:
-        yield stop
+        with ray_internals.without_tune_sigint_handler():
+            yield stop
     finally:
         finished.set()  # the run's own summary follows; Ray's shutdown after it is no reason for last words
         for s, handler in before.items():
             # After a stop, the process is on its way out (Ray's shutdown, atexit): a second signal there
             # must still end it at once with the same line, not a KeyboardInterrupt inside an atexit hook.
             signal.signal(s, _exit_at_once if stop.signal is not None else handler)
-        if tune_handler is None:
-            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
-        else:
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_handler
 
 
 INTERRUPTED = "harness: interrupted; rerun the same command to resume"

@@ -32,9 +32,6 @@ class Param:
     def parse(cls, name: str, spec: Mapping[str, Any], where: str) -> Param:
         raise NotImplementedError
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        raise NotImplementedError
-
     def suggest(self, trial: optuna.Trial) -> Any:
         """Draw this field's value for a trial of the study."""
         raise NotImplementedError
@@ -110,11 +107,7 @@ class _Range(Param):
     low: Any = 0
     high: Any = 1
     log: bool = False
-    DISTRIBUTION: ClassVar[type] = optuna.distributions.FloatDistribution
     FORMAT: ClassVar[str] = "g"
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return self.DISTRIBUTION(self.low, self.high, log=self.log)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         if self.FORMAT == "d":
@@ -155,7 +148,6 @@ class FloatParam(_Range):
 class IntParam(_Range):
     low: int = 0
     high: int = 1
-    DISTRIBUTION: ClassVar[type] = optuna.distributions.IntDistribution
     FORMAT: ClassVar[str] = "d"
 
     @classmethod
@@ -186,9 +178,6 @@ class CategoricalParam(Param):
         if len(choices) == 1:
             raise ConfigError(f"{where}: only one choice ({choices[0]!r}); for a single value set {name} in base")
         return cls(field=name, choices=choices)
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        return optuna.distributions.CategoricalDistribution(self.choices)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         return trial.suggest_categorical(self.field, self.choices)

@@ -48,7 +48,7 @@ PLOTS = {  # file stem -> optuna.visualization(.matplotlib) function name
 }
 
 
-def _plots(study: optuna.Study, out: Path) -> dict[str, str]:
+def _plots(study: optuna.Study, out: store_mod.SearchFiles) -> dict[str, str]:
     """Optuna's standard plots as PNG (matplotlib), and as HTML where plotly is installed; stem -> file or reason."""
     import matplotlib
 
@@ -66,14 +66,14 @@ def _plots(study: optuna.Study, out: Path) -> dict[str, str]:
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
                 fig.set_size_inches(9, 5.5)
                 fig.tight_layout()
-                with store_mod.atomic_path(out / f"{stem}.png") as tmp:
+                with store_mod.atomic_path(out.plot(stem, "png")) as tmp:
                     fig.savefig(tmp, format="png", dpi=110)
                 plt.close(fig)
                 written[stem] = f"{stem}.png"
                 if html:
                     import optuna.visualization as ov
 
-                    with store_mod.atomic_path(out / f"{stem}.html") as tmp:
+                    with store_mod.atomic_path(out.plot(stem, "html")) as tmp:
                         getattr(ov, fn)(study).write_html(str(tmp))
             except (ValueError, RuntimeError, KeyError, IndexError) as exc:  # too few trials for this plot
                 plt.close("all")
@@ -92,7 +92,7 @@ def best_grid(search: Search, study: optuna.Study, trial: Trial, runtime: Runtim
     name = f"{search.study_name}-best"
     header = [
         f"# {command}",
-        f"# python -m harness report {Path(runtime.results_dir) / name}",
+        f"# python -m harness report {store_mod.Store.of(runtime.results_dir, name).root}",
         "#",
         f"# The best trial (#{best.number}) of study {search.study_name} from {search.path}: "
         f"{search.metric} {best.value:.4f} on the validation split.",
@@ -105,19 +105,18 @@ def best_grid(search: Search, study: optuna.Study, trial: Trial, runtime: Runtim
 
 def export(search: Search, study: optuna.Study, runtime: Runtime) -> dict[str, Any]:
     """Write the study's outputs under results/<name>/search/<study>/ and return what was written."""
-    out = store_mod.Store(Path(runtime.results_dir) / search.name).search_dir(search.study_name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = store_mod.Store.of(runtime.results_dir, search.name).search_files(search.study_name)
     counts = study_mod.counts(study)
     summary: dict[str, Any] = {
         "study": search.study_name,
         "metric": search.metric,
         "direction": search.direction,
         "trials": counts,
-        "out": str(out),
+        "out": str(out.path),
     }
     ranked, why = importances(study)
     summary["importance"] = ranked or {"skipped": why}
-    store_mod.write_json(out / "importance.json", summary["importance"])
+    out.write_importance(summary["importance"])
     if _finished(study):
         best = study.best_trial
         trial = trial_from_dict({**study.user_attrs["base"], **best.params}, where=f"study {search.study_name}")
@@ -128,15 +127,11 @@ def export(search: Search, study: optuna.Study, runtime: Runtime) -> dict[str, A
             "key": trial.key,
             "trial": trial.to_dict(),
         }
-        store_mod.write_json(out / "best.json", summary["best"])
-        grid_path = out / "best.yaml"
-        store_mod.write_bytes(grid_path, best_grid(search, study, trial, runtime, grid_path).encode())
-        summary["grid"] = str(grid_path)
+        out.write_best(summary["best"])
+        summary["grid"] = str(out.write_best_grid(best_grid(search, study, trial, runtime, out.best_grid)))
     else:
         summary["best"] = None
-    frame = study.trials_dataframe()
-    with store_mod.atomic_path(out / "trials.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+    out.write_trials(study.trials_dataframe())
     summary["plots"] = _plots(study, out)
-    store_mod.write_json(out / "summary.json", summary)
+    out.write_summary(summary)
     return summary

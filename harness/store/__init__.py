@@ -2,12 +2,14 @@
 
 writes      atomic, durable writes (used for caches and reports too)
 origin      provenance(): what produced a result
+searchfiles SearchFiles: one study's outputs (summary, best trial and grid, importances, trials, plots)
 trial       TrialFiles: one trial's folder (settings, metrics, history, predictions, weights, resume, DONE)
-grid        Store: a grid's folder, its lock, and scan() of what is done, failed or broken
+folder      Store: a grid's folder, its lock, and scan() of what is done, failed or broken
 """
 
 from harness.store.folder import LOCK_FILE, Broken, Scan, Store, StoreError, load_failures, load_results, scan
 from harness.store.origin import provenance
+from harness.store.searchfiles import SearchFiles
 from harness.store.trial import Result, TrialFiles, Unreadable
 from harness.store.writes import (
     WriteFailed,
@@ -27,6 +29,7 @@ __all__ = [
     "Broken",
     "Result",
     "Scan",
+    "SearchFiles",
     "Store",
     "StoreError",
     "TrialFiles",

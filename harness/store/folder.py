@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.config import ConfigError, Trial
+from harness.store.searchfiles import SearchFiles
 from harness.store.trial import Result, TrialFiles
 from harness.store.writes import _DISK_ERRORS, sweep_temp, write_bytes
 
@@ -37,6 +38,11 @@ class Store:
     def __init__(self, grid_dir: Path | str) -> None:
         self.root = Path(grid_dir)
 
+    @classmethod
+    def of(cls, results_dir: Path | str, name: str) -> Store:
+        """The folder of grid (or search) `name` under a results directory: results/<name>/."""
+        return cls(Path(results_dir) / name)
+
     @property
     def study_path(self) -> Path:
         return self.root / self.STUDY
@@ -53,8 +59,9 @@ class Store:
     def mlflow_db(self) -> Path:
         return self.root / self.MLFLOW
 
-    def search_dir(self, study: str) -> Path:
-        return self.root / self.SEARCH_OUTPUT / study
+    def search_files(self, study: str) -> SearchFiles:
+        """A study's outputs: search/<study>/."""
+        return SearchFiles(self.root / self.SEARCH_OUTPUT / study)
 
     def trial_dir(self, trial: Trial | str) -> Path:
         return self.root / (trial if isinstance(trial, str) else trial.key)

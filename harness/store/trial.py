@@ -111,9 +111,6 @@ class TrialFiles:
         with open(path, newline="") as fh:
             return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
-    def has_history(self) -> bool:
-        return self._file(self.HISTORY).is_file()
-
     # --- test (and validation) predictions: statistics are recomputed from them without retraining ---
 
     def write_predictions(self, **arrays: np.ndarray) -> None:
@@ -168,9 +165,6 @@ class TrialFiles:
             log.warning("%s is unreadable (%s); moved to %s, the trial restarts from scratch", path, exc, aside.name)
             return None
 
-    def has_resume(self) -> bool:
-        return self._file(self.RESUME).is_file()
-
     def drop_checkpoints(self) -> None:
         """Remove weights and resume state: a trial stopped early keeps its curve, not its weights."""
         for name in (self.RESUME, self.WEIGHTS):
@@ -196,9 +190,6 @@ class TrialFiles:
 
     def write_search(self, record: dict[str, Any]) -> None:
         write_json(self._file(self.SEARCH), record)
-
-    def read_search(self) -> dict[str, Any] | None:
-        return self._read_json(self.SEARCH) if self._file(self.SEARCH).is_file() else None
 
     def cam_dir(self, out_dir: Path | str | None = None) -> Path:
         """Where `harness cam` writes its figures: out_dir when given, else the trial's cam/ folder."""

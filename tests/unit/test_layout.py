@@ -1,6 +1,8 @@
-"""The layout DESIGN promises: imports flow one way, heavy libraries stay in their one module, modules stay small."""
+"""The layout docs/layout.md promises: imports flow one way, heavy libraries stay in their one module, modules stay
+small, each module has a name of its own, and the map in docs/layout.md names only what exists."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,65 @@ def test_modules_stay_small_and_say_their_job(path):
     assert len(text.splitlines()) <= MAX_LINES, f"{path.relative_to(PACKAGE)} is over {MAX_LINES} lines: split it"
     doc = ast.get_docstring(ast.parse(text))
     assert path.name in ("__init__.py", "__main__.py") or doc, f"{path.relative_to(PACKAGE)}: open with a docstring"
+
+
+def test_no_two_modules_share_a_file_name():
+    seen: dict[str, list[str]] = {}
+    for path in _modules():
+        if path.name != "__init__.py":
+            seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
+
+
+RAY_KNOB = re.compile(r"(RAY|TUNE)_[A-Z0-9_]+|ray(\.[a-z_]+)+")  # an environment variable, or a logger's name
+
+
+def test_rays_environment_and_loggers_are_touched_only_by_its_adapter():
+    """Ray's knobs change meaning across versions: one module sets them, and its contract test watches it."""
+    home = PACKAGE / "runner" / "ray_internals.py"
+    found = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value}"
+        for path in _modules()
+        if path != home
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and RAY_KNOB.fullmatch(node.value)
+    ]
+    assert found == []
+
+
+LAYOUT = REPO / "docs" / "layout.md"
+
+
+def _tree_entries() -> list[str]:
+    """The paths the first column of docs/layout.md's tree blocks names, by indentation (two spaces a level)."""
+    paths: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for block in re.findall(r"```\n(.*?)```", LAYOUT.read_text(), flags=re.S):
+        stack.clear()
+        for line in block.splitlines():
+            entry = re.match(r"( *)([\w./-]+\.py|[\w.-]+/)(?=\s|$)", line)
+            if entry is None or len(entry.group(1)) > 8:  # wrapped description lines are indented further
+                continue
+            depth = len(entry.group(1)) // 2
+            stack[:] = [(d, name) for d, name in stack if d < depth]
+            paths.append("".join(name for _, name in stack) + entry.group(2))
+            if entry.group(2).endswith("/"):
+                stack.append((depth, entry.group(2)))
+    return paths
+
+
+def test_the_layout_map_names_only_paths_that_exist():
+    entries = _tree_entries()
+    assert "harness/store/folder.py" in entries and len(entries) > 40  # the parse works
+    assert [p for p in entries if not (REPO / p).exists()] == []
+    named = set(re.findall(r"`([\w/]+\.py)`", LAYOUT.read_text()))
+    assert [p for p in named if not ((PACKAGE / p).exists() or (REPO / p).exists())] == []
+
+
+def test_the_path_of_a_request_names_functions_that_exist():
+    hops = re.findall(r"`(harness/[\w/]+\.py):([\w.]+)`", LAYOUT.read_text())
+    assert len(hops) >= 7
+    for path, name in hops:
+        tree = ast.parse((REPO / path).read_text())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        assert name.split(".")[-1] in defined, f"docs/layout.md: {path} has no {name}"

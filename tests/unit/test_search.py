@@ -54,7 +54,8 @@ def test_space_types_profile_and_defaults(tmp_path):
     s = search.load_search(p)
     lr = s.space["lr"]
     assert isinstance(lr, search.FloatParam) and (lr.low, lr.high, lr.log) == (1e-5, 1e-3, True)  # YAML strings
-    assert s.space["freeze"].distribution() == optuna.distributions.IntDistribution(0, 4)
+    freeze = s.space["freeze"]
+    assert isinstance(freeze, search.IntParam) and (freeze.low, freeze.high, freeze.log) == (0, 4, False)
     assert s.space["batch_size"].choices == (32, 64) and s.space["augment"].choices == (True, False)
     assert (s.metric, s.direction, s.samples, s.concurrency) == ("val_auc", "maximize", 20, 1)
     assert s.pruner == search.Pruner(grace_period=2, reduction_factor=2.0)
@@ -310,8 +311,9 @@ def test_only_trials_whose_heartbeat_stopped_are_failed(tmp_path):
     s = _search(tmp_path)
     storage = study_mod.storage(s, tmp_path, heartbeat_s=1, grace_s=1)
     study = study_mod.open_study(s, storage, s.base)
-    space = {"lr": s.space["lr"].distribution()}
-    killed = study.ask(space)  # a search killed with kill -9: its last heartbeat, then silence
+    killed = study.ask(
+        {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}
+    )  # a search killed with kill -9: its last heartbeat, then silence
     optuna_internals.record_heartbeat(storage, study.study_name, killed.number)
     draw = functools.partial(space_mod.sample, space=s.space, base=s.base.to_dict())
     live = study_mod.LiveTrials(study, draw, storage=storage, heartbeat_s=0.3)  # a search still running
