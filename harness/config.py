@@ -88,6 +88,10 @@ class Trial:
     # CheXpert and MIMIC label some findings uncertain (-1): mask leaves them out of the loss and the metrics,
     # ones and zeros read them as positive or negative (Irvin et al. 2019's U-Ones, U-Zeros).
     uncertain: str = "mask"
+    # How validation and test films reach the model: "crop" resizes each to the cache's 8/7 of the input size
+    # and takes the centre (the crop training saw, the paper's recipe); "whole" resizes the whole film to the
+    # input size, as a plain torchvision script's Resize does, so nothing at the film's edges is cut away.
+    eval_resize: str = "crop"
 
     @property
     def key(self) -> str:
@@ -141,8 +145,10 @@ KEYED_WHEN_SET: dict[str, Any] = {
         "pretrained_sha256",
         "deterministic",
         "uncertain",
+        "eval_resize",
     )
 }
+EVAL_RESIZE = ("crop", "whole")
 
 # The Trial fields each loss reads: losses.py's factories read exactly these (tests/test_losses.py checks
 # every registered loss against this table), and no loss reads another's.
@@ -195,6 +201,7 @@ def inactive(values: Mapping[str, Any]) -> list[str]:
 _RANGES: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "uncertain": (lambda v: v in UNCERTAIN_POLICIES, f"one of {', '.join(UNCERTAIN_POLICIES)}"),
+    "eval_resize": (lambda v: v in EVAL_RESIZE, f"one of {', '.join(EVAL_RESIZE)}"),
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),

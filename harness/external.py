@@ -104,7 +104,7 @@ def score(files: store.TrialFiles, trial: Trial, tgt: Target, *, runtime: Runtim
         raise ConfigError(f"{trial.label}: {trial.dataset} and {tgt.name} label no finding in common")
     crop = models.image_size(trial)
     cached = cache.build(
-        tgt.data, tgt.rows, size=loader.load_size(crop), cache_dir=runtime.cache_dir, workers=runtime.workers,
+        tgt.data, tgt.rows, size=loader.eval_load_size(crop, trial.eval_resize), cache_dir=runtime.cache_dir, workers=runtime.workers,
         progress=runtime.progress,
     )  # fmt: skip
     targets = readers.label_targets(tgt.data, "mask")[cached.rows]

@@ -68,18 +68,29 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
             f"{trial.label}: trial says dataset={trial.dataset} but {data.root} holds {data.dataset} data"
         )
     splits = nih.trial_splits(data, trial)
-    size = loader.load_size(models.image_size(trial))
     out = TrialData(data=data, labels={}, images={}, rows={}, skipped=0)
     targets = readers.label_targets(data, trial.uncertain)  # NIH: its labels as float32
     for name, rows in splits.items():
         cached = cache.build(
-            data, rows, size=size, cache_dir=runtime.cache_dir, workers=runtime.workers, progress=runtime.progress
+            data,
+            rows,
+            size=cache_size(trial, name),
+            cache_dir=runtime.cache_dir,
+            workers=runtime.workers,
+            progress=runtime.progress,
         )
         out.images[name] = cached.images
         out.rows[name] = cached.rows
         out.labels[name] = targets[cached.rows]
         out.skipped += len(cached.skipped)
     return out
+
+
+def cache_size(trial: Trial, split: str) -> int:
+    """The side a split is decoded at: load_size for training's random crops, loader.eval_load_size for the
+    validation and test films (the trial's eval_resize)."""
+    size = models.image_size(trial)
+    return loader.load_size(size) if split == "train" else loader.eval_load_size(size, trial.eval_resize)
 
 
 def load_dataset(trial: Trial, runtime: Runtime) -> nih.NIHData:
@@ -189,7 +200,15 @@ def prepare_all(trials: Sequence[Trial], runtime: Runtime) -> None:
     """Build every cache the trials need once, up front, with all cores (trials then only read them)."""
     seen = set()
     for t in trials:
-        shape = (t.dataset, t.val_fraction, t.seed, t.subset_fraction, t.subset_test, models.image_size(t))
+        shape = (
+            t.dataset,
+            t.val_fraction,
+            t.seed,
+            t.subset_fraction,
+            t.subset_test,
+            models.image_size(t),
+            t.eval_resize,
+        )
         if shape not in seen:
             seen.add(shape)
             prepare_data(t, runtime)

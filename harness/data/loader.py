@@ -24,6 +24,12 @@ def load_size(image_size: int) -> int:
     return round(image_size * 8 / 7)
 
 
+def eval_load_size(crop: int, eval_resize: str = "crop") -> int:
+    """The side evaluation films are decoded at: load_size(crop), whose centre crop the model sees (the crop
+    training saw); or, with eval_resize "whole", crop itself, so the model sees the whole film resized."""
+    return crop if eval_resize == "whole" else load_size(crop)
+
+
 def centre_window(load: int, crop: int) -> slice:
     """The rows (or columns) of a load-px side that the evaluation's centre crop of crop px keeps."""
     start = (load - crop) // 2  # an odd margin leaves its extra pixel at the far side

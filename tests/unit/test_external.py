@@ -109,7 +109,8 @@ def test_the_report_shows_the_transfer_table_and_figure_flagged_synthetic(finish
     from harness.report.write import write_report
 
     base, trees, runtime, files = finished
-    external.evaluate_results(base / "results", {"padchest": str(trees["padchest"])}, runtime)
+    on = {"chexpert": str(trees["chexpert"]), "padchest": str(trees["padchest"])}  # reused if scored already
+    external.evaluate_results(base / "results", on, runtime)
     written = write_report(base / "results" / "g", tmp_path / "report", n_boot=100, progress=False)
     page = (written.index.parent / "report.md").read_text()
     assert "## Transfer: own test split against other datasets" in page

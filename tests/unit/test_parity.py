@@ -18,6 +18,7 @@ from harness import losses, models, store, train
 from harness import metrics as M
 from harness.cam import METHODS, resolve_layer
 from harness.config import Runtime, Trial
+from harness.data import cache
 from harness.prepare import prepare_data
 
 
@@ -186,9 +187,18 @@ def test_a_trial_with_no_hold_out_trains_as_a_plain_pytorch_loop(tmp_path, small
     """val_fraction 0 (no validation hold-out, so no best-validation checkpoint: the last epoch is kept): the weights
     a trial stores equal those of torchvision's reference loop (model.train(); zero_grad, BCEWithLogitsLoss,
     backward, torch.optim.Adam's step; StepLR per epoch) given the same initial weights and the same batches, to
-    float tolerance (the trial's fused Adam rounds differently at the last bits: about one weight in 10^7 moves by 1e-6)."""
+    float tolerance (the trial's fused Adam rounds differently at the last bits: about one weight in 10^7 moves by 1e-6).
+    With eval_resize whole, its test predictions are that model's on the whole films resized to the input size."""
     trial = Trial(
-        dataset="synthetic", arch="alexnet", image_size=64, epochs=2, batch_size=32, lr=1e-3, lr_step=1, val_fraction=0
+        dataset="synthetic",
+        arch="alexnet",
+        image_size=64,
+        epochs=2,
+        batch_size=32,
+        lr=1e-3,
+        lr_step=1,
+        val_fraction=0,
+        eval_resize="whole",
     )
     runtime = Runtime(
         data_root=str(small_synthetic_tree), cache_dir=str(tmp_path / "cache"), device="cpu", progress=False
@@ -218,3 +228,14 @@ def test_a_trial_with_no_hold_out_trains_as_a_plain_pytorch_loop(tmp_path, small
         torch.testing.assert_close(stored[name], value, rtol=1e-4, atol=1e-5)  # 1% of one Adam step (lr)
         moved += not torch.equal(value, models.build(trial).state_dict()[name])
     assert moved > 0  # the loop trained
+
+    assert td.images["train"].shape[1] == 73 and td.images["test"].shape[1] == 64  # whole films, not a centre crop
+    paths = td.data.table["path"].to_numpy()[td.rows["test"]]
+    films = np.stack([cache.read_gray(str(p), 64) for p in paths])
+    assert np.array_equal(td.images["test"], films)
+    model.eval()
+    with torch.no_grad():
+        plain = torch.cat(
+            [torch.sigmoid(model(x)) for x, _ in td.batches("test", trial, device=torch.device("cpu"), train=False)]
+        )
+    np.testing.assert_allclose(files.read_predictions()["probs"], plain.numpy(), atol=1e-4)
