@@ -21,6 +21,7 @@ LAYERS = {
     "data": 3,
     "models": 3,
     "losses": 3,
+    "optim": 3,  # the OPTIMIZERS registry
     "rescore": 3,  # metrics rebuilt from stored predictions
     "report": 4,  # reads the store and the metrics only: never torch or ray
     "cam": 4,
