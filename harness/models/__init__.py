@@ -29,7 +29,7 @@ from harness.models.catalog import (
     train_cost,
     unknown,
 )
-from harness.models.freezing import BATCHNORMS, freeze, frozen_modules, train_mode, trained_batchnorms, unwrap
+from harness.models.freezing import BATCHNORMS, freeze, frozen_stages, train_mode, trained_batchnorms, unwrap
 from harness.models.tta import TTA, forward, forward_tta
 from harness.models.weightfiles import (
     FETCH_TIMEOUT,
@@ -58,7 +58,7 @@ __all__ = [
     "forward",
     "forward_tta",
     "freeze",
-    "frozen_modules",
+    "frozen_stages",
     "image_size",
     "published_state",
     "register",

@@ -45,8 +45,8 @@ def _frozen_parts(model: nn.Module, trial: Trial) -> list[nn.Module | nn.Paramet
     return [p for group in stages for p in _parts(unwrap(model), group)]
 
 
-def frozen_modules(model: nn.Module, trial: Trial) -> list[nn.Module]:
-    """The top-level modules of the trial's frozen stages."""
+def frozen_stages(model: nn.Module, trial: Trial) -> list[nn.Module]:
+    """The top-level modules of the trial's frozen stages (not its bare parameters: a ViT's position table)."""
     return [m for m in _frozen_parts(model, trial) if isinstance(m, nn.Module)]
 
 
@@ -61,13 +61,13 @@ def freeze(model: nn.Module, trial: Trial) -> None:
 def train_mode(model: nn.Module, trial: Trial) -> None:
     """model.train(), with the frozen stages back in eval so their BatchNorm statistics stay fixed."""
     model.train()
-    for m in frozen_modules(model, trial):
+    for m in frozen_stages(model, trial):
         m.eval()
 
 
 def trained_batchnorms(model: nn.Module, trial: Trial) -> list[nn.Module]:
     """The BatchNorm layers outside the trial's frozen stages: those whose running statistics training moves."""
-    frozen = {id(m) for top in frozen_modules(model, trial) for m in top.modules()}
+    frozen = {id(m) for top in frozen_stages(model, trial) for m in top.modules()}
     return [
         m
         for m in unwrap(model).modules()
