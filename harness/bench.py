@@ -14,14 +14,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from harness import hardware, models, prepare, train
+from harness import hardware, models, prepare, throughput, train
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import cache, loader, nih
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class NaivePNGDataset(torch.utils.data.Dataset):
@@ -61,7 +56,7 @@ def _time_epochs(batches, device: torch.device, min_images: int, min_seconds: fl
         for x, *_ in batches:
             seen += len(x)
         epoch += 1
-    _sync(device)
+    throughput.sync(device)
     return seen / (time.perf_counter() - t0)
 
 
@@ -101,7 +96,7 @@ def bench_loader(
     seen = 0
     for x in naive:
         seen += len(x.to(dev, non_blocking=True))
-    _sync(dev)
+    throughput.sync(dev)
     naive_rate = seen / (time.perf_counter() - t0)
     return {
         "bench": "loader",
@@ -118,36 +113,6 @@ def bench_loader(
         "naive_png_images_per_s": naive_rate,
         "ratio": cached_rate / naive_rate,
     }
-
-
-def _batch(trial: Trial, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random training batch of the trial's shape, already on the device (channels_last on CUDA)."""
-    size = models.image_size(trial)
-    x = torch.randn(trial.batch_size, 3, size, size, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(trial.batch_size, len(nih.FINDINGS), device=device) < 0.1).float()
-    return x, y
-
-
-def _step_setup(
-    trial: Trial,
-    device: torch.device,
-    prevalence: np.ndarray | None = None,
-    compile: bool = False,
-    batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-):
-    """A trial's training set-up (train.training_setup) and a step of it on one batch already on the device
-    (random unless given); returns the module that steps, the loss, the optimiser and the step."""
-    prevalence = np.full(len(nih.FINDINGS), 0.1) if prevalence is None else prevalence
-    model, step_model, loss_fn, optimizer = train.training_setup(trial, device, prevalence=prevalence, compile=compile)
-    x, y = _batch(trial, device) if batch is None else batch
-    models.train_mode(model, trial)
-
-    def step() -> torch.Tensor:
-        return train.train_step(step_model, x, y, loss_fn=loss_fn, optimizer=optimizer, device=device)
-
-    return step_model, loss_fn, optimizer, step
 
 
 def _torchvision_net(arch: str, *, size: int, num_classes: int) -> torch.nn.Module:
@@ -219,8 +184,8 @@ def step_pair(
     trial: Trial, device: torch.device, *, prevalence: np.ndarray | None = None, compile: bool = False
 ) -> StepPair:
     """The trial's training set-up and step beside bare_loop's, both on one random batch of its shape."""
-    x, y = _batch(trial, device)
-    model, loss_fn, optimizer, step = _step_setup(trial, device, prevalence, compile, batch=(x, y))
+    x, y = throughput.random_batch(trial, device)
+    model, loss_fn, optimizer, step = throughput.step_setup(trial, device, prevalence, compile, batch=(x, y))
     bare_model, bare = bare_loop(trial.arch, x, y, lr=trial.lr, compile=compile)
     return StepPair(model, loss_fn, optimizer, step, bare_model, bare)
 
@@ -240,46 +205,82 @@ def interleaved(
             for _ in range(per_window):
                 steps[name]()
                 images += batch_size
-            _sync(device)
+            throughput.sync(device)
             timed[name].append((images, time.perf_counter() - t0))
     return timed
 
 
-def step_window(
-    trial: Trial, *, device: str | torch.device, seconds: float, ready: Callable[[], None] = lambda: None
-) -> dict[str, float]:
-    """Model steps of the trial's shape on a random batch for `seconds`, after warm-up: images/s and peak memory.
-
-    ready() is called after warm-up and returns when the measurement may start: copies of this function
-    released together measure what a GPU gives trials side by side.
-    """
-    hardware.keep_freed_memory()
-    dev = torch.device(device)
-    *_, step = _step_setup(trial, dev)
-    for _ in range(3):  # cuDNN autotuning and allocator growth happen here, not in the window
-        step()
-    _sync(dev)
-    hardware.reset_peak_memory(dev)
-    ready()
-    start = time.time()
-    steps = 0
-    while time.time() - start < seconds:
-        for _ in range(4):  # a few steps per clock check keeps the GPU's queue full
-            step()
-        steps += 4
-        _sync(dev)
-    end = time.time()
-    return {
-        "images": steps * trial.batch_size,
-        "start": start,
-        "end": end,
-        "images_per_s": steps * trial.batch_size / (end - start),
-        **hardware.peak_memory(dev),
-    }
-
-
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _step_data(runtime: Runtime, trial: Trial, *, batch_size: int, steps: int) -> tuple[prepare.TrialData, int]:
+    """Step 1: the data set's cache at the trial's size, and how many training images the epochs use."""
+    td = prepare.prepare_data(trial.replace(subset_fraction=1.0), runtime)
+    n = min(len(td.labels["train"]), batch_size * (steps + 3))
+    if n < batch_size:  # the epoch would hold no whole batch and time nothing
+        raise ConfigError(
+            f"bench step needs a batch of {batch_size} training images; the train split of {td.data.root} "
+            f"holds {n}: use a larger data set or a smaller --batch"
+        )
+    return td, n
+
+
+def _time_step_and_bare(
+    pair: StepPair, device: torch.device, *, batch_size: int, steps: int, windows: int
+) -> tuple[float, dict[str, list[tuple[int, float]]]]:
+    """Step 2: the trial's first step (autotuning, or the whole compile), warm-up, then alternating windows."""
+    t0 = time.perf_counter()
+    pair.step()  # cuDNN autotuning, and the whole compile when compiling
+    throughput.sync(device)
+    first_step = time.perf_counter() - t0
+    for _ in range(3):
+        pair.bare()
+        pair.step()
+    throughput.sync(device)
+    timed = interleaved(
+        {"step": pair.step, "bare": pair.bare}, batch_size=batch_size, device=device, per_window=steps, windows=windows
+    )
+    return first_step, timed
+
+
+def _epoch_rate(pair: StepPair, batches: loader.Batches, trial: Trial, device: torch.device) -> float:
+    """Step 3: the trial's end-to-end training images/s (cache, augmentation, step) over one epoch, after one."""
+    model, loss_fn, optimizer = pair.model, pair.loss_fn, pair.optimizer
+    train.train_one_epoch(
+        model, batches, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=0
+    )  # warm-up, and the GPU upload of a resident cache
+    throughput.sync(device)
+    t0 = time.perf_counter()
+    _, seen = train.train_one_epoch(
+        model, batches, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=1
+    )
+    throughput.sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def _eval_rate(model: torch.nn.Module, evaluation: loader.Batches, n: int, device: torch.device) -> float:
+    """Step 4: evaluation images/s at the evaluation batch size, after a warm-up pass."""
+    train.predict(model, evaluation, device=device)  # warm-up at this batch size
+    t0 = time.perf_counter()
+    train.predict(model, evaluation, device=device)
+    return n / (time.perf_counter() - t0)
+
+
+def _window_figures(timed: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    """The alternating windows' figures: images, images/s per window and their medians, step over bare."""
+    rates = {name: [images / seconds for images, seconds in w] for name, w in timed.items()}
+    pairs = [s / b for s, b in zip(rates["step"], rates["bare"])]
+    return {
+        "step_images": sum(images for images, _ in timed["step"]),
+        "bare_images": sum(images for images, _ in timed["bare"]),
+        "step_window_images_per_s": rates["step"],
+        "bare_window_images_per_s": rates["bare"],
+        "step_images_per_s": statistics.median(rates["step"]),
+        "bare_images_per_s": statistics.median(rates["bare"]),
+        "step_vs_bare": statistics.median(pairs),
+        "step_vs_bare_range": [min(pairs), max(pairs)],
+    }
 
 
 def bench_step(
@@ -302,72 +303,23 @@ def bench_step(
     and the epoch all use torch.compile; first_step_seconds then holds the trial's compile.
     """
     hardware.keep_freed_memory()  # process-wide: the bare loop gets it too
-    trial = Trial(
-        arch=arch,
-        batch_size=batch_size,
-        image_size=image_size,
-        pretrained=pretrained,
-        dataset=nih.load(runtime.data_root).dataset,
-    )
+    dataset = nih.load(runtime.data_root).dataset
+    trial = Trial(arch=arch, batch_size=batch_size, image_size=image_size, pretrained=pretrained, dataset=dataset)
     train.check_trial(trial)
     device = hardware.pick_device(runtime.device)
-    td = prepare.prepare_data(trial.replace(subset_fraction=1.0), runtime)
-    n = min(len(td.labels["train"]), batch_size * (steps + 3))
-    if n < batch_size:  # the epoch would hold no whole batch and time nothing
-        raise ConfigError(
-            f"bench step needs a batch of {batch_size} training images; the train split of {td.data.root} "
-            f"holds {n}: use a larger data set or a smaller --batch"
-        )
+    td, n = _step_data(runtime, trial, batch_size=batch_size, steps=steps)
     pair = step_pair(trial, device, prevalence=td.labels["train"].mean(0), compile=runtime.compile)
-    model, loss_fn, optimizer, step, bare = pair.model, pair.loss_fn, pair.optimizer, pair.step, pair.bare
-    t0 = time.perf_counter()
-    step()  # cuDNN autotuning, and the whole compile when compiling
-    _sync(device)
-    first_step = time.perf_counter() - t0
-    for _ in range(3):
-        bare()
-        step()
-    _sync(device)
-    timed = interleaved(
-        {"step": step, "bare": bare}, batch_size=batch_size, device=device, per_window=steps, windows=windows
-    )
-    rates = {name: [images / seconds for images, seconds in w] for name, w in timed.items()}
-    pairs = [s / b for s, b in zip(rates["step"], rates["bare"])]
+    first_step, timed = _time_step_and_bare(pair, device, batch_size=batch_size, steps=steps, windows=windows)
+    figures = _window_figures(timed)
     size = models.image_size(trial)
-
+    images, labels = td.images["train"][:n], td.labels["train"][:n]
     batches = loader.Batches(
-        td.images["train"][:n],
-        td.labels["train"][:n],
-        batch_size=batch_size,
-        crop=size,
-        train=True,
-        device=device,
-        drop_last=True,
+        images, labels, batch_size=batch_size, crop=size, train=True, device=device, drop_last=True
     )
-    train.train_one_epoch(
-        model, batches, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=0
-    )  # warm-up, and the GPU upload of a resident cache
-    _sync(device)
-    t0 = time.perf_counter()
-    _, seen = train.train_one_epoch(
-        model, batches, trial=trial, loss_fn=loss_fn, optimizer=optimizer, device=device, epoch=1
-    )
-    _sync(device)
-    e2e_rate = seen / (time.perf_counter() - t0)
-
-    evaluation = loader.Batches(
-        td.images["train"][:n],
-        td.labels["train"][:n],
-        crop=size,
-        train=False,
-        batch_size=eval_batch_size or prepare.eval_batch_size(trial, device),
-        device=device,
-    )
-    train.predict(model, evaluation, device=device)  # warm-up at this batch size
-    t0 = time.perf_counter()
-    train.predict(model, evaluation, device=device)
-    eval_rate = n / (time.perf_counter() - t0)
-    step_rate, bare_rate = statistics.median(rates["step"]), statistics.median(rates["bare"])
+    e2e_rate = _epoch_rate(pair, batches, trial, device)
+    eval_bs = eval_batch_size or prepare.eval_batch_size(trial, device)
+    evaluation = loader.Batches(images, labels, crop=size, train=False, batch_size=eval_bs, device=device)
+    eval_rate = _eval_rate(pair.model, evaluation, n, device)
     return {
         "bench": "step",
         "arch": arch,
@@ -380,19 +332,12 @@ def bench_step(
         "first_step_seconds": first_step,
         "windows": windows,
         "steps_per_window": steps,
-        "step_images": sum(images for images, _ in timed["step"]),
-        "bare_images": sum(images for images, _ in timed["bare"]),
-        "params": _params(model),
+        "params": _params(pair.model),
         "bare_params": _params(pair.bare_model),
-        "step_window_images_per_s": rates["step"],
-        "bare_window_images_per_s": rates["bare"],
-        "step_images_per_s": step_rate,
-        "bare_images_per_s": bare_rate,
-        "step_vs_bare": statistics.median(pairs),
-        "step_vs_bare_range": [min(pairs), max(pairs)],
+        **figures,
         "trial_images_per_s": e2e_rate,
-        "trial_vs_bare": e2e_rate / bare_rate,
-        "ratio": e2e_rate / step_rate,
+        "trial_vs_bare": e2e_rate / figures["bare_images_per_s"],
+        "ratio": e2e_rate / figures["step_images_per_s"],
         "eval_batch_size": evaluation.batch_size,
         "eval_images_per_s": eval_rate,
     }

@@ -20,38 +20,12 @@ from harness import hardware, losses, metrics, models, recipe, rescore, store
 from harness.checkpoint import CheckpointWriter
 from harness.config import ConfigError, Runtime, Trial
 from harness.data import loader, nih
+from harness.optim import OPTIMIZERS
 from harness.prepare import TrialData, prepare_data
-from harness.registry import Registry
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, Any]], None]
-
-OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
-
-
-def _fused(params: list[torch.Tensor]) -> dict[str, Any]:
-    """Adam's fused kernel: a step's arithmetic in one pass over the parameters. On a 2-core CPU it takes
-    AlexNet's optimiser step from 552 to 45 ms, most of a small-input training step (docs/perf); it rounds
-    differently from the per-tensor loop, at the last bits."""
-    return {"fused": True} if params and all(p.is_cuda or p.device.type == "cpu" for p in params) else {}
-
-
-@OPTIMIZERS.register("adam")
-def _adam(params, trial: Trial) -> torch.optim.Optimizer:
-    params = list(params)
-    return torch.optim.Adam(params, lr=trial.lr, weight_decay=trial.weight_decay, **_fused(params))
-
-
-@OPTIMIZERS.register("adamw")
-def _adamw(params, trial: Trial) -> torch.optim.Optimizer:
-    params = list(params)
-    return torch.optim.AdamW(params, lr=trial.lr, weight_decay=trial.weight_decay, **_fused(params))
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(params, trial: Trial) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=trial.lr, momentum=0.9, nesterov=True, weight_decay=trial.weight_decay)
 
 
 class TrialFailed(RuntimeError):
@@ -361,6 +335,59 @@ def run_record(
     return out
 
 
+def _epochs(
+    trial: Trial,
+    td: TrialData,
+    progress: Progress,
+    files: store.TrialFiles,
+    *,
+    step_model: torch.nn.Module,
+    model: torch.nn.Module,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    report: Report,
+    train_b: loader.Batches,
+    val_b: loader.Batches,
+) -> set[str]:
+    """The epoch loop: train, validate, keep the best weights and the resume state (written in the background,
+    each epoch reported once on disk); returns the ops that ran without a deterministic kernel, for the recipe."""
+    # Leaving the writer waits for the last write (a failed write fails the trial); nondet names the ops that ran
+    # without a deterministic kernel, for the recipe.
+    with recipe.Nondeterminism(trial.deterministic) as nondet, CheckpointWriter(files) as writer:
+        for epoch in range(progress.next_epoch, trial.epochs):
+            t0 = time.perf_counter()
+            train_loss, seen = train_one_epoch(
+                step_model,
+                train_b,
+                trial=trial,
+                loss_fn=loss_fn,
+                optimizer=optimizer,
+                device=device,
+                epoch=epoch,
+                between_steps=writer.poll,
+            )
+            t_train = time.perf_counter() - t0
+            val = evaluate(step_model, val_b, trial=trial, device=device, calibration=centre_crops(train_b))
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": metrics.bce_loss(val.probs, td.labels["val"]),
+                "val_auc": _val_auc(val, td.labels["val"]),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - t0,
+                "train_images_per_s": seen / max(t_train, 1e-9),
+            }
+            progress.history.append(row)
+            # With no hold-out (val_fraction 0) there is nothing to select on: every epoch replaces the last.
+            best = keep_if_best(progress, row["val_auc"]) or len(td.rows["val"]) == 0
+            scheduler.step()
+            state = resume_state(progress, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch)
+            writer.submit(state, best=best, then=functools.partial(report, row))  # reported once on disk
+    return nondet.ops
+
+
 def run_trial(
     trial: Trial,
     runtime: Runtime,
@@ -396,38 +423,10 @@ def run_trial(
     val_b = td.batches("val", trial, device=device, train=False)
 
     t_start = time.perf_counter()
-    # Leaving the writer waits for the last write (a failed write fails the trial); nondet names the ops that ran
-    # without a deterministic kernel, for the recipe.
-    with recipe.Nondeterminism(trial.deterministic) as nondet, CheckpointWriter(files) as writer:
-        for epoch in range(progress.next_epoch, trial.epochs):
-            t0 = time.perf_counter()
-            train_loss, seen = train_one_epoch(
-                step_model,
-                train_b,
-                trial=trial,
-                loss_fn=loss_fn,
-                optimizer=optimizer,
-                device=device,
-                epoch=epoch,
-                between_steps=writer.poll,
-            )
-            t_train = time.perf_counter() - t0
-            val = evaluate(step_model, val_b, trial=trial, device=device, calibration=centre_crops(train_b))
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": metrics.bce_loss(val.probs, td.labels["val"]),
-                "val_auc": _val_auc(val, td.labels["val"]),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - t0,
-                "train_images_per_s": seen / max(t_train, 1e-9),
-            }
-            progress.history.append(row)
-            # With no hold-out (val_fraction 0) there is nothing to select on: every epoch replaces the last.
-            best = keep_if_best(progress, row["val_auc"]) or len(td.rows["val"]) == 0
-            scheduler.step()
-            state = resume_state(progress, model=model, optimizer=optimizer, scheduler=scheduler, epoch=epoch)
-            writer.submit(state, best=best, then=functools.partial(report, row))  # reported once on disk
+    nondet_ops = _epochs(
+        trial, td, progress, files, step_model=step_model, model=model, loss_fn=loss_fn, optimizer=optimizer,
+        scheduler=scheduler, device=device, report=report, train_b=train_b, val_b=val_b,
+    )  # fmt: skip
     train_seconds = time.perf_counter() - t_start
 
     model.load_state_dict(files.load_weights(map_location=device))
@@ -438,6 +437,6 @@ def run_trial(
     files.write_history(progress.history)
     result.update(run_record(trial, td, progress, device=device, test=test, train_seconds=train_seconds))
     result.update(context or {})
-    files.write_provenance(recipe.record(trial, td, device=device, ops=nondet.ops))
+    files.write_provenance(recipe.record(trial, td, device=device, ops=nondet_ops))
     files.write_metrics(result)
     return result

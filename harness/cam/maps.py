@@ -47,10 +47,11 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
                     f"layer {name!r}: index {part} is out of range for "
                     f"{'.'.join(parts[:depth]) or 'the model'} ({len(module)} modules)"
                 ) from None
-        child = module._modules.get(part)
+        children = dict(module.named_children())  # a child set to None (a head the build left out) is not one
+        child = children.get(part)
         if child is None:
             where = ".".join(parts[:depth]) or "the model"
-            children = [k for k, v in module._modules.items() if v is not None]
+            children = list(children)
             hint = close_match(part, children)
             raise ConfigError(
                 f"layer {name!r}: {where} has no submodule {part!r}{hint}; "

@@ -105,6 +105,33 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
+_SEEDS_METHOD = (
+    "mean over seeds; interval mean +- t * SE with SE^2 = (seed variance) / k + (variance of the all-seed "
+    "mean over patient resamples), Welch-Satterthwaite degrees of freedom (seed_interval)"
+)
+
+
+def _stat_intervals(
+    samples: list[np.ndarray],
+    per_seed: list[float | None],
+    by_finding: list[list[float | None]],
+    picks: np.ndarray,
+    keep: np.ndarray,
+    level: float,
+) -> tuple[list[float | None], list[list[float | None]], int]:
+    """One statistic's intervals from each seed's patient resamples: (macro, per finding, resamples dropped)."""
+    if len(samples) == 1:  # bootstrap()'s percentile intervals exactly
+        ci = _intervals(seed_mean(samples, picks), keep, level)
+        return ci["macro"], ci["per_finding"], ci["n_dropped"]
+    # The patients' share of the error: every seed on each patient resample, averaged.
+    everyone = np.mean(samples, axis=0)
+    macro_samples, dropped = _macro_samples(everyone, keep)
+    finding_ci = [
+        seed_interval(by_finding[f], everyone[:, f], level) if keep[f] else [None, None] for f in range(len(keep))
+    ]
+    return seed_interval(per_seed, macro_samples, level), finding_ci, dropped
+
+
 def seed_bootstrap(
     probs_by_seed: Sequence[Any],
     labels: Any,
@@ -147,16 +174,7 @@ def seed_bootstrap(
         samples = [fn(d, counts, t) for d, t in zip(data, ts)]
         per_seed = [macro(per, name) for per in pers]
         by_finding = [[per[n][name] for per in pers] for n in names]
-        if k == 1:  # bootstrap()'s percentile intervals exactly
-            ci = _intervals(seed_mean(samples, picks), keep, level)
-            macro_ci, finding_ci, dropped = ci["macro"], ci["per_finding"], ci["n_dropped"]
-        else:  # the patients' share of the error: every seed on each patient resample, averaged
-            everyone = np.mean(samples, axis=0)
-            macro_samples, dropped = _macro_samples(everyone, keep)
-            macro_ci = seed_interval(per_seed, macro_samples, level)
-            finding_ci = [
-                seed_interval(by_finding[f], everyone[:, f], level) if keep[f] else [None, None] for f in range(n_f)
-            ]
+        macro_ci, finding_ci, dropped = _stat_intervals(samples, per_seed, by_finding, picks, keep, level)
         out[name] = {
             "value": _mean(per_seed),
             "ci": macro_ci,
@@ -165,10 +183,5 @@ def seed_bootstrap(
             "per_finding_ci": finding_ci,
             "n_dropped": dropped,
         }
-    method = (
-        "mean over seeds; interval mean +- t * SE with SE^2 = (seed variance) / k + (variance of the all-seed "
-        "mean over patient resamples), Welch-Satterthwaite degrees of freedom (seed_interval)"
-        if k > 1
-        else "percentile interval over patient resamples"
-    )
+    method = _SEEDS_METHOD if k > 1 else "percentile interval over patient resamples"
     return {**out, **_how(k, counts, level, unit="seed, then patient", method=method)}

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import ConfigError, Trial
-from harness.models import NUM_CLASSES, image_size, spec
+from harness.models.catalog import NUM_CLASSES, image_size, spec
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.config import Trial
-from harness.models import ArchSpec, register
+from harness.models.catalog import ArchSpec, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what the loader normalises with (harness.data.loader)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -33,7 +33,7 @@ import torchvision
 from torch import Tensor, nn
 
 from harness.config import Trial
-from harness.models import ArchSpec, register
+from harness.models.catalog import ArchSpec, register
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ class _Release:
 
 def _measure_copy(trial: dict[str, Any], seconds: float, release: Any, device: str) -> dict[str, float]:
     """One copy of a trial's model step on its share of a GPU (a Ray task)."""
-    from harness import bench
+    from harness import throughput
 
     def ready() -> None:
         ray.get(release.arrive.remote())
@@ -225,7 +225,7 @@ def _measure_copy(trial: dict[str, Any], seconds: float, release: Any, device: s
             time.sleep(0.02)
 
     use_reserved_cpus()
-    return bench.step_window(Trial(**trial), device=device, seconds=seconds, ready=ready)
+    return throughput.step_window(Trial(**trial), device=device, seconds=seconds, ready=ready)
 
 
 def _side_by_side(trial: Trial, copies: int, cpus: float, device: str) -> packing.Probe | None:

@@ -23,6 +23,7 @@ LAYERS = {
     "data": 3,
     "models": 3,
     "losses": 3,
+    "optim": 3,  # the OPTIMIZERS registry
     "rescore": 3,  # metrics rebuilt from stored predictions
     "report": 4,  # reads the store and the metrics only: never torch or ray
     "cam": 4,
@@ -30,13 +31,14 @@ LAYERS = {
     "checkpoint": 4,
     "recipe": 4,  # what decides a trial's numbers, recorded beside it; deterministic mode
     "train": 5,
-    "bench": 6,
-    "reproduce": 6,  # a stored trial re-run from its recipe, and its certificate
-    "external": 6,  # `harness evaluate`: trained models on other datasets
-    "runner": 7,
-    "search": 8,
-    "cli": 9,
-    "__main__": 10,
+    "throughput": 6,  # a trial's step timed on a random batch: bench and the runner's placement
+    "bench": 7,
+    "reproduce": 7,  # a stored trial re-run from its recipe, and its certificate
+    "external": 7,  # `harness evaluate`: trained models on other datasets
+    "runner": 8,
+    "search": 9,
+    "cli": 10,
+    "__main__": 11,
 }
 REPORT_READS = {"config", "registry", "store", "metrics", "rescore", "report"}
 # A heavy framework is imported by one part of the package only.

@@ -11,6 +11,7 @@ from torch import nn
 
 from harness import models
 from harness.config import ConfigError, Trial
+from harness.models import weightfiles
 
 # timm's archs are registered only when timm is installed (an optional extra): without it they are not here.
 ARCHS = models.MODELS.names()
@@ -411,7 +412,7 @@ def test_weights_provenance_tells_a_placeholder_from_the_published_file(torch_ho
     renamed = path.with_name(f"alexnet-owt-{digest[:8]}.pth")
     path.rename(renamed)
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(models, "weights_path", lambda arch: renamed)
+    monkeypatch.setattr(weightfiles, "weights_path", lambda arch: renamed)  # what weights_provenance reads
     try:
         assert models.weights_provenance("alexnet")["imagenet_verified"] is True
     finally:

@@ -194,11 +194,11 @@ def test_the_costliest_trials_start_first():
 
 
 def test_step_window_warms_up_then_measures_from_the_release():
-    from harness import bench
+    from harness import throughput
 
     events = []
     trial = Trial(arch="efficientnet_b0", image_size=64, batch_size=4)
-    result = bench.step_window(trial, device="cpu", seconds=0.5, ready=lambda: events.append("released"))
+    result = throughput.step_window(trial, device="cpu", seconds=0.5, ready=lambda: events.append("released"))
     assert events == ["released"]
     assert result["images"] % (4 * trial.batch_size) == 0 and result["images"] > 0
     assert result["end"] - result["start"] >= 0.5

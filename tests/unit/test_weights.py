@@ -14,6 +14,7 @@ import torch
 
 from harness import cli, models
 from harness.config import ConfigError, Trial, sha256
+from harness.models import weightfiles
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def placeholder_bytes(arch: str, tmp_path) -> bytes:
 
 def serve_as(monkeypatch, base: str, names: dict[str, str]) -> None:
     """weights_url(arch) -> base/name: the publisher's URL with its host replaced by the loopback server."""
-    monkeypatch.setattr(models, "weights_url", lambda arch: f"{base}/{names[arch]}")
+    monkeypatch.setattr(weightfiles, "weights_url", lambda arch: f"{base}/{names[arch]}")
 
 
 def test_fetch_downloads_into_the_cache_with_the_hash_check_and_a_trial_loads_it(
@@ -98,7 +99,7 @@ def test_fetch_offline_fails_in_one_line_within_seconds_naming_every_file_to_pla
     with socket.socket() as s:  # a port nothing listens on: connection refused, as offline
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(models, "weights_url", lambda arch: f"http://127.0.0.1:{port}/{arch}-1234abcd.pth")
+    monkeypatch.setattr(weightfiles, "weights_url", lambda arch: f"http://127.0.0.1:{port}/{arch}-1234abcd.pth")
     t0 = time.monotonic()
     assert cli.main(["weights", "fetch", "alexnet", "resnet50"]) == 2
     assert time.monotonic() - t0 < models.FETCH_TIMEOUT
@@ -199,7 +200,7 @@ def test_run_fetch_weights_offline_fails_in_one_line_within_seconds(torch_home, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(models, "weights_url", lambda arch: f"http://127.0.0.1:{port}/{arch}-1234abcd.pth")
+    monkeypatch.setattr(weightfiles, "weights_url", lambda arch: f"http://127.0.0.1:{port}/{arch}-1234abcd.pth")
     monkeypatch.setattr(prepare, "resolve_dataset", lambda *a, **k: pytest.fail("went on to the data"))
     t0 = time.monotonic()
     assert cli.main(paper_smoke_argv(tmp_path)) == 2
