@@ -12,6 +12,7 @@ from typing import Any
 from harness import gridfile as grid_mod
 from harness import store as store_mod
 from harness.config import CONDITIONS, ConfigError, Trial, trial_from_dict, unknown_key, with_weights_file
+from harness.gridinput import read_yaml
 from harness.search.space import Param, check_keys, parse_space, used
 
 SEARCH_KEYS = (
@@ -212,7 +213,7 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
 def load_search(path: Path | str, *, profile: str | None = None, samples: int | None = None) -> Search:
     """Read and validate a search file (samples overrides the file's: --samples)."""
     path = Path(path)
-    return parse_search(grid_mod.read_yaml(path), path=path, profile=profile, samples=samples)
+    return parse_search(read_yaml(path), path=path, profile=profile, samples=samples)
 
 
 def check_search(search: Search) -> None:

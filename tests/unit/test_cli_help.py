@@ -11,7 +11,7 @@ import pytest
 
 from harness import cli
 from harness.cli.parser import HelpFormatter, build_parser
-from harness.gridfile import BUILTIN_DIR, builtin_grids, is_search, read_yaml
+from harness.gridinput import BUILTIN_DIR, builtin_grids, is_search, read_yaml
 
 SHELL = {">", ">>", "|", "&&", ";"}  # an example may redirect its output; the command ends there
 

@@ -13,6 +13,7 @@ PACKAGE = REPO / "harness"
 LAYERS = {
     "config": 0,
     "registry": 1,
+    "gridinput": 1,  # a grid or search file found and read, --set and --seeds checked
     "gridfile": 2,
     "store": 2,
     "metrics": 2,
@@ -40,7 +41,7 @@ REPORT_READS = {"config", "registry", "store", "metrics", "rescore", "report"}
 # A heavy framework is imported by one part of the package only.
 ONLY_IN = {"ray": {"runner"}, "optuna": {"search"}}
 # Parts that must stay importable without torch (the report, and what it reads).
-NO_TORCH = {"config", "registry", "gridfile", "store", "metrics", "rescore", "report", "packing"}
+NO_TORCH = {"config", "registry", "gridinput", "gridfile", "store", "metrics", "rescore", "report", "packing"}
 MAX_LINES = 450
 
 
