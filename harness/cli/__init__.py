@@ -4,6 +4,7 @@ commands      the COMMANDS registry, exit codes, the Runtime from the options
 experiments   run, report, search, cam, reproduce
 tools         data, weights, grids, bench
 parser        the grammar, with examples in every --help
+helptext      how a --help reads: its formatter, its examples section, argparse number types
 """
 
 from __future__ import annotations
