@@ -39,6 +39,7 @@ class Section:
 
 
 def _img(fig: Drawn) -> str:
+    # The caption is the alt text too: a figure pasted without its caption, or read aloud, still says what it shows.
     alt = html.escape(fig.caption)
     pdf = f" <a href='{html.escape(fig.pdf)}'>PDF</a>" if fig.pdf else ""
     return f"<figure><img src='{html.escape(fig.png)}' alt='{alt}'><figcaption>{alt}{pdf}</figcaption></figure>\n"
@@ -238,6 +239,8 @@ def _left_out_sections(ctx: Context) -> list[Section]:
     return sections
 
 
+# .wide: a table with a column per cell of a large grid scrolls sideways instead of squeezing its numbers into
+# columns too narrow to read.
 _CSS = (
     "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
     "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:3px 8px;font-size:90%}"
@@ -249,6 +252,9 @@ _CSS = (
 
 
 def _header(ctx: Context) -> tuple[str, list[tuple[str, str]]]:
+    """The page's title and the facts table under it: what was run, by which code, and when."""
+    # Every commit the trials were made by, each marked -dirty when its tree had changes: a report that mixes
+    # code versions says so in its second table, where a reader checks what produced the numbers.
     commits = sorted(
         {
             f"{r.metrics.get('git_commit', 'unknown')}{'-dirty' if r.metrics.get('git_dirty') else ''}"
@@ -256,6 +262,7 @@ def _header(ctx: Context) -> tuple[str, list[tuple[str, str]]]:
         }
     ) or ["none"]
     versions = sorted({str(r.metrics.get("harness_version", "?")) for r in ctx.results}) or ["none"]
+    # UTC: reports made on machines in different time zones still order by date.
     date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{ctx.grid_dir.name}: {ctx.dataset_title if ctx.results else 'no finished trials'}"
     trials = f"{len(ctx.results)} done, {len(ctx.failures)} failed" + (
