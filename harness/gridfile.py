@@ -9,14 +9,11 @@ depends on its final fields, so a grid written with groups and its equivalent pl
 from __future__ import annotations
 
 import itertools
-import re
 import shlex
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import yaml
 
 from harness.config import (
     CONDITIONS,
@@ -29,8 +26,8 @@ from harness.config import (
     unknown_key,
     with_weights_file,
 )
+from harness.gridinput import is_search, locate, parse_set, read_yaml, seed_count
 
-BUILTIN_DIR = Path(__file__).with_name("grids")  # shipped inside the package: `harness run paper` works anywhere
 GRID_KEYS = ("name", "description", "base", "axes", "include", "exclude", "seeds", "profiles", "evaluate_on")
 EVALUATE_ON = tuple(d for d in DATASETS if not d.startswith("synthetic"))  # `harness evaluate --on` names
 _DEFAULTS = {name: f.default for name, f in TRIAL_FIELDS.items()}
@@ -61,54 +58,6 @@ class Expansion(NamedTuple):
 Choice = tuple[str | None, dict[str, Any]]
 
 
-def builtin_grids() -> dict[str, Path]:
-    """The grids shipped with the package, by name (the file's stem)."""
-    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.yaml"))}
-
-
-def is_search(spec: Any) -> bool:
-    """Whether a parsed file is a search space for `harness search`: it has a `space`, where a grid has axes.
-
-    Told apart here by that key alone, so the grid stage never imports the search stage above it.
-    """
-    return isinstance(spec, Mapping) and "space" in spec
-
-
-def locate(path: Path | str) -> Path:
-    """The file a grid argument names: a file that exists wins, else a built-in grid.
-
-    A built-in is named bare (`paper`), as a file name (`paper.yaml`), or as `grids/paper.yaml`, where
-    the grids lived in the repository before they moved into the package, so commands written that way
-    work from any folder.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    builtin = builtin_grids()
-    if path.parent in (Path("."), Path("grids")) and path.suffix in ("", ".yaml") and path.stem in builtin:
-        return builtin[path.stem]
-    if path.parent == Path(".") and path.suffix in ("", ".yaml"):  # reads as a name: say which names there are
-        raise ConfigError(
-            f"{path}: no such file or built-in grid; built-in: {', '.join(builtin)} (harness grids lists them)"
-        )
-    raise ConfigError(f"{path}: no such file")
-
-
-def read_yaml(path: Path | str) -> Any:
-    """Safe-load a YAML file (or a built-in grid, see locate); any problem is one ConfigError line naming the
-    file and the place."""
-    path = locate(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
-
-
 def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     if value is None:
         return {}
@@ -128,17 +77,6 @@ def _list(value: Any, where: str) -> list[Any]:
 def _fields(values: Any, where: str) -> dict[str, Any]:
     """Check and convert a mapping of Trial fields (unknown keys, types, ranges)."""
     return {k: coerce(str(k), v, f"{where}.{k}") for k, v in _mapping(values, where).items()}
-
-
-_COUNT = re.compile(r"[0-9]+")
-
-
-def seed_count(value: Any, where: str = "--seeds") -> int:
-    """N from `--seeds N`: a whole number >= 1, meaning seeds 0..N-1."""
-    text = str(value).strip()
-    if isinstance(value, bool) or not _COUNT.fullmatch(text) or int(text) < 1:
-        raise ConfigError(f"{where} {value!r}: expected a whole number >= 1 (runs seeds 0..N-1), e.g. --seeds 3")
-    return int(text)
 
 
 def _seeds(value: Any, where: str) -> list[int]:
@@ -213,33 +151,40 @@ def _group_axis(name: str, groups: Mapping[Any, Any], where: str) -> list[Choice
     return choices
 
 
+def _field_axis(name: str, values: Any, where: str) -> list[Choice]:
+    """A plain axis (`loss: [bce, focal]`): the field's values, each checked and converted."""
+    if name not in TRIAL_FIELDS:
+        raise unknown_key(name, list(TRIAL_FIELDS), f"{where}: axes.{name}")
+    if name == "seed":
+        raise ConfigError(f"{where}: axes.seed: list seeds under 'seeds:', not as an axis")
+    if not isinstance(values, list):
+        raise ConfigError(f"{where}: axes.{name}: expected a list of values, got {values!r}")
+    if not values:
+        raise ConfigError(f"{where}: axes.{name} is empty; give at least one value")
+    return [(None, {name: coerce(name, v, f"{where}: axes.{name}[{i}]")}) for i, v in enumerate(values)]
+
+
+def _claim_fields(owner: dict[str, str], name: str, choices: list[Choice], where: str) -> None:
+    """Record axis `name` as the one that sets its fields (owner: field -> axis); a second axis is an error."""
+    for label, fields in choices:
+        for field in fields:
+            other = owner.setdefault(field, name)
+            if other != name:
+                place = f"axes.{name}.{label}" if label is not None else f"axes.{name}"
+                raise ConfigError(
+                    f"{where}: {place} sets {field}, which axis {other!r} also sets; a field varies on one axis only"
+                )
+
+
 def _axes(spec: Any, where: str) -> dict[str, list[Choice]]:
     """Each axis as its list of choices; a field varies on one axis only."""
     axes: dict[str, list[Choice]] = {}
     owner: dict[str, str] = {}  # field -> the axis that sets it
     for name, values in _mapping(spec, f"{where}: axes").items():
         name = str(name)
-        if isinstance(values, Mapping):
-            axes[name] = _group_axis(name, values, where)
-        elif name not in TRIAL_FIELDS:
-            raise unknown_key(name, list(TRIAL_FIELDS), f"{where}: axes.{name}")
-        elif name == "seed":
-            raise ConfigError(f"{where}: axes.seed: list seeds under 'seeds:', not as an axis")
-        elif not isinstance(values, list):
-            raise ConfigError(f"{where}: axes.{name}: expected a list of values, got {values!r}")
-        elif not values:
-            raise ConfigError(f"{where}: axes.{name} is empty; give at least one value")
-        else:
-            axes[name] = [(None, {name: coerce(name, v, f"{where}: axes.{name}[{i}]")}) for i, v in enumerate(values)]
-        for label, fields in axes[name]:
-            for field in fields:
-                other = owner.setdefault(field, name)
-                if other != name:
-                    place = f"axes.{name}.{label}" if label is not None else f"axes.{name}"
-                    raise ConfigError(
-                        f"{where}: {place} sets {field}, which axis {other!r} also sets; "
-                        "a field varies on one axis only"
-                    )
+        grouped = isinstance(values, Mapping)
+        axes[name] = _group_axis(name, values, where) if grouped else _field_axis(name, values, where)
+        _claim_fields(owner, name, axes[name], where)
     return axes
 
 
@@ -278,27 +223,6 @@ def _cell(
     return labels, fields
 
 
-def parse_set(items: Sequence[str], *, groups: Collection[str] = ()) -> dict[str, Any]:
-    """`--set key=value` pairs; values are YAML scalars (true, 1e-4, resnet50). A grouped axis takes a group name."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=5")
-        if key in groups:
-            out[key] = raw.strip()  # a group's name, checked against the axis when the grid expands
-            continue
-        if key not in TRIAL_FIELDS:
-            raise unknown_key(key, [*TRIAL_FIELDS, *groups], f"--set {key}")
-        try:
-            value = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError:
-            value = raw
-        out[key] = coerce(key, value, f"--set {key}")
-    return out
-
-
 def expand(
     spec: Mapping[str, Any],
     *,
@@ -317,29 +241,59 @@ def expand(
             raise unknown_key(str(key), GRID_KEYS, where)
     base = _fields(spec.get("base"), f"{where}: base")
     seed_list = _seeds(spec["seeds"], f"{where}: seeds") if "seeds" in spec else [base.get("seed", 0)]
+    profiles, seed_list = _apply_profile(spec, profile, base, seed_list, where)
+    if seeds is not None:
+        seed_list = list(range(seed_count(seeds)))
+    axes = _axes(spec.get("axes"), where)
+    groups = {name: dict(choices) for name, choices in axes.items() if choices[0][0] is not None}
+    rules = _profile_rules(profiles, profile, groups, where)
+    forced = bool(overrides)  # --set can make two cells equal; that is no mistake in the file
+    fixed = _apply_overrides(axes, groups, overrides or {})
+    cells, excludes = _cells(spec, axes, groups, where)
+    trials, choices, collapsed = _trials(cells, excludes, rules, base, seed_list, fixed, forced=forced, where=where)
+    if not trials:
+        raise ConfigError(f"{where}: the grid is empty (every trial was excluded)")
+    # A weights file's digest varies exactly where its path does: the path names the axis.
+    varied = tuple(f for f in TRIAL_FIELDS if f != "weights_sha256" and len({getattr(t, f) for t in trials}) > 1)
+    return Expansion(trials, varied, choices, _collapse_notes(collapsed, where))
 
+
+def _apply_profile(
+    spec: Mapping[str, Any], profile: str | None, base: dict[str, Any], seed_list: list[int], where: str
+) -> tuple[dict[str, tuple[dict[str, Any], list[int] | None, list[Any]]], list[int]]:
+    """Profiles step: every profile parsed, the chosen one's fields laid over `base` (in place); returns the
+    parsed profiles and the seeds (the chosen profile's, when it lists some)."""
     profiles = _mapping(spec.get("profiles"), f"{where}: profiles")
     if profile is not None and profile not in profiles:
         valid = ", ".join(map(str, profiles)) or "none defined"
         raise ConfigError(f"{where}: unknown profile {profile!r}; valid: {valid}")
-    parsed_profiles = {}
+    parsed = {}
     for name, values in profiles.items():  # a typo in an unused profile is still a typo
-        parsed_profiles[name] = _profile(values, f"{where}: profiles.{name}")
+        parsed[name] = _profile(values, f"{where}: profiles.{name}")
         if name == profile:
-            fields, profile_seeds, _ = parsed_profiles[name]
+            fields, profile_seeds, _ = parsed[name]
             base.update(fields)
             seed_list = profile_seeds or seed_list
-    if seeds is not None:
-        seed_list = list(range(seed_count(seeds)))
+    return parsed, seed_list
 
-    axes = _axes(spec.get("axes"), where)
-    groups = {name: dict(choices) for name, choices in axes.items() if choices[0][0] is not None}
+
+def _profile_rules(
+    profiles: Mapping[str, tuple[Any, Any, list[Any]]], profile: str | None, groups, where
+) -> list[Rule]:
+    """`when` step: every profile's rules checked against the axes' groups; the chosen profile's returned."""
     rules: list[Rule] = []
-    for name, (_, _, when) in parsed_profiles.items():
+    for name, (_, _, when) in profiles.items():
         parsed = _rules(when, groups, f"{where}: profiles.{name}")
         rules = parsed if name == profile else rules
-    overrides = dict(overrides or {})
-    forced = bool(overrides)  # --set can make two cells equal; that is no mistake in the file
+    return rules
+
+
+def _apply_overrides(
+    axes: dict[str, list[Choice]], groups: Mapping[str, Mapping[str, dict[str, Any]]], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """--set step: AXIS=GROUP keeps that one group, FIELD=VALUE collapses the field's axis to that value (both
+    change `axes` in place); returns the field values every trial takes."""
+    overrides = dict(overrides)
     for name in overrides.keys() & groups.keys():  # --set AXIS=GROUP keeps that one group
         label = overrides.pop(name)
         axes[name] = [(label, _pick(name, label, groups[name], f"--set {name}"))]
@@ -347,8 +301,17 @@ def expand(
         raise unknown_key(key, [*TRIAL_FIELDS, *groups], f"--set {key}")
     for field in overrides.keys() & axes.keys():
         axes[field] = [(None, {field: overrides[field]})]  # --set collapses the axis it names to that one value
+    return overrides
 
-    cells: list[tuple[dict[str, str], dict[str, Any]]] = []
+
+Cell = tuple[dict[str, str], dict[str, Any]]  # the groups a cell picks (axis -> group) and the fields it sets
+
+
+def _cells(
+    spec: Mapping[str, Any], axes: Mapping[str, list[Choice]], groups: Mapping[str, Any], where: str
+) -> tuple[list[Cell], list[Cell]]:
+    """Cells step: the cartesian product of the axes, then the include entries; and the exclude entries."""
+    cells: list[Cell] = []
     for combo in itertools.product(*axes.values()):
         labels = {name: label for name, (label, _) in zip(axes, combo) if label is not None}
         cells.append((labels, {k: v for _, fields in combo for k, v in fields.items()}))
@@ -358,21 +321,42 @@ def expand(
         _cell(ex, groups, f"{where}: exclude[{i}]", include=False)
         for i, ex in enumerate(_list(spec.get("exclude"), f"{where}: exclude"))
     ]
+    return cells, excludes
 
+
+def _with_rules(labels: Mapping[str, str], fields: Mapping[str, Any], base: Mapping[str, Any], rules: list[Rule]):
+    """A cell's values over the base, with each rule that matches the cell as written applied in order."""
+    values = {**base, **fields}
+    for rule in rules:  # matched on the cell as written; a later rule wins over an earlier one
+        if _matches(labels, {**base, **fields}, rule.labels, rule.match):
+            values.update(rule.fields)
+    return values
+
+
+def _trials(
+    cells: list[Cell],
+    excludes: list[Cell],
+    rules: list[Rule],
+    base: Mapping[str, Any],
+    seed_list: list[int],
+    fixed: Mapping[str, Any],
+    *,
+    forced: bool,
+    where: str,
+) -> tuple[list[Trial], list[dict[str, str]], dict[str, set[int]]]:
+    """Trials step: each cell not excluded, with its rules, once per seed; a cell that repeats a trial only in
+    fields its settings leave unused runs once, and is counted (field -> cells) for the note."""
     trials: list[Trial] = []
     choices: list[dict[str, str]] = []
     written: set[str] = set()  # keys of the cells as written
     seen: dict[str, Trial] = {}  # key of a trial -> the first cell, as written, that became it
     collapsed: dict[str, set[int]] = {}  # a field its settings leave unused -> cells that repeat a trial without it
     for cell, (labels, fields) in enumerate(cells):
-        values = {**base, **fields}
-        if any(_matches(labels, values, ex_labels, ex_fields) for ex_labels, ex_fields in excludes):
+        if any(_matches(labels, {**base, **fields}, ex_labels, ex_fields) for ex_labels, ex_fields in excludes):
             continue
-        for rule in rules:  # matched on the cell as written; a later rule wins over an earlier one
-            if _matches(labels, {**base, **fields}, rule.labels, rule.match):
-                values.update(rule.fields)
+        values = _with_rules(labels, fields, base, rules)
         for seed in seed_list:
-            as_written = with_weights_file(Trial(**{**values, "seed": seed, **overrides}), where)
+            as_written = with_weights_file(Trial(**{**values, "seed": seed, **fixed}), where)
             trial = as_written.canonical()
             if as_written.key in written and not forced:  # forced: an include cell that --set made equal
                 raise ConfigError(
@@ -380,20 +364,14 @@ def expand(
                     "check axes, include and --set for repeated settings"
                 )
             written.add(as_written.key)
-            if trial.key in seen:
-                # A cell that differs from another only in fields its settings leave unused: one trial.
-                for name in CONDITIONS:
-                    if getattr(seen[trial.key], name) != getattr(as_written, name):
-                        collapsed.setdefault(name, set()).add(cell)
+            if trial.key in seen:  # differs from another cell only in fields its settings leave unused: one trial
+                for name in (n for n in CONDITIONS if getattr(seen[trial.key], n) != getattr(as_written, n)):
+                    collapsed.setdefault(name, set()).add(cell)
                 continue
             seen[trial.key] = as_written
             trials.append(trial)
             choices.append(labels)
-    if not trials:
-        raise ConfigError(f"{where}: the grid is empty (every trial was excluded)")
-    # A weights file's digest varies exactly where its path does: the path names the axis.
-    varied = tuple(f for f in TRIAL_FIELDS if f != "weights_sha256" and len({getattr(t, f) for t in trials}) > 1)
-    return Expansion(trials, varied, choices, _collapse_notes(collapsed, where))
+    return trials, choices, collapsed
 
 
 def _collapse_notes(collapsed: Mapping[str, set[int]], where: str) -> list[str]:

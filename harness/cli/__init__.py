@@ -4,6 +4,7 @@ commands      the COMMANDS registry, exit codes, the Runtime from the options
 experiments   run, report, search, cam, reproduce
 tools         data, weights, grids, bench
 parser        the grammar, with examples in every --help
+helptext      how a --help reads: its formatter, its examples section, argparse number types
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ __all__ = ["COMMANDS", "experiments", "main", "tools"]  # importing the two comm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run one subcommand, and turn the ways a command can end into its exit code."""
+    # Every command imports torch, ray or optuna inside itself, not here: `harness --help` and a bad option answer
+    # in about 0.1 s, where importing torch alone takes 1.3 s and ray 0.3 s (python -X importtime, 2-core host).
+    # Log lines go to stderr, so stdout holds only a command's answer (a dry run's trials pipe cleanly).
     logging.basicConfig(level=logging.INFO, format="harness: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     try:

@@ -10,6 +10,8 @@ from harness.config import ConfigError, Runtime, default_cache_dir
 from harness.registry import Registry
 
 COMMANDS: Registry[Callable[[argparse.Namespace], int]] = Registry("command")
+# What a script or CI job branches on: 1 = some trials failed (the summary says which and why), 2 = the input was
+# wrong (one line says where), so rerunning the same command cannot help.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 

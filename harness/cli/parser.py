@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
-from collections.abc import Callable, Sequence
 
-# A command line as a user types it, and what it is for. Every one is parsed by a test, so none can rot.
-Example = tuple[str, str]
+from harness.cli.helptext import Example, HelpFormatter, command, count, epilog
 
+# `harness --help` ends with the usual flow, in the order a newcomer runs it: a test checks run comes before report.
 FLOW: tuple[Example, ...] = (
     ("harness grids", "the built-in grids and search spaces"),
     ("harness run grids/paper.yaml --profile smoke --dry-run", "the trials and their keys; starts nothing"),
@@ -18,57 +16,8 @@ FLOW: tuple[Example, ...] = (
 )
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Descriptions wrapped, examples kept line by line, and each option's default after its help.
-
-    argparse's ArgumentDefaultsHelpFormatter would also print "(default: None)" and "(default: False)";
-    here an option without a value of its own, or whose help already states its default, is left as it is.
-    """
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if "\n" in text:  # the examples: one command line per line, lined up as written
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        # A paragraph: wrapped, but never inside a name such as ChestX-ray14.
-        return textwrap.fill(
-            " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
-        )
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        takes_default = action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
-        no_value = any(action.default is v for v in (None, False, argparse.SUPPRESS))  # `is`: 0 == False
-        if not takes_default or no_value or "(default" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def epilog(lines: Sequence[Example]) -> str:
-    """The examples section: each command line with its purpose as a shell comment, so it pastes as it is."""
-    width = max(len(line) for line, _ in lines)
-    return "examples:\n" + "\n".join(f"  {line:<{width}}  # {why}" for line, why in lines)
-
-
-def command(
-    sub: argparse._SubParsersAction, name: str, *, help: str, examples: Sequence[Example]
-) -> argparse.ArgumentParser:
-    """A subcommand whose --help opens with what it does and ends with examples."""
-    return sub.add_parser(name, help=help, description=help, epilog=epilog(examples), formatter_class=HelpFormatter)
-
-
-def _count(least: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= least (argparse turns the ValueError into one line and exit 2)."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < least:
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"whole number >= {least}"  # argparse names the type in its message
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The whole grammar: the top-level parser, then each subcommand in the order --help lists them."""
     p = argparse.ArgumentParser(
         prog="harness",
         description="Benchmark and ablation harness for chest X-ray "
@@ -78,34 +27,57 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_run_parser, _report_parser, _search_parser, _evaluate_parser, _cam_parser, add_reproduce):
+        add(sub)
+    for add in (_data_parser, _weights_parser, _grids_parser, _bench_parser):
+        add(sub)
+    return p
 
-    def data_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--data-root",
-            action="append",
-            metavar="PATH|NAME=PATH",
-            help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic); NAME=PATH for another "
-            "dataset's (chexpert, mimic, padchest; default: $HARNESS_CHEXPERT_ROOT, ...); repeatable",
-        )
-        sp.add_argument("--results", default="results", help="results directory; a grid's trials go to RESULTS/<name>")
-        sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
-        sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        sp.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")
 
-    def tracker_opt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--tracker",
-            action="append",
-            metavar="NAME",
-            help="also log every trial to mlflow or wandb (repeatable, or a comma list); "
-            "TensorBoard files are always written to RESULTS/<name>/tensorboard/",
-        )
+# Option groups that several subcommands share, so that each is spelled (and documented) once.
 
-    def ray_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
-        sp.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
-        sp.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves (at least)")
 
+def _data_options(sp: argparse.ArgumentParser) -> None:
+    """Where the data, results and cache are, and the device and decode processes: every command that trains."""
+    sp.add_argument(
+        "--data-root",
+        action="append",
+        metavar="PATH|NAME=PATH",
+        help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic); NAME=PATH for another "
+        "dataset's (chexpert, mimic, padchest; default: $HARNESS_CHEXPERT_ROOT, ...); repeatable",
+    )
+    sp.add_argument("--results", default="results", help="results directory; a grid's trials go to RESULTS/<name>")
+    sp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+    sp.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    sp.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")
+
+
+def _tracker_option(sp: argparse.ArgumentParser) -> None:
+    """--tracker: the experiment trackers every trial also logs to (run and search)."""
+    sp.add_argument(
+        "--tracker",
+        action="append",
+        metavar="NAME",
+        help="also log every trial to mlflow or wandb (repeatable, or a comma list); "
+        "TensorBoard files are always written to RESULTS/<name>/tensorboard/",
+    )
+
+
+def _ray_options(sp: argparse.ArgumentParser) -> None:
+    """The Ray cluster to join and each trial's share of it (run and search)."""
+    sp.add_argument("--address", help="join a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
+    sp.add_argument("--gpus-per-trial", default="auto", help="GPU share per trial (0.25 packs four), or auto")
+    sp.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU cores each trial reserves (at least)")
+
+
+def _split_options(sp: argparse.ArgumentParser) -> None:
+    """The validation split drawn from train_val (data stats and data prepare)."""
+    sp.add_argument("--val-fraction", type=float, default=0.1, help="train_val patients held out for validation")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness run`: a grid of trials through Ray Tune."""
     r = command(
         sub,
         "run",
@@ -129,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="before any trial starts, download the ImageNet weights the grid's pretrained trials need "
         "(as `harness weights fetch`); offline it fails at once, naming the files to place",
     )
-    ray_opts(r)
+    # The groups go where they always went: --help lists options in the order they were added.
+    _ray_options(r)
     r.add_argument("--retries", type=int, default=2, help="restarts of a trial whose worker died")
     r.add_argument("--compile", action="store_true", help="torch.compile each model (GPU: slower start, faster steps)")
     r.add_argument(
@@ -137,9 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a new worker process per trial (default: a worker runs trial after trial)",
     )
-    tracker_opt(r)
-    data_opts(r)
+    _tracker_option(r)
+    _data_options(r)
 
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness report`: tables, figures and statistics of a grid's results."""
     rp = command(
         sub,
         "report",
@@ -161,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="bootstrap resamples for every interval, test and P(best) of the report (at least 100)",
     )
 
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness search`: a hyperparameter search over a search file's space."""
     se = command(
         sub,
         "search",
@@ -177,10 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--profile", help="a named profile of the search file, e.g. smoke")
     se.add_argument("--samples", type=int, help="new trials to add to the study (default: the file's samples)")
     se.add_argument("--dry-run", action="store_true", help="check the file and print the space; start nothing")
-    ray_opts(se)
-    tracker_opt(se)
-    data_opts(se)
+    _ray_options(se)
+    _tracker_option(se)
+    _data_options(se)
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness evaluate`: finished trials scored on other datasets."""
     ev = command(
         sub,
         "evaluate",
@@ -204,11 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="a dataset to score on: chexpert, mimic, padchest or nih, and its root (repeatable)",
     )
+    # Not _data_options: it trains nothing, so it has no --results, and its roots come with --on.
     ev.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ev.add_argument("--workers", type=int, default=0, help="decode threads; 0: all cores")
     ev.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
 
+
+def _cam_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness cam`: Grad-CAM overlays, activations and box scores of one finished trial."""
     c = command(
         sub,
         "cam",
@@ -228,21 +214,58 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--method", default="gradcam", help="gradcam, gradcam++ or smoothgrad")
     c.add_argument("--layer", help="dotted module name (default: the arch's last conv block)")
     c.add_argument("--max-images", type=int, default=8, help="test images explained at most")
-    data_opts(c)
+    _data_options(c)
 
-    add_reproduce(sub)
 
-    synth = ("harness data synth --out /tmp/nih-synth --n 500 --size 128", "a small synthetic NIH-layout tree")
-    stats = ("harness data stats /tmp/nih-synth", "its images, patients, splits and prevalences")
-    prepare = ("harness data prepare /data/nih --size 256", "decode NIH once for 224 px trials")
-    d = command(sub, "data", help="synthetic data, dataset statistics, caches", examples=(synth, stats, prepare))
+# Each of these examples ends both `harness data --help` and its own subcommand's, so it is written once.
+DATA_SYNTH = ("harness data synth --out /tmp/nih-synth --n 500 --size 128", "a small synthetic NIH-layout tree")
+DATA_STATS = ("harness data stats /tmp/nih-synth", "its images, patients, splits and prevalences")
+DATA_PREPARE = ("harness data prepare /data/nih --size 256", "decode NIH once for 224 px trials")
+
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness data`: its subcommands synth, stats and prepare."""
+    d = command(
+        sub, "data", help="synthetic data, dataset statistics, caches", examples=(DATA_SYNTH, DATA_STATS, DATA_PREPARE)
+    )
     dsub = d.add_subparsers(dest="data_command", required=True)
+    _data_synth_parser(dsub)
+    st = command(
+        dsub,
+        "stats",
+        help="the layout, images, patients, splits, overlap, prevalence",
+        examples=(
+            DATA_STATS,
+            ("harness data stats /data/nih --json", "the same as one JSON object"),
+            ("harness data stats /data/CheXpert-v1.0-small", "CheXpert: labelled and uncertain counts too"),
+        ),
+    )
+    st.add_argument(
+        "root", nargs="?", help="data root of any layout, recognised by its files (default: $HARNESS_DATA_ROOT)"
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    _split_options(st)
+    pr = command(
+        dsub,
+        "prepare",
+        help="decode every image once into the cache",
+        examples=(DATA_PREPARE, ("harness data prepare /data/nih --size 342 --workers 8", "for InceptionV3's 299 px")),
+    )
+    pr.add_argument("root", nargs="?", help="data root (default: $HARNESS_DATA_ROOT)")
+    pr.add_argument("--size", type=int, required=True, help="cache side in pixels (trials crop 7/8 of it)")
+    pr.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
+    pr.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")
+    _split_options(pr)
+
+
+def _data_synth_parser(dsub: argparse._SubParsersAction) -> None:
+    """`harness data synth`: a synthetic tree in one of the datasets' layouts."""
     s = command(
         dsub,
         "synth",
         help="write a synthetic tree in the NIH layout (or CheXpert's, MIMIC-CXR-JPG's, PadChest's)",
         examples=(
-            synth,
+            DATA_SYNTH,
             ("harness data synth --out /tmp/hard --difficulty 0.9 --label-noise 0.05", "a harder one"),
             ("harness data synth --layout chexpert --out /tmp/chexpert-synth --n 300 --size 64", "CheXpert's layout"),
         ),
@@ -260,61 +283,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 hard (lesion contrast)")
     s.add_argument("--label-noise", type=float, default=0.0, help="rate of flipped labels in the CSV")
 
-    def split_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--val-fraction", type=float, default=0.1, help="train_val patients held out for validation")
-        sp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
 
-    st = command(
-        dsub,
-        "stats",
-        help="the layout, images, patients, splits, overlap, prevalence",
-        examples=(
-            stats,
-            ("harness data stats /data/nih --json", "the same as one JSON object"),
-            ("harness data stats /data/CheXpert-v1.0-small", "CheXpert: labelled and uncertain counts too"),
-        ),
-    )
-    st.add_argument(
-        "root", nargs="?", help="data root of any layout, recognised by its files (default: $HARNESS_DATA_ROOT)"
-    )
-    st.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    split_opts(st)
-    pr = command(
-        dsub,
-        "prepare",
-        help="decode every image once into the cache",
-        examples=(prepare, ("harness data prepare /data/nih --size 342 --workers 8", "for InceptionV3's 299 px")),
-    )
-    pr.add_argument("root", nargs="?", help="data root (default: $HARNESS_DATA_ROOT)")
-    pr.add_argument("--size", type=int, required=True, help="cache side in pixels (trials crop 7/8 of it)")
-    pr.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")
-    pr.add_argument("--workers", type=int, default=0, help="decode processes; 0: all cores")
-    split_opts(pr)
+PAPER_ARCHS = "alexnet resnet152 inception_v3"
+# Each action's examples; `harness weights --help` shows the first of where, fetch and placeholder.
+WEIGHTS_EXAMPLES: dict[str, tuple[Example, ...]] = {
+    "where": (
+        (f"harness weights where {PAPER_ARCHS}", "the paper's archs: where their files go, and whether there"),
+        ("harness weights where densenet121 efficientnet_b0", "the others the harness adds"),
+    ),
+    "fetch": (
+        (f"harness weights fetch {PAPER_ARCHS}", "download them, hashes checked"),
+        ("harness weights fetch resnet50 densenet121", "the ablation grid's arch, and DenseNet-121"),
+    ),
+    "placeholder": (
+        ("harness weights placeholder alexnet", "offline: a random-init stand-in, NOT ImageNet"),
+        (f"harness weights placeholder {PAPER_ARCHS}", "stand-ins for the paper grid's pretrained trials"),
+    ),
+    "from-xrv": (
+        ("harness weights from-xrv densenet121-all.pt densenet121-all-3ch.pt", "then in a grid: weights: OUT"),
+        ("harness weights from-xrv nih-densenet121.pt nih-densenet121-3ch.pt", "NIH-trained: keep nih in OUT"),
+    ),
+}
 
-    paper_archs = "alexnet resnet152 inception_v3"
-    weights_examples = {
-        "where": (
-            (f"harness weights where {paper_archs}", "the paper's archs: where their files go, and whether there"),
-            ("harness weights where densenet121 efficientnet_b0", "the others the harness adds"),
-        ),
-        "fetch": (
-            (f"harness weights fetch {paper_archs}", "download them, hashes checked"),
-            ("harness weights fetch resnet50 densenet121", "the ablation grid's arch, and DenseNet-121"),
-        ),
-        "placeholder": (
-            ("harness weights placeholder alexnet", "offline: a random-init stand-in, NOT ImageNet"),
-            (f"harness weights placeholder {paper_archs}", "stand-ins for the paper grid's pretrained trials"),
-        ),
-        "from-xrv": (
-            ("harness weights from-xrv densenet121-all.pt densenet121-all-3ch.pt", "then in a grid: weights: OUT"),
-            ("harness weights from-xrv nih-densenet121.pt nih-densenet121-3ch.pt", "NIH-trained: keep nih in OUT"),
-        ),
-    }
+
+def _weights_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness weights`: where, fetch, placeholder (each takes archs) and from-xrv."""
     w = command(
         sub,
         "weights",
         help="where pretrained weights go; download them (fetch); placeholder files for offline smoke runs",
-        examples=[weights_examples[action][0] for action in ("where", "fetch", "placeholder")],
+        examples=[WEIGHTS_EXAMPLES[action][0] for action in ("where", "fetch", "placeholder")],
     )
     wsub = w.add_subparsers(dest="action", required=True)
     for action, what in (
@@ -322,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("fetch", "download torchvision's ImageNet files, with its hash check"),
         ("placeholder", "random-init files under torchvision's names, for offline smoke runs (NOT ImageNet)"),
     ):
-        command(wsub, action, help=what, examples=weights_examples[action]).add_argument(
+        command(wsub, action, help=what, examples=WEIGHTS_EXAMPLES[action]).add_argument(
             "archs", nargs="+", metavar="ARCH", help="arch names, e.g. resnet50"
         )
     x = command(
@@ -330,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
         "from-xrv",
         help="a torchxrayvision DenseNet state dict as a densenet121 starting file (weights: OUT): its 1-channel "
         "stem folded into the 3-channel ImageNet-normalised input",
-        examples=weights_examples["from-xrv"],
+        examples=WEIGHTS_EXAMPLES["from-xrv"],
     )
     x.add_argument("src", help="torch.save(xrv.models.DenseNet(weights=...).state_dict(), SRC)")
     x.add_argument("out", help="the file to write; keep an NIH-trained source's name in it (e.g. SRC-3ch.pt)")
 
+
+def _grids_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness grids`: the built-in grids and search spaces, listed or one shown."""
     gr = command(
         sub,
         "grids",
@@ -347,52 +348,67 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("action", nargs="?", choices=("list", "show"), default="list", help="list them, or show one")
     gr.add_argument("name", nargs="?", help="with show: the grid or search space to print, e.g. paper")
 
-    bench_loader = ("harness bench loader", "cached loader against PNG decoding, on the data root or synthetic")
-    bench_step = ("harness bench step --arch resnet50 --batch 32", "a trial's step against a bare loop")
-    bench_pack = ("harness bench pack --arch resnet50", "trials of this shape per GPU (needs a GPU)")
+
+BENCH_LOADER = ("harness bench loader", "cached loader against PNG decoding, on the data root or synthetic")
+BENCH_STEP = ("harness bench step --arch resnet50 --batch 32", "a trial's step against a bare loop")
+BENCH_PACK = ("harness bench pack --arch resnet50", "trials of this shape per GPU (needs a GPU)")
+
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    """`harness bench`: loader, step and pack, with the options all three share."""
     b = command(
         sub,
         "bench",
         help="throughput: cached loader vs naive PNG loader; trial step vs bare loop",
-        examples=(bench_loader, bench_step, bench_pack),
+        examples=(BENCH_LOADER, BENCH_STEP, BENCH_PACK),
     )
     bsub = b.add_subparsers(dest="bench_command", required=True)
     bl = command(
         bsub,
         "loader",
         help="cached-loader images/s, naive PNG DataLoader images/s, ratio",
-        examples=(bench_loader, ("harness bench loader --crop 299 --images 4096 --json", "InceptionV3's crop")),
+        examples=(BENCH_LOADER, ("harness bench loader --crop 299 --images 4096 --json", "InceptionV3's crop")),
     )
+    bs, bp = _bench_step_parser(bsub), _bench_pack_parser(bsub)
+    for sp in (bl, bs, bp):  # shared options follow each one's own, as --help has always listed them
+        sp.add_argument("--batch", type=count(1), default=64, help="training batch")
+        sp.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+        _data_options(sp)
+    bl.add_argument("--crop", type=count(1), default=224, help="crop side in pixels")
+    bl.add_argument("--images", type=count(1), default=2048, help="images in the cached pass")
+
+
+def _bench_step_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`harness bench step`: its own options (the shared ones are added by _bench_parser)."""
     bs = command(
         bsub,
         "step",
         help="a trial's step beside a bare PyTorch loop's (ratio), and the trial's end-to-end images/s",
-        examples=(bench_step, ("harness bench step --arch alexnet --image-size 64 --steps 5 --windows 2", "quick")),
+        examples=(BENCH_STEP, ("harness bench step --arch alexnet --image-size 64 --steps 5 --windows 2", "quick")),
     )
     bs.add_argument("--arch", required=True, help="arch name, e.g. resnet50")
     bs.add_argument("--image-size", type=int, default=0, help="input side in pixels; 0: the arch's own")
-    bs.add_argument("--steps", type=_count(1), default=20, help="steps per timed window")
-    bs.add_argument("--windows", type=_count(1), default=5, help="timed windows each for the trial and the bare loop")
+    bs.add_argument("--steps", type=count(1), default=20, help="steps per timed window")
+    bs.add_argument("--windows", type=count(1), default=5, help="timed windows each for the trial and the bare loop")
     bs.add_argument("--compile", action="store_true", help="torch.compile the model, as `run --compile` does")
-    bs.add_argument("--eval-batch", type=_count(0), default=0, help="evaluation batch; 0: what a trial uses")
+    bs.add_argument("--eval-batch", type=count(0), default=0, help="evaluation batch; 0: what a trial uses")
+    return bs
+
+
+def _bench_pack_parser(bsub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`harness bench pack`: its own options (the shared ones are added by _bench_parser)."""
     bp = command(
         bsub,
         "pack",
         help="how many trials of a shape share one GPU, measured now: 1, 2, then 4 copies of its step side by side "
         "(runs learn it from their own epochs; this measures on demand and remembers the result)",
-        examples=(bench_pack, ("harness bench pack --arch alexnet --image-size 224 --freeze 2", "a fine-tuning shape")),
+        examples=(BENCH_PACK, ("harness bench pack --arch alexnet --image-size 224 --freeze 2", "a fine-tuning shape")),
     )
     bp.add_argument("--arch", required=True, help="arch name, e.g. resnet50")
     bp.add_argument("--image-size", type=int, default=0, help="input side in pixels; 0: the arch's own")
-    bp.add_argument("--freeze", type=_count(0), default=0, help="leading stages kept fixed")
+    bp.add_argument("--freeze", type=count(0), default=0, help="leading stages kept fixed")
     bp.add_argument("--address", help="a running Ray cluster: auto or ray://HOST:PORT (or RAY_ADDRESS)")
-    for sp in (bl, bs, bp):
-        sp.add_argument("--batch", type=_count(1), default=64, help="training batch")
-        sp.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
-        data_opts(sp)
-    bl.add_argument("--crop", type=_count(1), default=224, help="crop side in pixels")
-    bl.add_argument("--images", type=_count(1), default=2048, help="images in the cached pass")
-    return p
+    return bp
 
 
 def add_reproduce(sub: argparse._SubParsersAction) -> None:
@@ -409,7 +425,7 @@ def add_reproduce(sub: argparse._SubParsersAction) -> None:
         ),
     )
     rp.add_argument("path", help="a trial folder RESULTS/<grid>/<key>, or a grid folder RESULTS/<grid> with --sample")
-    rp.add_argument("--sample", type=_count(1), metavar="K", help="certify K done trials of a grid folder")
+    rp.add_argument("--sample", type=count(1), metavar="K", help="certify K done trials of a grid folder")
     rp.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
     rp.add_argument("--data-root", help="NIH Kaggle-layout root (default: $HARNESS_DATA_ROOT, else synthetic)")
     rp.add_argument("--cache-dir", help="decoded-image cache (default: $HARNESS_CACHE_DIR or ~/.cache/harness)")

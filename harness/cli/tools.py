@@ -100,7 +100,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 @COMMANDS.register("grids")
 def cmd_grids(args: argparse.Namespace) -> int:
     """List the built-in grids, then the search spaces, each with its first comment line; or print one."""
-    from harness.gridfile import builtin_grids, is_search, read_yaml
+    from harness.gridinput import builtin_grids, is_search, read_yaml
 
     builtin = builtin_grids()
     if args.action == "show":

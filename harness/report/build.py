@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
 
 from harness import metrics
-from harness.report.cells import Cell, Stat, describe, field_order, field_text, trial_name, varied_fields
+from harness.report.cells import (
+    Cell,
+    Stat,
+    describe,
+    field_order,
+    field_text,
+    lockstep_notes,
+    trial_name,
+    varied_fields,
+)
 from harness.report.context import ALPHA, Comparison, Context, focal_params
 from harness.report.flags import chance_note, degenerate_note, finding_note, mark
 from harness.report.paper import (
@@ -33,8 +42,6 @@ from harness.report.paper import (
 from harness.report.tables import Table
 
 CAM_SCORES = (("pointing", "pointing game"), ("energy", "energy in box"), ("iou", "IoU"))
-
-
 SEEDS_HINT = "run the grid with --seeds 5 (grids/paper.yaml: --profile publish) for claims about the setting."
 
 
@@ -86,25 +93,6 @@ def focal_note(named: Sequence[tuple[str, Cell]]) -> str:
     if len(rows) == 1:
         return f"{text}: {params(*next(iter(rows)))} in every row."
     return f"{text}: " + "; ".join(f"{params(*k)} for {', '.join(dict.fromkeys(v))}" for k, v in rows.items()) + "."
-
-
-def _value(v: Any, name: str = "") -> str:
-    return str(v).lower() if isinstance(v, bool) else field_text(v, name)  # as a grid file writes it
-
-
-def lockstep_notes(ctx: Context) -> list[str]:
-    """One line per axis that other fields vary with: together they are one axis, tested and named as it."""
-    out = []
-    for axis, followers in ctx.followers.items():
-        pairs: dict[str, list[str]] = {}
-        for c in ctx.cells:
-            pairs.setdefault(_value(c.fields.get(axis), axis), [_value(c.fields.get(f), f) for f in followers])
-        values = "; ".join(
-            f"{axis} {k}: " + ", ".join(f"{f} {v}" for f, v in zip(followers, vs)) for k, vs in pairs.items()
-        )
-        verb = "varies" if len(followers) == 1 else "vary"
-        out.append(f"{', '.join(followers)} {verb} with {axis} ({values}): one axis, named {axis}.")
-    return out
 
 
 def constant_bce_note(ctx: Context, plan: PaperPlan) -> str:
@@ -181,61 +169,79 @@ def paper_plan(ctx: Context, *, number: int, pretrained: bool, stem: str, fig_st
     return PaperPlan(number, pretrained, stem, fig_stem, what, cells, names, ref, ranked)
 
 
+# Our columns: the paper's, with F1 at validation-chosen thresholds beside its F1.
+OUR_COLUMNS = [*PAPER_COLUMNS[:3], F1_VAL_COLUMN, *PAPER_COLUMNS[3:]]
+AUC_COLUMN = 1 + [c.name for c in OUR_COLUMNS].index("auc")  # after "Model"
+
+
 def paper_table(ctx: Context, plan: PaperPlan) -> Table:
     """Table 1 or 2: one row per cell with the paper's columns, significance marks and, on NIH, the paper's values."""
-    cells, names, ref, ranked = plan.cells, plan.names, plan.ref, plan.ranked
     vs_ref: dict[int, Comparison] = {}
-    for i, c in enumerate(cells):
-        if i != ref and (cmp := ctx.compare(c, cells[ref], name_a=names[i], name_b=names[ref])):
+    for i, c in enumerate(plan.cells):
+        name_a, name_b = plan.names[i], plan.names[plan.ref]
+        if i != plan.ref and (cmp := ctx.compare(c, plan.cells[plan.ref], name_a=name_a, name_b=name_b)):
             vs_ref[i] = cmp
     # "Best" as a probability: the share of resamples in which a row ranks first (degenerate rows never rank).
-    p_best = dict(zip(ranked, ctx.p_best([cells[i] for i in ranked]))) if len(ranked) >= 2 else {}
+    ranked = plan.ranked
+    p_best = dict(zip(ranked, ctx.p_best([plan.cells[i] for i in ranked]))) if len(ranked) >= 2 else {}
 
-    ours = [*PAPER_COLUMNS[:3], F1_VAL_COLUMN, *PAPER_COLUMNS[3:]]  # F1 at validation thresholds beside F1
-    columns = ["Model"] + [c.header for c in ours] + ["P(best)"]
+    columns = ["Model"] + [c.header for c in OUR_COLUMNS] + ["P(best)"]
     paper = PAPER_VALUES[plan.pretrained] if ctx.is_nih else {}
     if paper:
         columns += [f"Paper {c.header.removeprefix('Test ')}" for c in PAPER_COLUMNS]  # the paper's own losses
     rows, records, bold = [], [], set()
-    auc_col = 1 + [c.name for c in ours].index("auc")
-    for i, c in enumerate(cells):
-        row = [mark(names[i], c.degenerate)]
-        rec = {"model": names[i], "arch": c.arch, "seeds": len(c.results), "keys": " ".join(r.key for r in c.results)}
-        for col in ours:
-            s = c.stat(col.metric)
-            text = mark(s.text(col.digits), c.degenerate and s.value is not None)
-            if col.name == "auc" and i in vs_ref and vs_ref[i].significant:
-                text += DAGGER
-            row.append(text)
-            rec.update(s.columns(col.name, std=True))
-        cmp = vs_ref.get(i)
-        best = p_best.get(i)
-        row.append(DASH if best is None or best != best else f"{best:.2f}")
-        rec.update(
-            {
-                "reference": i == ref,
-                "auc_diff_vs_ref": cmp.diff if cmp else None,
-                "p_vs_ref": cmp.p if cmp else None,
-                "p_adjusted_vs_ref": cmp.p_holm if cmp else None,
-                "significant_vs_ref": bool(cmp and cmp.significant),
-                "p_best": best,
-            }
-        )
-        confident_best = best is not None and best >= 1 - ALPHA
-        if confident_best:
-            bold.add((i, auc_col))
-        rec["auc_best_confident"] = confident_best
-        if paper:
-            published = paper.get(c.arch, {})
-            for col in PAPER_COLUMNS:
-                v = published.get(col.name)
-                row.append(DASH if v is None else f"{v:.{PAPER_DIGITS[plan.pretrained]}f}")
-                rec[f"paper_{col.name}"] = v
-        rec.update({"degenerate": bool(c.degenerate), "test_unit": cmp.unit if cmp else None})
+    for i in range(len(plan.cells)):
+        row, rec = _paper_row(plan, i, vs_ref.get(i), p_best.get(i), paper)
+        if rec["auc_best_confident"]:
+            bold.add((i, AUC_COLUMN))
         rows.append(row)
         records.append(rec)
-
     title = f"Table {plan.number}. {plan.what} ({ctx.dataset_title})"
+    notes = _paper_notes(ctx, plan, vs_ref, paper)
+    return Table(plan.stem, title, columns, rows, pd.DataFrame(records), bold, notes)
+
+
+def _paper_row(
+    plan: PaperPlan, i: int, cmp: Comparison | None, best: float | None, paper: Mapping[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """Row i of Table 1 or 2 as shown (marks, P(best), the paper's values) and as its CSV record."""
+    c, name = plan.cells[i], plan.names[i]
+    row = [mark(name, c.degenerate)]
+    rec = {"model": name, "arch": c.arch, "seeds": len(c.results), "keys": " ".join(r.key for r in c.results)}
+    for col in OUR_COLUMNS:
+        s = c.stat(col.metric)
+        text = mark(s.text(col.digits), c.degenerate and s.value is not None)
+        if col.name == "auc" and cmp is not None and cmp.significant:
+            text += DAGGER
+        row.append(text)
+        rec.update(s.columns(col.name, std=True))
+    row.append(DASH if best is None or best != best else f"{best:.2f}")  # best != best: NaN
+    rec.update(
+        {
+            "reference": i == plan.ref,
+            "auc_diff_vs_ref": cmp.diff if cmp else None,
+            "p_vs_ref": cmp.p if cmp else None,
+            "p_adjusted_vs_ref": cmp.p_holm if cmp else None,
+            "significant_vs_ref": bool(cmp and cmp.significant),
+            "p_best": best,
+        }
+    )
+    rec["auc_best_confident"] = best is not None and best >= 1 - ALPHA
+    if paper:
+        published = paper.get(c.arch, {})
+        for col in PAPER_COLUMNS:
+            v = published.get(col.name)
+            row.append(DASH if v is None else f"{v:.{PAPER_DIGITS[plan.pretrained]}f}")
+            rec[f"paper_{col.name}"] = v
+    rec.update({"degenerate": bool(c.degenerate), "test_unit": cmp.unit if cmp else None})
+    return row, rec
+
+
+def _paper_notes(
+    ctx: Context, plan: PaperPlan, vs_ref: Mapping[int, Comparison], paper: Mapping[str, Any]
+) -> list[str]:
+    """The notes under Table 1 or 2: intervals, marks, P(best), and every row that was left untested and why."""
+    cells, names, ref = plan.cells, plan.names, plan.ref
     named = list(zip(names, cells))
     notes = [
         ci_note(ctx, cells, losses=True) + " " + F1_NOTE + " " + focal_note(named),
@@ -258,7 +264,7 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
         notes.append(
             f"Seeds scored on different test images, so no combined interval and no test: {', '.join(differ)}."
         )
-    notes += lockstep_notes(ctx)
+    notes += lockstep_notes(ctx.followers, ctx.cells)
     if ctx.reference is not None and cells[ref].arch != ctx.reference:
         notes.append(f"{arch_name(ctx.reference)} has no row in this table: the first row is the reference.")
     missing = [names[i] for i, c in enumerate(cells) if i != ref and i not in vs_ref and not c.seeds_differ]
@@ -270,7 +276,7 @@ def paper_table(ctx: Context, plan: PaperPlan) -> Table:
         notes.insert(0, SYNTHETIC_WARNING)
     if plan.pretrained and ctx.unverified_weights:
         notes.insert(0, WEIGHTS_WARNING.format(archs=", ".join(ctx.unverified_weights)))
-    return Table(plan.stem, title, columns, rows, pd.DataFrame(records), bold, notes)
+    return notes
 
 
 # --- the other tables ---------------------------------------------------------------------------------

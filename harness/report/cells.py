@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -185,6 +185,26 @@ def lockstep(results: Sequence[store.Result], varied: Sequence[str]) -> dict[str
     for g in (g for g in groups if len(g) > 1):
         leader = min(g, key=lambda f: (LEADERS.index(f) if f in LEADERS else len(LEADERS), g.index(f)))
         out[leader] = [f for f in varied if f in g and f != leader]  # in trial.json order
+    return out
+
+
+def _value(v: Any, name: str = "") -> str:
+    return str(v).lower() if isinstance(v, bool) else field_text(v, name)  # as a grid file writes it
+
+
+def lockstep_notes(followers_of: Mapping[str, list[str]], cells: Sequence[Cell]) -> list[str]:
+    """One line per axis that other fields vary with (followers_of: lockstep's answer): together they are one
+    axis, tested and named as it."""
+    out = []
+    for axis, followers in followers_of.items():
+        pairs: dict[str, list[str]] = {}
+        for c in cells:
+            pairs.setdefault(_value(c.fields.get(axis), axis), [_value(c.fields.get(f), f) for f in followers])
+        values = "; ".join(
+            f"{axis} {k}: " + ", ".join(f"{f} {v}" for f, v in zip(followers, vs)) for k, vs in pairs.items()
+        )
+        verb = "varies" if len(followers) == 1 else "vary"
+        out.append(f"{', '.join(followers)} {verb} with {axis} ({values}): one axis, named {axis}.")
     return out
 
 

@@ -8,8 +8,8 @@ from itertools import combinations, pairwise
 
 import pandas as pd
 
-from harness.report.build import family_words, lockstep_notes, warnings_first
-from harness.report.cells import Cell, describe, field_order, hashable
+from harness.report.build import family_words, warnings_first
+from harness.report.cells import Cell, describe, field_order, hashable, lockstep_notes
 from harness.report.context import ALPHA, Comparison, Context
 from harness.report.flags import degenerate_note, mark
 from harness.report.paper import DASH, DDAGGER
@@ -69,7 +69,28 @@ def _p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+# The CSV's columns: the first ten are the claim, the rest say which trials and how. Named even when there are no
+# tests, so that an empty paired_tests.csv still has its header.
+PAIRED_COLUMNS = [
+    "a",
+    "b",
+    "axis",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_adjusted",
+    "family",
+    "significant",
+    "keys_a",
+    "keys_b",
+    "unit",
+    "degenerate",
+]
+
+
 def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table:
+    """The paired comparisons: one row per test of the report's family, with its adjusted p and its verdict."""
     columns = ["Axis", "A", "B", "AUROC A - B [95% CI]", "p", "p (adjusted)", "Significant"]
     rows = [
         [
@@ -83,44 +104,42 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
         ]
         for c in tests
     ]
-    # One row per pair; the first ten columns are the claim, the rest say which trials and how.
-    frame = pd.DataFrame(
-        [
-            {
-                "a": c.name_a,
-                "b": c.name_b,
-                "axis": c.axis,
-                "diff": c.diff,
-                "ci_low": c.ci[0],
-                "ci_high": c.ci[1],
-                "p": c.p,
-                "p_adjusted": c.p_holm,
-                "family": c.family,
-                "significant": c.significant,
-                "keys_a": c.a.id,
-                "keys_b": c.b.id,
-                "unit": c.unit,
-                "degenerate": c.degenerate,
-            }
-            for c in tests
-        ],
-        columns=[
-            "a",
-            "b",
-            "axis",
-            "diff",
-            "ci_low",
-            "ci_high",
-            "p",
-            "p_adjusted",
-            "family",
-            "significant",
-            "keys_a",
-            "keys_b",
-            "unit",
-            "degenerate",
-        ],
+    return Table(
+        "paired_tests",
+        f"Paired comparisons along each axis ({ctx.dataset_title})",
+        columns,
+        rows,
+        _paired_frame(tests),
+        notes=warnings_first(ctx, _paired_notes(ctx, tests, plan)),
     )
+
+
+def _paired_frame(tests: list[Comparison]) -> pd.DataFrame:
+    """paired_tests.csv: one row per pair, its numbers unrounded."""
+    records = [
+        {
+            "a": c.name_a,
+            "b": c.name_b,
+            "axis": c.axis,
+            "diff": c.diff,
+            "ci_low": c.ci[0],
+            "ci_high": c.ci[1],
+            "p": c.p,
+            "p_adjusted": c.p_holm,
+            "family": c.family,
+            "significant": c.significant,
+            "keys_a": c.a.id,
+            "keys_b": c.b.id,
+            "unit": c.unit,
+            "degenerate": c.degenerate,
+        }
+        for c in tests
+    ]
+    return pd.DataFrame(records, columns=PAIRED_COLUMNS)
+
+
+def _paired_notes(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> list[str]:
+    """The notes under the paired table: the test, seed-level tests, degenerate cells, neighbour-only axes."""
     notes = [
         f"Paired bootstrap of mean AUROC over test patients ({ctx.n_boot} resamples), between settings equal "
         "in every other field and between each table row and its reference; p from the bootstrap test (the "
@@ -135,7 +154,7 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
             "both cells where they ran the same seeds (seed s shares split, start and batch order); the difference "
             "is that of the seed-mean AUROCs, as the tables show them."
         )
-    notes += lockstep_notes(ctx)
+    notes += lockstep_notes(ctx.followers, ctx.cells)
     seen: dict[str, Cell] = {}
     for c in tests:
         seen.update({c.name_a: c.a, c.name_b: c.b})
@@ -149,14 +168,7 @@ def paired_table(ctx: Context, tests: list[Comparison], plan: AxisPlan) -> Table
             f"Where more than {ALL_PAIRS_UP_TO} values of an axis share every other field, each is tested against "
             f"the next value only: {', '.join(plan.neighbours_only)}."
         )
-    return Table(
-        "paired_tests",
-        f"Paired comparisons along each axis ({ctx.dataset_title})",
-        columns,
-        rows,
-        frame,
-        notes=warnings_first(ctx, notes),
-    )
+    return notes
 
 
 def method_note(ctx: Context, tests: list[Comparison]) -> str:

@@ -7,7 +7,7 @@ import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -17,6 +17,9 @@ from harness.search import study as study_mod
 from harness.search.space import CategoricalParam, sample
 from harness.search.spec import CACHE_FIELDS, DIRECTIONS, Search, check_search, load_search
 from harness.search.summary import export
+
+if TYPE_CHECKING:  # ray: imported only when a search runs
+    from harness.runner.searcher import SearchPlan
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +86,13 @@ def run(search: Search, runtime: Runtime) -> Outcome:
     from harness.runner import searcher as runner
 
     check_search(search)
-    grid_dir = Path(runtime.results_dir) / search.name
-    st = store_mod.Store(grid_dir)
+    st = store_mod.Store.of(runtime.results_dir, search.name)
     st.check_writable()
-    storage = study_mod.storage(search, grid_dir)  # a bad URL fails here, before any data is generated or cached
+    storage = study_mod.storage(search, st.root)  # a bad URL fails here, before any data is generated or cached
     trials, runtime = prepare.resolve_dataset([search.base], runtime)
     base = trials[0]
     with st.lock():
-        study = study_mod.open_study(search, storage, base)
-        stale = study_mod.fail_stale(study)
-        if stale:
-            log.warning(
-                "%s: %d trial(s) of a search that stopped without finishing them marked failed; "
-                "the study's finished trials are kept",
-                search.study_name,
-                stale,
-            )
-        queued = study_mod.requeue_interrupted(study)
-        if queued:
-            log.warning(
-                "%s: %d interrupted trial(s) (#%s) run first, each from its last finished epoch",
-                search.study_name,
-                len(queued),
-                ", #".join(map(str, queued)),
-            )
+        study = _reopen_study(search, storage, base)
         prepare.prepare_all(_cache_trials(search, base), runtime)
         # Offset by the trials so far: a rerun with the seed alone would draw the first run's startup points again.
         sampler = optuna.samplers.TPESampler(
@@ -117,22 +103,7 @@ def run(search: Search, runtime: Runtime) -> Outcome:
         study = optuna.load_study(study_name=search.study_name, storage=storage, sampler=sampler)
         draw = functools.partial(sample, space=search.space, base=base.to_dict())
         live = study_mod.LiveTrials(study, draw, storage=storage)
-        arch = search.space.get("arch")
-        plan = runner.SearchPlan(
-            name=search.name,
-            study_name=search.study_name,
-            base=base,
-            fields=list(search.space),
-            archs=arch.choices if isinstance(arch, CategoricalParam) else (base.arch,),
-            study=live,
-            metric=search.metric,
-            mode=DIRECTIONS[search.direction],
-            samples=search.samples,
-            concurrency=search.concurrency,
-            grace_period=search.pruner.grace_period if search.pruner else None,
-            reduction_factor=search.pruner.reduction_factor if search.pruner else 3.0,
-            prior=study_mod.prior(study),
-        )
+        plan = _search_plan(search, base, study, live)
         try:
             result = runner.run_search(plan, runtime)
         finally:
@@ -144,6 +115,52 @@ def run(search: Search, runtime: Runtime) -> Outcome:
         failures=result.failure_lines(),
         summary=summary,
         stopped=result.stopped,
+    )
+
+
+def _reopen_study(search: Search, storage: optuna.storages.RDBStorage, base: Trial) -> optuna.Study:
+    """Study step: the study opened (or created); trials of a search that died marked failed, interrupted ones
+    queued to run first from their last finished epoch."""
+    study = study_mod.open_study(search, storage, base)
+    stale = study_mod.fail_stale(study)
+    if stale:
+        log.warning(
+            "%s: %d trial(s) of a search that stopped without finishing them marked failed; "
+            "the study's finished trials are kept",
+            search.study_name,
+            stale,
+        )
+    queued = study_mod.requeue_interrupted(study)
+    if queued:
+        log.warning(
+            "%s: %d interrupted trial(s) (#%s) run first, each from its last finished epoch",
+            search.study_name,
+            len(queued),
+            ", #".join(map(str, queued)),
+        )
+    return study
+
+
+def _search_plan(search: Search, base: Trial, study: optuna.Study, live: study_mod.LiveTrials) -> SearchPlan:
+    """Plan step: what the runner needs to run the search (runner.SearchPlan), the study's finished trials as
+    the prior of the ASHA rungs."""
+    from harness.runner import searcher as runner
+
+    arch = search.space.get("arch")
+    return runner.SearchPlan(
+        name=search.name,
+        study_name=search.study_name,
+        base=base,
+        fields=list(search.space),
+        archs=arch.choices if isinstance(arch, CategoricalParam) else (base.arch,),
+        study=live,
+        metric=search.metric,
+        mode=DIRECTIONS[search.direction],
+        samples=search.samples,
+        concurrency=search.concurrency,
+        grace_period=search.pruner.grace_period if search.pruner else None,
+        reduction_factor=search.pruner.reduction_factor if search.pruner else 3.0,
+        prior=study_mod.prior(study),
     )
 
 
@@ -160,5 +177,5 @@ def main_search(
     print("\n".join(outcome.lines()))
     from harness.runner import tracking
 
-    print("\n".join(tracking.dashboards(runtime.trackers, store_mod.Store(Path(runtime.results_dir) / search.name))))
+    print("\n".join(tracking.dashboards(runtime.trackers, store_mod.Store.of(runtime.results_dir, search.name))))
     return outcome.exit_code

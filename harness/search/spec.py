@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import gridfile as grid_mod
 from harness import store as store_mod
 from harness.config import CONDITIONS, ConfigError, Trial, trial_from_dict, unknown_key, with_weights_file
+from harness.gridfile import expand
+from harness.gridinput import read_yaml
 from harness.search.space import Param, check_keys, parse_space, used
 
 SEARCH_KEYS = (
@@ -133,43 +134,9 @@ def _parse_pruner(spec: Any, *, epochs: int, declared: int, where: str) -> Prune
 def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: int | None = None) -> Search:
     """Validate a parsed search file; every problem is one ConfigError line naming the file and the key."""
     where = str(path)
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(SEARCH_KEYS)}")
-    for key in spec:
-        if key not in SEARCH_KEYS:
-            raise unknown_key(str(key), SEARCH_KEYS, where)
-    name = spec.get("name", path.stem)
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise ConfigError(
-            f"{where}: name={name!r} must be letters, digits, '-' or '_' (it names the results directory)"
-        )
-    # The base and its profile are a grid's: the same keys, types, ranges and messages.
-    trial_spec = {k: spec[k] for k in ("base", "profiles") if k in spec}
-    base = grid_mod.expand(trial_spec, where=where, profile=profile)[0][0]
-    declared = grid_mod.expand(trial_spec, where=where)[0][0].epochs if profile else base.epochs
-    space = parse_space(spec.get("space"), f"{where}: space")
-    # A profile pins what it sets: a smoke profile's arch is not searched over.
-    pinned = set(spec["profiles"][profile] or {}) if profile is not None else set()
-    space = used(
-        {k: p for k, p in space.items() if k not in pinned}, base.to_dict(), pinned=pinned, where=f"{where}: space"
-    )
-    if profile is not None and not space:
-        raise ConfigError(f"{where}: profile {profile!r} pins every searched field; nothing is left to search")
-
-    metric = spec.get("metric", "val_auc")
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise ConfigError(
-            f"{where}: metric={metric!r} is not reported by trials; valid: {', '.join(METRICS)} "
-            "(validation only: a search never sees the test split)"
-        )
-    direction = spec.get("direction", METRICS[metric])
-    if not isinstance(direction, str) or direction not in DIRECTIONS:
-        raise ConfigError(f"{where}: direction={direction!r}; valid: {', '.join(DIRECTIONS)}")
-    if direction != METRICS[metric]:
-        raise ConfigError(
-            f"{where}: direction={direction} would favour the worst {metric}; {metric} improves by {METRICS[metric]}"
-        )
-
+    name = _search_name(spec, path)
+    base, declared, space = _base_and_space(spec, profile, where)
+    metric, direction = _objective(spec, where)
     samples = _int(
         samples if samples is not None else spec.get("samples", 20),
         "--samples" if samples is not None else f"{where}: samples",
@@ -177,21 +144,8 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
     )
     concurrency = _int(spec.get("concurrency", 1), f"{where}: concurrency", low=1)
     pruner = _parse_pruner(spec.get("pruner", {}), epochs=base.epochs, declared=declared, where=f"{where}: pruner")
-
-    sampler = spec.get("sampler") or {}
-    if not isinstance(sampler, Mapping):
-        raise ConfigError(f"{where}: sampler: expected a mapping {{seed, startup_trials}}, got {sampler!r}")
-    check_keys(sampler, ("seed", "startup_trials"), f"{where}: sampler")
-    seed = _int(sampler.get("seed", 0), f"{where}: sampler.seed", low=0)
-    startup = _int(sampler.get("startup_trials", 10), f"{where}: sampler.startup_trials", low=0)
-
-    storage = spec.get("storage")
-    if storage is not None and (not isinstance(storage, str) or "://" not in storage):
-        raise ConfigError(
-            f"{where}: storage={storage!r}: expected a database URL such as "
-            "sqlite:///path/study.db or postgresql://user@host/db, or leave it out "
-            f"for results/{name}/{store_mod.Store.STUDY}"
-        )
+    seed, startup = _sampler(spec, where)
+    storage = _storage(spec, name, where)
     return Search(
         name=name,
         path=path,
@@ -209,10 +163,85 @@ def parse_search(spec: Any, *, path: Path, profile: str | None = None, samples: 
     )
 
 
+def _search_name(spec: Any, path: Path) -> str:
+    """Keys step: the file is a mapping of known keys; its name (else the file's stem) can name a folder."""
+    where = str(path)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with keys {', '.join(SEARCH_KEYS)}")
+    for key in spec:
+        if key not in SEARCH_KEYS:
+            raise unknown_key(str(key), SEARCH_KEYS, where)
+    name = spec.get("name", path.stem)
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(
+            f"{where}: name={name!r} must be letters, digits, '-' or '_' (it names the results directory)"
+        )
+    return name
+
+
+def _base_and_space(spec: Mapping[str, Any], profile: str | None, where: str) -> tuple[Trial, int, dict[str, Param]]:
+    """Base and space step: the base trial with its profile, the epochs the base declares, and the space less the
+    fields the profile pins."""
+    # The base and its profile are a grid's: the same keys, types, ranges and messages.
+    trial_spec = {k: spec[k] for k in ("base", "profiles") if k in spec}
+    base = expand(trial_spec, where=where, profile=profile)[0][0]
+    declared = expand(trial_spec, where=where)[0][0].epochs if profile else base.epochs
+    space = parse_space(spec.get("space"), f"{where}: space")
+    # A profile pins what it sets: a smoke profile's arch is not searched over.
+    pinned = set(spec["profiles"][profile] or {}) if profile is not None else set()
+    space = used(
+        {k: p for k, p in space.items() if k not in pinned}, base.to_dict(), pinned=pinned, where=f"{where}: space"
+    )
+    if profile is not None and not space:
+        raise ConfigError(f"{where}: profile {profile!r} pins every searched field; nothing is left to search")
+    return base, declared, space
+
+
+def _objective(spec: Mapping[str, Any], where: str) -> tuple[str, str]:
+    """Objective step: the metric (one trials report, validation only) and the direction that improves it."""
+    metric = spec.get("metric", "val_auc")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise ConfigError(
+            f"{where}: metric={metric!r} is not reported by trials; valid: {', '.join(METRICS)} "
+            "(validation only: a search never sees the test split)"
+        )
+    direction = spec.get("direction", METRICS[metric])
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
+        raise ConfigError(f"{where}: direction={direction!r}; valid: {', '.join(DIRECTIONS)}")
+    if direction != METRICS[metric]:
+        raise ConfigError(
+            f"{where}: direction={direction} would favour the worst {metric}; {metric} improves by {METRICS[metric]}"
+        )
+    return metric, direction
+
+
+def _sampler(spec: Mapping[str, Any], where: str) -> tuple[int, int]:
+    """Sampler step: TPE's seed and its random startup trials."""
+    sampler = spec.get("sampler") or {}
+    if not isinstance(sampler, Mapping):
+        raise ConfigError(f"{where}: sampler: expected a mapping {{seed, startup_trials}}, got {sampler!r}")
+    check_keys(sampler, ("seed", "startup_trials"), f"{where}: sampler")
+    seed = _int(sampler.get("seed", 0), f"{where}: sampler.seed", low=0)
+    startup = _int(sampler.get("startup_trials", 10), f"{where}: sampler.startup_trials", low=0)
+    return seed, startup
+
+
+def _storage(spec: Mapping[str, Any], name: str, where: str) -> str | None:
+    """Storage step: a database URL, or None for the SQLite file in the search's results folder."""
+    storage = spec.get("storage")
+    if storage is not None and (not isinstance(storage, str) or "://" not in storage):
+        raise ConfigError(
+            f"{where}: storage={storage!r}: expected a database URL such as "
+            "sqlite:///path/study.db or postgresql://user@host/db, or leave it out "
+            f"for results/{name}/{store_mod.Store.STUDY}"
+        )
+    return storage
+
+
 def load_search(path: Path | str, *, profile: str | None = None, samples: int | None = None) -> Search:
     """Read and validate a search file (samples overrides the file's: --samples)."""
     path = Path(path)
-    return parse_search(grid_mod.read_yaml(path), path=path, profile=profile, samples=samples)
+    return parse_search(read_yaml(path), path=path, profile=profile, samples=samples)
 
 
 def check_search(search: Search) -> None:

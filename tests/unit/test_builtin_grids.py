@@ -6,7 +6,8 @@ import pytest
 
 from harness import cli
 from harness.config import ConfigError
-from harness.gridfile import BUILTIN_DIR, builtin_grids, load_grid, locate
+from harness.gridfile import load_grid
+from harness.gridinput import BUILTIN_DIR, builtin_grids, locate
 
 
 def test_the_grids_ship_inside_the_package():

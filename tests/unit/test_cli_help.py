@@ -10,8 +10,9 @@ import shlex
 import pytest
 
 from harness import cli
-from harness.cli.parser import HelpFormatter, build_parser
-from harness.gridfile import BUILTIN_DIR, builtin_grids, is_search, read_yaml
+from harness.cli.helptext import HelpFormatter
+from harness.cli.parser import build_parser
+from harness.gridinput import BUILTIN_DIR, builtin_grids, is_search, read_yaml
 
 SHELL = {">", ">>", "|", "&&", ";"}  # an example may redirect its output; the command ends there
 

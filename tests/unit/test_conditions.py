@@ -7,7 +7,8 @@ import pytest
 
 from harness import cli, search
 from harness.config import CONDITIONS, LOSS_PARAMS, TRIAL_FIELDS, ConfigError, Trial, inactive, trial_from_dict
-from harness.gridfile import builtin_grids, load_grid, read_yaml
+from harness.gridfile import load_grid
+from harness.gridinput import builtin_grids, read_yaml
 from harness.search import space as space_mod
 from harness.search import summary as summary_mod
 

@@ -6,7 +6,8 @@ import textwrap
 import pytest
 
 from harness.config import ConfigError, Trial, trial_from_dict
-from harness.gridfile import load_grid, parse_set
+from harness.gridfile import load_grid
+from harness.gridinput import parse_set
 
 
 def write(tmp_path, text, name="g.yaml"):

@@ -14,7 +14,8 @@ import pytest
 
 from harness import search, store
 from harness.config import ConfigError, Runtime, Trial
-from harness.gridfile import load_grid, locate
+from harness.gridfile import load_grid
+from harness.gridinput import locate
 from harness.search import optuna_internals
 from harness.search import space as space_mod
 from harness.search import study as study_mod
