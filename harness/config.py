@@ -241,49 +241,66 @@ def unknown_key(name: str, valid: list[str] | tuple[str, ...], where: str) -> Co
     return ConfigError(f"{where}: unknown key {name!r}{hint}; valid keys: {', '.join(sorted(valid))}")
 
 
+def _to_bool(name: str, value: Any, where: str, bad: ConfigError) -> tuple[Any, Any]:
+    """A bool field: True/False, or the words true/false from --set on the command line."""
+    if isinstance(value, bool):
+        return value, value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value, value.lower() == "true"  # from --set on the command line
+    raise bad
+
+
+def _to_int(name: str, value: Any, where: str, bad: ConfigError) -> tuple[Any, Any]:
+    """An int field: an integer or its digits; a float of integer value is refused with the integer to write."""
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise bad from None
+    if isinstance(value, float) and value.is_integer():
+        raise ConfigError(f"{where}: {name}={value!r} must be written as an integer ({int(value)})")
+    if not isinstance(value, int):
+        raise bad
+    return value, value
+
+
+def _to_float(name: str, value: Any, where: str, bad: ConfigError) -> tuple[Any, Any]:
+    """A float field: any finite number, or its text."""
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, str):
+        # YAML 1.1 reads `1e-4` (no dot) as a string: convert it explicitly.
+        try:
+            value = float(value)
+        except ValueError:
+            raise bad from None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad
+    return value, float(value)
+
+
+def _to_str(name: str, value: Any, where: str, bad: ConfigError) -> tuple[Any, Any]:
+    """A str field: a non-empty string, or "" where "" is the default."""
+    # "" is a value only where it is the default (weights: none chosen); every trial.json writes it.
+    if not isinstance(value, str) or (not value and TRIAL_FIELDS[name].default != ""):
+        raise ConfigError(f"{where}: {name}={value!r} must be a non-empty string")
+    return value, value
+
+
+# Field type -> converter: each returns (the value as read, the field's value). The range message quotes
+# the first, so `lr=1` out of range reads as written, not as 1.0.
+_CONVERTERS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
 def coerce(name: str, value: Any, where: str) -> Any:
     """Convert one user-written value to the field's type, or raise ConfigError saying why."""
     if name not in TRIAL_FIELDS:
         raise unknown_key(name, list(TRIAL_FIELDS), where)
     kind = type(TRIAL_FIELDS[name].default)
     bad = ConfigError(f"{where}: {name}={value!r} is not a valid {kind.__name__}")
-    if kind is bool:
-        if isinstance(value, bool):
-            out: Any = value
-        elif isinstance(value, str) and value.lower() in ("true", "false"):
-            out = value.lower() == "true"  # from --set on the command line
-        else:
-            raise bad
-    elif kind is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, str):
-            try:
-                value = int(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, float) and value.is_integer():
-            raise ConfigError(f"{where}: {name}={value!r} must be written as an integer ({int(value)})")
-        if not isinstance(value, int):
-            raise bad
-        out = value
-    elif kind is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string: convert it explicitly.
-            try:
-                value = float(value)
-            except ValueError:
-                raise bad from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad
-        out = float(value)
-    else:
-        # "" is a value only where it is the default (weights: none chosen); every trial.json writes it.
-        if not isinstance(value, str) or (not value and TRIAL_FIELDS[name].default != ""):
-            raise ConfigError(f"{where}: {name}={value!r} must be a non-empty string")
-        out = value
+    value, out = _CONVERTERS.get(kind, _to_str)(name, value, where, bad)
     check = _RANGES.get(name)
     if check and not check[0](out):
         raise ConfigError(f"{where}: {name}={value!r} is out of range; valid: {check[1]}")

@@ -107,6 +107,149 @@ def _boxed_test_rows(data: nih.NIHData, trial: Trial) -> np.ndarray:
     return np.intersect1d(test, np.flatnonzero(np.isin(names, data.boxes["image_index"].to_numpy().astype(str))))
 
 
+def _checked_request(
+    files: store.TrialFiles, findings: Sequence[str], method: str, max_images: int
+) -> tuple[Trial, list[str]]:
+    """The trial read from its folder and the request checked before the slow parts: (trial, findings wanted)."""
+    trial = _read_trial(files)
+    wanted = list(dict.fromkeys(nih.FINDINGS[finding_index(f)] for f in findings))
+    if not wanted:
+        raise ConfigError("name at least one finding; valid: " + ", ".join(nih.FINDINGS))
+    METHODS[method]  # an unknown method fails before the slow parts
+    if max_images < 1:
+        raise ConfigError(f"max_images={max_images} must be >= 1")
+    return trial, wanted
+
+
+def _decoded(
+    data: nih.NIHData, size: int, runtime: Runtime, boxed: np.ndarray, picks: dict[str, list[int]]
+) -> tuple[cache.Cached, dict[int, int]]:
+    """Every boxed test film and every pictured one decoded once: (the cache, table row -> position in it)."""
+    needed = np.union1d(boxed, [r for rows in picks.values() for r in rows]).astype(np.int64)
+    cached = cache.build(
+        data,
+        needed,
+        size=loader.load_size(size),
+        cache_dir=runtime.cache_dir,
+        workers=runtime.workers,
+        progress=runtime.progress,
+    )
+    at = {int(r): i for i, r in enumerate(cached.rows.tolist())}  # undecodable images are left out
+    return cached, at
+
+
+def _scores(
+    model: nn.Module,
+    trial: Trial,
+    data: nih.NIHData,
+    boxed: np.ndarray,
+    cached: cache.Cached,
+    at: dict[int, int],
+    *,
+    device: torch.device,
+    method: str,
+    layer: str,
+) -> dict[str, Any]:
+    """The CAM scores (score_trial) over every boxed test film that decoded, with the trial and data named."""
+    load = cached.images.shape[1]
+    kept = np.array([r for r in boxed if int(r) in at], dtype=np.int64)
+    pixels = cached.images[[at[int(r)] for r in kept]] if len(kept) else np.zeros((0, load, load), np.uint8)
+    return {
+        "trial": trial.key,
+        "label": trial.label,
+        "dataset": data.dataset,
+        "data_root": str(data.root),
+        **score_trial(model, trial, data, kept, pixels, device=device, method=method, layer=layer),
+    }
+
+
+def _finding_panels(
+    model: nn.Module,
+    finding: str,
+    rows: list[int],
+    cached: cache.Cached,
+    at: dict[int, int],
+    data: nih.NIHData,
+    *,
+    size: int,
+    device: torch.device,
+    method: str,
+    layer: str,
+) -> list[Panel]:
+    """One finding's pictured films in one batch: each one's crop, heat map, boxes and predicted probability."""
+    names = data.table["image_index"].to_numpy().astype(str)
+    pixels = np.stack([cached.images[at[r]] for r in rows])
+    x = next(iter(eval_batches(pixels, size=size, device=device, batch_size=len(rows))))[0]
+    maps, logits = cam_and_logits(model, x, finding, layer=layer, method=method)
+    probs = torch.sigmoid(logits[:, nih.FINDINGS.index(finding)]).cpu().numpy()
+    panels: list[Panel] = []
+    for r, image, heat, p in zip(rows, pixels, maps.cpu().numpy(), probs):
+        mine = data.boxes[(data.boxes["image_index"] == names[r]) & (data.boxes["finding"] == finding)]
+        panels.append(
+            (
+                input_crop(image, size),
+                heat,
+                mine[["x", "y", "w", "h"]].to_numpy().tolist(),
+                f"{names[r]}\n{finding}: p={p:.2f}",
+            )
+        )
+    return panels
+
+
+def _overlays(
+    model: nn.Module,
+    wanted: list[str],
+    picks: dict[str, list[int]],
+    cached: cache.Cached,
+    at: dict[int, int],
+    data: nih.NIHData,
+    files: store.TrialFiles,
+    out_dir: Path | str | None,
+    *,
+    size: int,
+    device: torch.device,
+    method: str,
+    layer: str,
+) -> tuple[dict[str, list[Panel]], list[Path]]:
+    """Each finding's panels, each drawn alone as an overlay PNG: (panels per finding, the overlays' paths)."""
+    load = cached.images.shape[1]
+    names = data.table["image_index"].to_numpy().astype(str)
+    figures: list[Path] = []
+    panels: dict[str, list[Panel]] = {}
+    for f in wanted:
+        rows = [r for r in picks[f] if r in at]
+        if not rows:
+            panels[f] = []
+            continue
+        panels[f] = _finding_panels(
+            model, f, rows, cached, at, data, size=size, device=device, method=method, layer=layer
+        )
+        for r, panel in zip(rows, panels[f]):
+            figures.append(overlay_figure(panel, files.cam_overlay(f, names[r], out_dir), load=load))
+    return panels, figures
+
+
+def _grid_and_activations(
+    model: nn.Module,
+    trial: Trial,
+    panels: dict[str, list[Panel]],
+    first: np.ndarray,
+    first_name: str,
+    files: store.TrialFiles,
+    out_dir: Path | str | None,
+    *,
+    size: int,
+    device: torch.device,
+    title: str,
+) -> list[Path]:
+    """The grid of every panel (the paper's Figures 5-6) and the first pictured film's activations (Figure 4)."""
+    load = first.shape[1]
+    grid = grid_figure(panels, files.cam_grid(out_dir), load=load, title=title)
+    x = next(iter(eval_batches(first, size=size, device=device, batch_size=1)))[0]
+    acts = activations(model, x, figure_layers(trial.arch))
+    return [grid, activation_figure(acts, files.cam_activations(out_dir), title=f"{trial.label}: {first_name}")]
+
+
 def run_cam(
     trial_dir: Path | str,
     *,
@@ -129,13 +272,7 @@ def run_cam(
     trial_dir = Path(trial_dir)
     runtime = runtime or Runtime()
     files = store.TrialFiles(trial_dir)
-    trial = _read_trial(files)
-    wanted = list(dict.fromkeys(nih.FINDINGS[finding_index(f)] for f in findings))
-    if not wanted:
-        raise ConfigError("name at least one finding; valid: " + ", ".join(nih.FINDINGS))
-    METHODS[method]  # an unknown method fails before the slow parts
-    if max_images < 1:
-        raise ConfigError(f"max_images={max_images} must be >= 1")
+    trial, wanted = _checked_request(files, findings, method, max_images)
     device = hardware.pick_device(runtime.device)
     model = load_model(trial_dir, trial, device=device)
     layer = layer or default_layer(trial.arch)
@@ -144,63 +281,23 @@ def run_cam(
     data = nih.load(_data_root(files, runtime))
     boxed = _boxed_test_rows(data, trial)
     picks = _picks(data, boxed, wanted, images, max_images)
-
     size = models.image_size(trial)
-    needed = np.union1d(boxed, [r for rows in picks.values() for r in rows]).astype(np.int64)
-    cached = cache.build(
-        data,
-        needed,
-        size=loader.load_size(size),
-        cache_dir=runtime.cache_dir,
-        workers=runtime.workers,
-        progress=runtime.progress,
-    )
-    at = {int(r): i for i, r in enumerate(cached.rows.tolist())}  # undecodable images are left out
-    load = cached.images.shape[1]
-
-    kept = np.array([r for r in boxed if int(r) in at], dtype=np.int64)
-    pixels = cached.images[[at[int(r)] for r in kept]] if len(kept) else np.zeros((0, load, load), np.uint8)
-    scores = {
-        "trial": trial.key,
-        "label": trial.label,
-        "dataset": data.dataset,
-        "data_root": str(data.root),
-        **score_trial(model, trial, data, kept, pixels, device=device, method=method, layer=layer),
-    }
+    cached, at = _decoded(data, size, runtime, boxed, picks)
+    scores = _scores(model, trial, data, boxed, cached, at, device=device, method=method, layer=layer)
 
     out = files.cam_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = data.table["image_index"].to_numpy().astype(str)
-    figures: list[Path] = []
-    panels: dict[str, list[Panel]] = {}
-    for f in wanted:
-        rows = [r for r in picks[f] if r in at]
-        panels[f] = []
-        if not rows:
-            continue
-        pixels = np.stack([cached.images[at[r]] for r in rows])
-        x = next(iter(eval_batches(pixels, size=size, device=device, batch_size=len(rows))))[0]
-        maps, logits = cam_and_logits(model, x, f, layer=layer, method=method)
-        probs = torch.sigmoid(logits[:, nih.FINDINGS.index(f)]).cpu().numpy()
-        for r, image, heat, p in zip(rows, pixels, maps.cpu().numpy(), probs):
-            mine = data.boxes[(data.boxes["image_index"] == names[r]) & (data.boxes["finding"] == f)]
-            panel = (
-                input_crop(image, size),
-                heat,
-                mine[["x", "y", "w", "h"]].to_numpy().tolist(),
-                f"{names[r]}\n{f}: p={p:.2f}",
-            )
-            panels[f].append(panel)
-            figures.append(overlay_figure(panel, files.cam_overlay(f, names[r], out_dir), load=load))
-
+    panels, figures = _overlays(
+        model, wanted, picks, cached, at, data, files, out_dir, size=size, device=device, method=method, layer=layer
+    )
     if any(panels.values()):
-        figures.append(
-            grid_figure(panels, files.cam_grid(out_dir), load=load, title=f"{trial.label}: {method} at {layer}")
-        )
         first = next(r for f in wanted for r in picks[f] if r in at)
-        x = next(iter(eval_batches(cached.images[[at[first]]], size=size, device=device, batch_size=1)))[0]
-        acts = activations(model, x, figure_layers(trial.arch))
-        figures.append(activation_figure(acts, files.cam_activations(out_dir), title=f"{trial.label}: {names[first]}"))
+        names = data.table["image_index"].to_numpy().astype(str)
+        title = f"{trial.label}: {method} at {layer}"
+        first_film = cached.images[[at[first]]]
+        figures += _grid_and_activations(
+            model, trial, panels, first_film, names[first], files, out_dir, size=size, device=device, title=title
+        )
 
     files.write_cam_scores(scores, out)
     return {"figures": [str(p) for p in figures], "scores": scores}

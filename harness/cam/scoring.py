@@ -118,6 +118,39 @@ def eval_batches(images: np.ndarray, *, size: int, device: torch.device, batch_s
     return loader.Batches(images, labels, batch_size=batch_size, crop=size, train=False, device=device)
 
 
+def _pair_records(
+    model: nn.Module,
+    pairs: _Pairs,
+    names: list[str],
+    images: np.ndarray,
+    *,
+    size: int,
+    device: torch.device,
+    batch_size: int,
+    method: str,
+    layer: str,
+) -> tuple[list[dict[str, Any]], int]:
+    """One CAM per (image, finding) pair, in batches, each scored against the pair's boxes: (one record per
+    scored box, the number of boxes wholly outside the crop)."""
+    load = images.shape[1]
+    records: list[dict[str, Any]] = []
+    outside = 0
+    batches = eval_batches(np.asarray(images[pairs.position]), size=size, device=device, batch_size=batch_size)
+    start = 0
+    for x, _ in batches:
+        stop = start + len(x)
+        targets = torch.from_numpy(pairs.finding[start:stop]).to(device)
+        maps = cam(model, x, targets, layer=layer, method=method).cpu().numpy()
+        for i, heat in enumerate(maps):
+            p = start + i
+            scored = [score_map(heat, box, load=load) for box in pairs.boxes[p]]
+            outside += sum(scores is None for scores in scored)
+            finding = nih.FINDINGS[pairs.finding[p]]
+            records += [{"finding": finding, "image_index": names[p], **sc} for sc in scored if sc is not None]
+        start = stop
+    return records, outside
+
+
 def score_trial(
     model: nn.Module,
     trial: Trial,
@@ -146,22 +179,9 @@ def score_trial(
     records: list[dict[str, Any]] = []
     outside = 0
     if len(pairs.position):
-        load = images.shape[1]
-        batches = eval_batches(np.asarray(images[pairs.position]), size=size, device=device, batch_size=batch_size)
-        start = 0
-        for x, _ in batches:
-            stop = start + len(x)
-            targets = torch.from_numpy(pairs.finding[start:stop]).to(device)
-            maps = cam(model, x, targets, layer=layer, method=method).cpu().numpy()
-            for i, heat in enumerate(maps):
-                p = start + i
-                for box in pairs.boxes[p]:
-                    scores = score_map(heat, box, load=load)
-                    if scores is None:
-                        outside += 1
-                        continue
-                    records.append({"finding": nih.FINDINGS[pairs.finding[p]], "image_index": names[p], **scores})
-            start = stop
+        records, outside = _pair_records(
+            model, pairs, names, images, size=size, device=device, batch_size=batch_size, method=method, layer=layer
+        )
     if outside:
         log.warning("%d boxes lie wholly in the margin the centre crop removes and are not scored", outside)
     return {

@@ -26,8 +26,8 @@ from harness.metrics.core import (
     focal_loss,
     macro,
     per_finding,
-    weighted,
 )
+from harness.metrics.evaluation import _macros, _with_intervals
 
 
 def _columns(probs: Any, labels: Any, logits: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -106,6 +106,27 @@ def _pooled(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p[k], y[k].astype(np.int8)
 
 
+def _val_thresholds_masked(
+    p: np.ndarray, y: np.ndarray, names: list[str], val_probs: Any, val_labels: Any
+) -> dict[str, dict[str, Any]]:
+    """Each THRESHOLD_RULES rule's thresholds chosen on the validation images that label each finding (0.5
+    for a finding validation never labels), with the test F1 they give."""
+    vp, vy, _, vknown = _columns(val_probs, val_labels, None)
+    out: dict[str, dict[str, Any]] = {}
+    for rule in THRESHOLD_RULES:
+        chosen = np.array(
+            [choose_thresholds(vp[vknown[:, f], f], vy[vknown[:, f], f], rule=rule)[0] if vknown[:, f].any()
+             else 0.5 for f in range(vp.shape[1])]
+        )  # fmt: skip
+        on_test = per_finding_masked(p, y, names=names, thresholds=chosen)
+        out[f"val_{rule}"] = {
+            "rule": THRESHOLD_RULES[rule].description,
+            "per_finding": {n: float(v) for n, v in zip(names, chosen)},
+            "f1_macro": macro(on_test, "f1"),
+        }
+    return out
+
+
 def evaluate_masked(
     probs: Any,
     labels: Any,
@@ -132,23 +153,10 @@ def evaluate_masked(
     boot = bootstrap_masked(
         p, y, patient_ids, n_boot=n_boot, seed=seed, level=level, logits=None if logits is None else s
     )
-    for f, name in enumerate(names):
-        per[name]["auc_ci"] = boot["auc"]["per_finding"][f]
-        per[name]["f1_ci"] = boot["f1"]["per_finding"][f]
+    _with_intervals(per, boot, names)
     thresholds: dict[str, Any] = {"fixed": {"rule": "0.5", "f1_macro": macro(per, "f1")}}
     if val_probs is not None and val_labels is not None:
-        vp, vy, _, vknown = _columns(val_probs, val_labels, None)
-        for rule in THRESHOLD_RULES:
-            chosen = np.array(
-                [choose_thresholds(vp[vknown[:, f], f], vy[vknown[:, f], f], rule=rule)[0] if vknown[:, f].any()
-                 else 0.5 for f in range(vp.shape[1])]
-            )  # fmt: skip
-            on_test = per_finding_masked(p, y, names=names, thresholds=chosen)
-            thresholds[f"val_{rule}"] = {
-                "rule": THRESHOLD_RULES[rule].description,
-                "per_finding": {n: float(v) for n, v in zip(names, chosen)},
-                "f1_macro": macro(on_test, "f1"),
-            }
+        thresholds.update(_val_thresholds_masked(p, y, names, val_probs, val_labels))
     pp, py = _pooled(p, y)
     return {
         "n": int(p.shape[0]),
@@ -158,14 +166,7 @@ def evaluate_masked(
         "n_known": {n: int(known[:, f].sum()) for f, n in enumerate(names)},
         "bce": _num(bce_loss(pp, py)) if py.size else None,
         "focal": _num(focal_loss(pp, py, gamma=focal_gamma, alpha=focal_alpha)) if py.size else None,
-        "auc_macro": macro(per, "auc"),
-        "auc_weighted": weighted(per, "auc"),
-        "ap_macro": macro(per, "ap"),
-        "f1_macro": macro(per, "f1"),
-        "sensitivity_macro": macro(per, "sensitivity"),
-        "specificity_macro": macro(per, "specificity"),
-        "auc_macro_ci": boot["auc"]["macro"],
-        "f1_macro_ci": boot["f1"]["macro"],
+        **_macros(per, boot),
         "auc_per_class": {n: per[n]["auc"] for n in names},
         "undefined": {n: per[n]["undefined"] for n in names if per[n]["undefined"]},
         "per_finding": per,

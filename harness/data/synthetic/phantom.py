@@ -10,7 +10,7 @@ import numpy as np
 
 from harness.config import ConfigError
 from harness.data import nih
-from harness.data.synthetic.anatomy import Box, Chest, random_anatomy, soft
+from harness.data.synthetic.anatomy import Anatomy, Box, Chest, random_anatomy, soft
 from harness.data.synthetic.lesions import LESIONS
 
 
@@ -67,6 +67,59 @@ def _markings(c: Chest, rng: np.random.Generator) -> np.ndarray:
     return vessels * taper + 0.2 * c.field(rng, 12.0)
 
 
+def _film_draws(
+    rng: np.random.Generator, anatomy: Anatomy
+) -> tuple[tuple[float, float], float, tuple[float, float, float], float, np.ndarray]:
+    """This film's draws from rng: positioning, inspiration (moves the diaphragm), exposure, noise, and a seed
+    per finding stream plus one for texture: (shift, scale, exposure, noise_sd, seeds)."""
+    # The order of these draws is part of every film's bytes: reordering them needs a GENERATOR_VERSION bump.
+    shift = (float(rng.normal(0, 0.025)), float(rng.normal(0.03, 0.025)))
+    scale = float(rng.uniform(0.93, 1.05))
+    anatomy.diaphragm += float(rng.normal(0, 0.03))
+    exposure = rng.uniform(0.0, 0.1), rng.uniform(1.05, 1.3), rng.uniform(0.9, 1.25)
+    noise_sd = float(rng.uniform(0.008, 0.025))
+    seeds = rng.integers(0, 2**63, size=len(LESIONS.names()) + 1)
+    return shift, scale, exposure, noise_sd, seeds
+
+
+def _density(c: Chest, anatomy: Anatomy, markings: np.ndarray) -> np.ndarray:
+    """The film's density: body, heart, mediastinum and bones, less the lungs' air, plus vessels and findings."""
+    a, X, Y, e = anatomy, c.X, c.Y, c.edge
+    body = soft(1 - ((X / a.body_w) ** 4 + ((Y - 0.3) / 1.25) ** 4), 0.05)
+    spine = soft(0.055 - np.abs(X), e) * (0.7 + 0.3 * np.cos(Y * math.pi / 0.06) ** 2)
+    cage = soft(a.lung_x + a.lung_w + 0.06 - np.abs(X), e) * soft(a.lung_y + a.lung_h - Y, 0.05)
+    phase = (Y - a.rib_start - a.rib_curve * X**2) / a.rib_step
+    ribs = np.exp(-((((phase % 1) - 0.5) / 0.17) ** 2)) * soft(phase, 0.1) * soft(10 - phase, 0.1) * cage
+    front = (Y - a.rib_start - 0.35 + 0.5 * X**2) / (1.3 * a.rib_step)
+    ribs = ribs + 0.4 * np.exp(-((((front % 1) - 0.5) / 0.15) ** 2)) * soft(front, 0.1) * soft(6 - front, 0.1) * cage
+    clav = (
+        np.exp(-(((Y + 0.74 + 0.2 * (np.abs(X) - 0.08)) / 0.028) ** 2))
+        * soft(0.62 - np.abs(X), 0.03)
+        * soft(np.abs(X) - 0.06, 0.02)
+    )
+    # Findings' opacity replaces the air of the lung that shows, and the vessels seen through it.
+    aerated = np.maximum(*c.lungs) * (1 - np.clip(c.opacity, 0, 1))
+    air = a.air * c.air_gain * aerated
+    vessels = a.markings * markings * c.markings_gain * aerated
+    return (
+        (0.5 * body + 0.03 * c.heart + 0.04 * c.mediastinum + 0.05 * spine + 0.08 * ribs + 0.1 * clav) * body
+        - air
+        + vessels
+        + c.extra * body
+    )
+
+
+def _exposed(
+    density: np.ndarray, exposure: tuple[float, float, float], film: np.ndarray, grain: np.ndarray, noise_sd: float
+) -> np.ndarray:
+    """Density through the exposure's brightness, gain and gamma, with film mottle and grain, as uint8."""
+    bright, gain, gamma = exposure
+    levels = np.linspace(0.0, 1.0, 4097, dtype=np.float32) ** gamma  # a table: cheaper than a power per pixel
+    image = levels[(np.clip(bright + gain * density + 0.02 * film, 0, 1) * 4096).astype(np.intp)]
+    image = image + noise_sd * grain
+    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
 def render(
     labels: Sequence[str],
     *,
@@ -87,13 +140,7 @@ def render(
             raise ConfigError(LESIONS.unknown(name))
     s = 1.0 - 0.85 * difficulty  # lesion contrast; even the hardest setting leaves a trace
     anatomy = random_anatomy(patient if patient is not None else rng)
-    # This film: positioning, inspiration, exposure, and the noise and finding streams.
-    shift = (float(rng.normal(0, 0.025)), float(rng.normal(0.03, 0.025)))
-    scale = float(rng.uniform(0.93, 1.05))
-    anatomy.diaphragm += float(rng.normal(0, 0.03))
-    exposure = rng.uniform(0.0, 0.1), rng.uniform(1.05, 1.3), rng.uniform(0.9, 1.25)
-    noise_sd = float(rng.uniform(0.008, 0.025))
-    seeds = rng.integers(0, 2**63, size=len(LESIONS.names()) + 1)
+    shift, scale, exposure, noise_sd, seeds = _film_draws(rng, anatomy)
     streams = {name: np.random.default_rng(seed) for name, seed in zip(LESIONS, seeds)}
     texture_rng = np.random.default_rng(seeds[-1])
 
@@ -110,31 +157,4 @@ def render(
     for name in sorted(wanted):
         boxes[name] = LESIONS[name].draw(c, streams[name], s)
 
-    a, X, Y, e = anatomy, c.X, c.Y, c.edge
-    body = soft(1 - ((X / a.body_w) ** 4 + ((Y - 0.3) / 1.25) ** 4), 0.05)
-    spine = soft(0.055 - np.abs(X), e) * (0.7 + 0.3 * np.cos(Y * math.pi / 0.06) ** 2)
-    cage = soft(a.lung_x + a.lung_w + 0.06 - np.abs(X), e) * soft(a.lung_y + a.lung_h - Y, 0.05)
-    phase = (Y - a.rib_start - a.rib_curve * X**2) / a.rib_step
-    ribs = np.exp(-((((phase % 1) - 0.5) / 0.17) ** 2)) * soft(phase, 0.1) * soft(10 - phase, 0.1) * cage
-    front = (Y - a.rib_start - 0.35 + 0.5 * X**2) / (1.3 * a.rib_step)
-    ribs = ribs + 0.4 * np.exp(-((((front % 1) - 0.5) / 0.15) ** 2)) * soft(front, 0.1) * soft(6 - front, 0.1) * cage
-    clav = (
-        np.exp(-(((Y + 0.74 + 0.2 * (np.abs(X) - 0.08)) / 0.028) ** 2))
-        * soft(0.62 - np.abs(X), 0.03)
-        * soft(np.abs(X) - 0.06, 0.02)
-    )
-    # Findings' opacity replaces the air of the lung that shows, and the vessels seen through it.
-    aerated = np.maximum(*c.lungs) * (1 - np.clip(c.opacity, 0, 1))
-    air = a.air * c.air_gain * aerated
-    vessels = a.markings * markings * c.markings_gain * aerated
-    density = (
-        (0.5 * body + 0.03 * c.heart + 0.04 * c.mediastinum + 0.05 * spine + 0.08 * ribs + 0.1 * clav) * body
-        - air
-        + vessels
-        + c.extra * body
-    )
-    bright, gain, gamma = exposure
-    levels = np.linspace(0.0, 1.0, 4097, dtype=np.float32) ** gamma  # a table: cheaper than a power per pixel
-    image = levels[(np.clip(bright + gain * density + 0.02 * film, 0, 1) * 4096).astype(np.intp)]
-    image = image + noise_sd * grain
-    return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8), boxes
+    return _exposed(_density(c, anatomy, markings), exposure, film, grain, noise_sd), boxes

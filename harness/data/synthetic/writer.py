@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,75 @@ def _coord(v: float) -> str:
     return repr(round(v, 4))
 
 
+def _box_lines(done: list[tuple[str, dict[str, Box]]], size: int) -> list[str]:
+    """BBox_List_2017.csv's lines for one rendered chunk, the boxes scaled to NIH's 1024-px films."""
+    lines = []
+    for name, boxes in done:
+        for finding, (x, y, w, h) in boxes.items():
+            x, y, w, h = (v * nih.BOX_SCALE / size for v in (x, y, w, h))
+            lines.append(f"{name},{nih.box_name(finding)},{_coord(x)},{_coord(y)},{_coord(w)},{_coord(h)},,,")
+    return lines
+
+
+def _render_tree(
+    tmp: Path,
+    table: pd.DataFrame,
+    truth: np.ndarray,
+    *,
+    n: int,
+    size: int,
+    seed: int,
+    difficulty: float,
+    workers: int,
+    progress: bool,
+) -> list[str]:
+    """Every phantom rendered into its images_NNN/images folder under tmp; returns the box file's lines."""
+    for folder in sorted({_folder(i) for i in range(n)}):
+        (tmp / folder).mkdir(parents=True)
+    items = [
+        (i, name, int(pid), [f for f, on in zip(nih.FINDINGS, row) if on])
+        for i, (name, pid, row) in enumerate(zip(table["Image Index"], table["Patient ID"], truth))
+    ]
+    box_lines = [BOX_HEADER]
+    for done in _render_all(
+        tmp, items, size=size, seed=seed, difficulty=difficulty, workers=workers, progress=progress
+    ):
+        box_lines.extend(_box_lines(done, size))
+    return box_lines
+
+
+def _marker(
+    table: pd.DataFrame,
+    test: set[int],
+    boxes: int,
+    *,
+    n: int,
+    size: int,
+    seed: int,
+    difficulty: float,
+    label_noise: float,
+) -> dict[str, Any]:
+    """The marker file's record: the arguments, the counts, and the real table the labels were drawn from."""
+    source = source_table_path()
+    return {
+        "generator": "harness.data.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "n": n,
+        "size": size,
+        "seed": seed,
+        "difficulty": difficulty,
+        "label_noise": label_noise,
+        "patients": int(table["Patient ID"].nunique()),
+        "test_images": int(table["Patient ID"].isin(test).sum()),
+        "boxes": boxes,
+        "source_table": {
+            "file": f"torchxrayvision/{SOURCE_TABLE}",
+            "torchxrayvision": _version("torchxrayvision"),
+            "sha256": sha256(source),
+        },
+    }
+
+
 def generate(
     out: Path | str,
     *,
@@ -128,41 +198,13 @@ def generate(
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier, killed run of this same process id
     try:
-        for folder in sorted({_folder(i) for i in range(n)}):
-            (tmp / folder).mkdir(parents=True)
-        items = [
-            (i, name, int(pid), [f for f, on in zip(nih.FINDINGS, row) if on])
-            for i, (name, pid, row) in enumerate(zip(table["Image Index"], table["Patient ID"], truth))
-        ]
-        box_lines = [BOX_HEADER]
-        for done in _render_all(
-            tmp, items, size=size, seed=seed, difficulty=difficulty, workers=workers, progress=progress
-        ):
-            for name, boxes in done:
-                for finding, (x, y, w, h) in boxes.items():
-                    x, y, w, h = (v * nih.BOX_SCALE / size for v in (x, y, w, h))
-                    box_lines.append(
-                        f"{name},{nih.box_name(finding)},{_coord(x)},{_coord(y)},{_coord(w)},{_coord(h)},,,"
-                    )
+        box_lines = _render_tree(
+            tmp, table, truth, n=n, size=size, seed=seed, difficulty=difficulty, workers=workers, progress=progress
+        )
         _write_tables(tmp, table, written, test, box_lines)
-        source = source_table_path()
-        meta = {
-            "generator": "harness.data.synthetic",
-            "generator_version": GENERATOR_VERSION,
-            "n": n,
-            "size": size,
-            "seed": seed,
-            "difficulty": difficulty,
-            "label_noise": label_noise,
-            "patients": int(table["Patient ID"].nunique()),
-            "test_images": int(table["Patient ID"].isin(test).sum()),
-            "boxes": len(box_lines) - 1,
-            "source_table": {
-                "file": f"torchxrayvision/{SOURCE_TABLE}",
-                "torchxrayvision": _version("torchxrayvision"),
-                "sha256": sha256(source),
-            },
-        }
+        meta = _marker(
+            table, test, len(box_lines) - 1, n=n, size=size, seed=seed, difficulty=difficulty, label_noise=label_noise
+        )
         (tmp / nih.SYNTHETIC_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
         if out.is_dir():
             out.rmdir()  # empty, checked above; os.replace cannot move a folder onto a non-empty one
