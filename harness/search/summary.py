@@ -54,7 +54,6 @@ def _plots(study: optuna.Study, out: store_mod.SearchFiles) -> dict[str, str]:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
 
     html = importlib.util.find_spec("plotly") is not None
     written: dict[str, str] = {}
@@ -62,23 +61,31 @@ def _plots(study: optuna.Study, out: store_mod.SearchFiles) -> dict[str, str]:
         warnings.simplefilter("ignore")  # experimental-API notes, and empty legends of a young study's plots
         for stem, fn in PLOTS.items():
             try:
-                ax = getattr(ovm, fn)(study)
-                fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                fig.set_size_inches(9, 5.5)
-                fig.tight_layout()
-                with store_mod.atomic_path(out.plot(stem, "png")) as tmp:
-                    fig.savefig(tmp, format="png", dpi=110)
-                plt.close(fig)
-                written[stem] = f"{stem}.png"
-                if html:
-                    import optuna.visualization as ov
-
-                    with store_mod.atomic_path(out.plot(stem, "html")) as tmp:
-                        getattr(ov, fn)(study).write_html(str(tmp))
+                written[stem] = _plot(study, out, stem, fn, html=html)
             except (ValueError, RuntimeError, KeyError, IndexError) as exc:  # too few trials for this plot
                 plt.close("all")
                 written[stem] = f"skipped: {exc}"
     return written
+
+
+def _plot(study: optuna.Study, out: store_mod.SearchFiles, stem: str, fn: str, *, html: bool) -> str:
+    """One of Optuna's plots (its function name fn) as stem.png, and stem.html when html; returns the PNG's name."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    ax = getattr(ovm, fn)(study)
+    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+    fig.set_size_inches(9, 5.5)
+    fig.tight_layout()
+    with store_mod.atomic_path(out.plot(stem, "png")) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    if html:
+        import optuna.visualization as ov
+
+        with store_mod.atomic_path(out.plot(stem, "html")) as tmp:
+            getattr(ov, fn)(study).write_html(str(tmp))
+    return f"{stem}.png"
 
 
 def best_grid(search: Search, study: optuna.Study, trial: Trial, runtime: Runtime, path: Path) -> str:

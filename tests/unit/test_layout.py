@@ -193,7 +193,6 @@ FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # below says so). Where only the nesting is over, the comment says what nests.
 TOO_LONG_OR_DEEP = {
     "data/nih.py:_stratified_patients",  # nests 5: the greedy split, per label, patient, finding, side
-    "search/summary.py:_plots",  # nests 5: per Optuna plot its PNG and (with plotly) its HTML
 }
 
 
