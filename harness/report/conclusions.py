@@ -75,13 +75,16 @@ class AxisSummary:
     fixed: list[str]  # the other axes, which each test of this one held fixed
     findings: list[Finding] = field(default_factory=list)
     null: list[Comparison] = field(default_factory=list)  # tested, not significant, neither side degenerate
+    followers: list[str] = field(default_factory=list)  # fields that vary with this axis (cells.lockstep)
 
     @property
     def effect(self) -> float:
         return max((f.effect for f in self.findings), default=0.0)
 
     def sentences(self) -> list[str]:
-        name = AXIS_WORDS.get(self.axis, self.axis)
+        # Fields that change with the axis change with every one of its tests: the name says so, or a reader
+        # would credit the axis alone (in the smoke profile, AlexNet also trains longer and larger).
+        name = AXIS_WORDS.get(self.axis, self.axis) + (f" (with {', '.join(self.followers)})" if self.followers else "")
         out = []
         if self.findings:
             out.append(f"{name}: " + "; ".join(f.clause(self.fixed) for f in self.findings) + ".")
@@ -113,8 +116,8 @@ class Summary:
         return [*self.lead, *(s for a in self.axes for s in a.sentences()), *self.tail]
 
 
-def _axis_summary(axis: str, fixed: list[str], tests: list[Comparison]) -> AxisSummary:
-    out = AxisSummary(axis, fixed)
+def _axis_summary(axis: str, fixed: list[str], tests: list[Comparison], followers: list[str]) -> AxisSummary:
+    out = AxisSummary(axis, fixed, followers=list(followers))
 
     def values(c: Comparison) -> tuple[str, str]:
         return repr(c.a.fields.get(axis)), repr(c.b.fields.get(axis))
@@ -171,7 +174,7 @@ def summarise(ctx: Context, tests: list[Comparison]) -> Summary:
     for axis in shown:
         along = [c for c in tests if c.axis == axis]
         if along:
-            axes.append(_axis_summary(axis, [a for a in shown if a != axis], along))
+            axes.append(_axis_summary(axis, [a for a in shown if a != axis], along, ctx.followers.get(axis, [])))
     axes.sort(key=lambda a: -a.effect)  # stable: axes without a finding keep the grid's order
     tail = []
     low = _not_learned(ctx.cells)

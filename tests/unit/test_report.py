@@ -1188,6 +1188,12 @@ def test_fields_that_vary_together_are_one_axis(recipe):
         assert "freeze varies with pretrained (pretrained false: freeze 0; pretrained true: freeze 2): one axis" in text
         assert "epochs, subset_fraction vary with arch (arch alexnet: epochs 5, subset_fraction 0.5; " in text
     assert {"freeze", "epochs", "subset_fraction"} <= set(pd.read_csv(out / "comparison.csv").columns)
+    summary = _read(out, "report.md").split("## Summary")[1].split("\n## ")[0]
+    axes = [line for line in summary.splitlines() if line.startswith(("- Architecture", "- Initialisation"))]
+    assert axes and all(  # the summary credits no axis alone with what changed beside it
+        line.startswith(("- Architecture (with epochs, subset_fraction): ", "- Initialisation (with freeze): "))
+        for line in axes
+    ), axes
 
 
 def test_the_methods_note_lists_the_values_used(recipe):
