@@ -62,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from harness.cli.transfer import data_words
 
         data = data_words(trials, root, runtime)
+        if grid.evaluate_on:  # scored there after the run: `harness evaluate` reads these roots then
+            data += f"; then scored on {', '.join(grid.evaluate_on)}"
         print(
             f"# {grid.name}: {len(grid.trials)} trials (profile: {grid.profile or 'none'}; varied: "
             f"{', '.join(grid.axes) or 'nothing'}; {data})"

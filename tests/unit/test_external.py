@@ -105,6 +105,14 @@ def test_a_grid_names_the_datasets_it_is_scored_on_but_its_keys_do_not_change(tm
         load_grid(tmp_path / "c.yaml")
 
 
+def test_a_dry_run_says_which_datasets_the_trials_are_scored_on_after_the_run(tmp_path, capsys):
+    from harness import cli
+
+    (tmp_path / "b.yaml").write_text("name: g\nbase: {arch: alexnet}\nevaluate_on: [chexpert, padchest]\n")
+    assert cli.main(["run", str(tmp_path / "b.yaml"), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    assert "; then scored on chexpert, padchest)" in capsys.readouterr().out.splitlines()[0]
+
+
 def test_the_report_shows_the_transfer_table_and_figure_flagged_synthetic(finished, tmp_path):
     from harness.report.write import write_report
 
