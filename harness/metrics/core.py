@@ -341,19 +341,10 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
         gap = np.where(count > 0, np.abs(np.nan_to_num(obs) - np.nan_to_num(conf)), 0.0)
         return float(np.sum(count * gap) / count.sum()), count, conf, obs
 
-    if known is not None:
-        p, y = np.where(known, p, np.nan), y.astype(np.float64)
-        pooled, count, conf, obs = ece(p[known], y[known])
-        return {
-            "n_bins": int(n_bins),
-            "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
-            "count": [int(c) for c in count],
-            "mean_predicted": [_num(v) for v in conf],
-            "observed": [_num(v) for v in obs],
-            "ece": pooled,
-            "ece_per_finding": [ece(p[known[:, f], f], y[known[:, f], f])[0] for f in range(p.shape[1])],
-        }
-    pooled, count, conf, obs = ece(p.ravel(), y.ravel().astype(np.float64))
+    if known is None:
+        known = np.ones(p.shape, dtype=bool)
+    y = y.astype(np.float64)
+    pooled, count, conf, obs = ece(p[known], y[known])
     return {
         "n_bins": int(n_bins),
         "bin_edges": np.linspace(0, 1, n_bins + 1).tolist(),
@@ -361,7 +352,7 @@ def calibration(probs: Any, labels: Any, *, n_bins: int = 10) -> dict[str, Any]:
         "mean_predicted": [_num(v) for v in conf],
         "observed": [_num(v) for v in obs],
         "ece": pooled,
-        "ece_per_finding": [ece(p[:, f], y[:, f].astype(np.float64))[0] for f in range(p.shape[1])],
+        "ece_per_finding": [ece(p[known[:, f], f], y[known[:, f], f])[0] for f in range(p.shape[1])],
     }
 
 

@@ -22,9 +22,9 @@ from PIL import Image
 
 from harness.config import ConfigError
 from harness.data import chexpert, mimic, nih, padchest
-from harness.data.synthetic.phantom import check_arguments, render
-from harness.data.synthetic.table import IMAGE_STREAM, PATIENT_STREAM, draw_test_patients, sample_table
-from harness.data.synthetic.writer import GENERATOR_VERSION, generate
+from harness.data.synthetic.phantom import check_arguments
+from harness.data.synthetic.table import draw_test_patients, sample_table
+from harness.data.synthetic.writer import GENERATOR_VERSION, generate, tree_film
 from harness.registry import Registry
 
 SHIFT_STREAM, LABEL_STREAM = 7, 8  # random streams of their own: the phantoms stay the NIH generator's
@@ -75,13 +75,7 @@ def film(films: Films, i: int, layout: str, *, size: int, seed: int, difficulty:
     """Film i as (size, size) float32 gray levels with the dataset's shift; a lateral is mirrored and re-noised."""
     labels = [f for f, on in zip(nih.FINDINGS, films.truth[i]) if on]
     pid = int(films.table["Patient ID"].iloc[i])
-    image, _ = render(
-        labels,
-        size=size,
-        rng=np.random.default_rng([seed, IMAGE_STREAM, i]),
-        difficulty=difficulty,
-        patient=np.random.default_rng([seed, PATIENT_STREAM, pid]),
-    )
+    image, _ = tree_film(labels, index=i, patient=pid, size=size, seed=seed, difficulty=difficulty)
     shift = SHIFTS[layout]
     rng = np.random.default_rng([seed, SHIFT_STREAM, i, int(lateral)])
     out = (image.astype(np.float32) - 128.0) * shift.contrast + 128.0 + shift.brightness

@@ -48,18 +48,26 @@ def _folder(i: int) -> str:
     return f"images_{i // IMAGES_PER_FOLDER + 1:03d}/images"
 
 
+def tree_film(
+    labels: list[str], *, index: int, patient: int, size: int, seed: int, difficulty: float
+) -> tuple[np.ndarray, dict[str, Box]]:
+    """Film `index` of a tree of this seed, with its boxes: its own draws and its patient's anatomy, from the
+    streams every layout of the tree shares (so a CheXpert-layout tree holds the NIH tree's phantoms)."""
+    return render(
+        labels,
+        size=size,
+        rng=np.random.default_rng([seed, IMAGE_STREAM, index]),
+        difficulty=difficulty,
+        patient=np.random.default_rng([seed, PATIENT_STREAM, patient]),
+    )
+
+
 def _render_chunk(job: tuple) -> list[tuple[str, dict[str, Box]]]:
     """Render and write one chunk of images; returns each image's boxes."""
     root, items, size, seed, difficulty = job
     out = []
     for index, name, pid, labels in items:
-        image, boxes = render(
-            labels,
-            size=size,
-            rng=np.random.default_rng([seed, IMAGE_STREAM, index]),
-            difficulty=difficulty,
-            patient=np.random.default_rng([seed, PATIENT_STREAM, pid]),
-        )
+        image, boxes = tree_film(labels, index=index, patient=pid, size=size, seed=seed, difficulty=difficulty)
         # Level 1: fastest, and noisy films barely compress further.
         Image.fromarray(image).save(Path(root) / _folder(index) / name, format="PNG", compress_level=1)
         out.append((name, boxes))
