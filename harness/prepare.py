@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class TrialData:
     images: dict[str, np.ndarray]  # split -> (n, S, S) uint8, memory-mapped
     rows: dict[str, np.ndarray]  # split -> row indices into data.table
     skipped: int
+    digests: dict[str, str | None] = field(default_factory=dict)  # split -> its cache's pixels_sha256, if known
 
     def batches(self, split: str, trial: Trial, *, device: torch.device, train: bool) -> loader.Batches:
         return loader.Batches(
@@ -81,6 +82,7 @@ def prepare_data(trial: Trial, runtime: Runtime) -> TrialData:
         )
         out.images[name] = cached.images
         out.rows[name] = cached.rows
+        out.digests[name] = cached.sha256
         out.labels[name] = targets[cached.rows]
         out.skipped += len(cached.skipped)
     return out

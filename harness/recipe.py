@@ -4,7 +4,6 @@ deterministic mode in which a trial repeats bit for bit on the same machine and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -18,7 +17,7 @@ import torch
 
 from harness import models, store
 from harness.config import Trial, file_sha256
-from harness.data import nih
+from harness.data import cache, nih
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +140,8 @@ _ARRAY_DIGESTS: dict[tuple[str, int, int], str] = {}  # a memory-mapped cache fi
 
 
 def array_sha256(images: np.ndarray) -> str:
-    """The SHA-256 of an array's shape, dtype and bytes (a decoded cache is the pixels a trial saw), read in
-    slices; a memory-mapped cache file is hashed once while its size and modification time stay the same."""
+    """cache.pixels_sha256, once per memory-mapped file while its size and modification time stay the same: for
+    caches whose manifest predates the digest it records."""
     filename = getattr(images, "filename", None)
     known = None
     if filename and Path(filename).is_file():
@@ -150,13 +149,10 @@ def array_sha256(images: np.ndarray) -> str:
         known = (str(filename), stat.st_size, stat.st_mtime_ns)
         if known in _ARRAY_DIGESTS:
             return _ARRAY_DIGESTS[known]
-    digest = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
-    step = max(1, (64 << 20) // max(1, images[:1].nbytes))
-    for s in range(0, len(images), step):
-        digest.update(np.ascontiguousarray(images[s : s + step]).data)
+    digest = cache.pixels_sha256(images)
     if known:
-        _ARRAY_DIGESTS[known] = digest.hexdigest()
-    return digest.hexdigest()
+        _ARRAY_DIGESTS[known] = digest
+    return digest
 
 
 def data_fingerprint(td: Any) -> dict[str, Any]:
@@ -168,7 +164,8 @@ def data_fingerprint(td: Any) -> dict[str, Any]:
         "files_sha256": {name: file_sha256(root / name) for name in DATA_FILES if (root / name).is_file()},
         "n_images": len(td.data.table),
         "splits": {
-            split: {"n": len(rows), "cache_sha256": array_sha256(td.images[split])} for split, rows in td.rows.items()
+            split: {"n": len(rows), "cache_sha256": td.digests.get(split) or array_sha256(td.images[split])}
+            for split, rows in td.rows.items()
         },
     }
 

@@ -97,6 +97,9 @@ def test_build_then_reuse(nih_tree, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.images), np.asarray(first.images))
     manifest = json.loads(first.path.with_suffix(".json").read_text())
     assert manifest["version"] == cache.CACHE_VERSION and manifest["count"] == 35 and manifest["size"] == 24
+    # The pixels' digest is taken once, at the build, and read back with the cache (a trial's recipe records it).
+    digest = cache.pixels_sha256(np.asarray(first.images))
+    assert manifest["sha256"] == first.sha256 == again.sha256 == digest
 
 
 def test_cache_is_keyed_by_rows_and_size(nih_tree, tmp_path):
